@@ -1,0 +1,232 @@
+//! Job bodies: immutable, reference-counted byte strings in one allocation.
+//!
+//! A body is shared between the job and every reply that is still being
+//! written (a RESERVED or FOUND reply holds the body, not a copy, and the
+//! job may be deleted before the write completes). `Arc<[u8]>` would do, but
+//! it costs a 16-byte pointer in every job, a 16-byte header in every
+//! allocation, and it cannot be allocated fallibly; a 1 GiB put must earn
+//! OUT_OF_MEMORY, not abort the server. So a body is one allocation of an
+//! 8-byte header (reference count, length) followed by the bytes, reached
+//! through one thin pointer.
+//!
+//! Bodies are filled once, through a [`BodyBuilder`] that owns the
+//! allocation alone, and only a completely filled builder becomes a
+//! [`Body`]; no uninitialised byte is ever read.
+
+use std::alloc::{Layout, alloc, dealloc};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+
+#[repr(C)]
+struct Header {
+    refs: AtomicU32,
+    /// Bytes after the header, CRLF included.
+    len: u32,
+}
+
+/// Largest body allocation: the 1 GiB job limit plus its CRLF.
+pub const BODY_BYTES_MAX: usize = (1 << 30) + 2;
+
+fn layout(len: usize) -> Layout {
+    // Cannot fail: len is bounded by BODY_BYTES_MAX.
+    Layout::from_size_align(size_of::<Header>() + len, align_of::<Header>()).expect("body layout")
+}
+
+/// A job body, CRLF included. Cloning shares it.
+pub struct Body {
+    ptr: NonNull<Header>,
+}
+
+// The bytes are immutable once a Body exists and the count is atomic.
+unsafe impl Send for Body {}
+unsafe impl Sync for Body {}
+
+impl Body {
+    /// Copies a complete body. `bytes` must end with CRLF. Panics when the
+    /// allocation fails; for tests and small bodies.
+    pub fn from_slice(bytes: &[u8]) -> Body {
+        let mut builder = BodyBuilder::try_new(bytes.len()).expect("body allocation");
+        builder.fill(bytes);
+        builder.finish()
+    }
+
+    /// The body as sent on the wire, CRLF included.
+    pub fn with_crlf(&self) -> &[u8] {
+        // Safety: a Body exists only for fully written allocations, which
+        // live as long as any Body refers to them.
+        unsafe {
+            let len = self.ptr.as_ref().len as usize;
+            std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>()), len)
+        }
+    }
+
+    /// The size a client sees: the body without its CRLF.
+    pub fn len(&self) -> usize {
+        self.with_crlf().len() - 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn header(&self) -> &Header {
+        // Safety: the allocation outlives every Body that refers to it.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl Clone for Body {
+    fn clone(&self) -> Body {
+        let old = self.header().refs.fetch_add(1, Ordering::Relaxed);
+        // A count this high means a leak of clones; stop rather than wrap.
+        assert!(old < u32::MAX / 2, "body reference count overflow");
+        Body { ptr: self.ptr }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.header().refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Pairs with the Release above in other owners' drops.
+        fence(Ordering::Acquire);
+        let len = self.header().len as usize;
+        // Safety: this was the last reference.
+        unsafe { dealloc(self.ptr.as_ptr().cast(), layout(len)) }
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        self.with_crlf() == other.with_crlf()
+    }
+}
+
+impl Eq for Body {}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({:?})", String::from_utf8_lossy(self.with_crlf()))
+    }
+}
+
+/// A body being received: a unique, partly written allocation.
+pub struct BodyBuilder {
+    ptr: NonNull<Header>,
+    filled: usize,
+}
+
+// Unique ownership of plain bytes.
+unsafe impl Send for BodyBuilder {}
+
+impl BodyBuilder {
+    /// Allocates room for `len` bytes (CRLF included); `None` when memory
+    /// cannot be had or `len` exceeds [`BODY_BYTES_MAX`].
+    pub fn try_new(len: usize) -> Option<BodyBuilder> {
+        if len > BODY_BYTES_MAX {
+            return None;
+        }
+        // Safety: the layout has a non-zero size (the header).
+        let raw = unsafe { alloc(layout(len)) }.cast::<Header>();
+        let ptr = NonNull::new(raw)?;
+        // Safety: freshly allocated, properly aligned for Header.
+        unsafe { ptr.as_ptr().write(Header { refs: AtomicU32::new(1), len: len as u32 }) };
+        Some(BodyBuilder { ptr, filled: 0 })
+    }
+
+    pub fn len(&self) -> usize {
+        // Safety: the header was written in try_new.
+        unsafe { self.ptr.as_ref().len as usize }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes still missing.
+    pub fn remaining(&self) -> usize {
+        self.len() - self.filled
+    }
+
+    /// Appends as much of `src` as fits; returns how much was taken.
+    pub fn fill(&mut self, src: &[u8]) -> usize {
+        let n = src.len().min(self.remaining());
+        // Safety: the destination range lies inside the allocation and is
+        // not yet shared with anyone.
+        unsafe {
+            let dst = self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + self.filled);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n);
+        }
+        self.filled += n;
+        n
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// The finished body. Panics if bytes are missing.
+    pub fn finish(self) -> Body {
+        assert!(self.is_full(), "body finished before it was filled");
+        let body = Body { ptr: self.ptr };
+        std::mem::forget(self);
+        body
+    }
+}
+
+impl Drop for BodyBuilder {
+    fn drop(&mut self) {
+        let len = self.len();
+        // Safety: the builder owns the allocation alone.
+        unsafe { dealloc(self.ptr.as_ptr().cast(), layout(len)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_in_pieces_and_shares() {
+        let mut b = BodyBuilder::try_new(7).unwrap();
+        assert_eq!(b.fill(b"hel"), 3);
+        assert!(!b.is_full());
+        assert_eq!(b.fill(b"lo\r\nextra"), 4);
+        let body = b.finish();
+        assert_eq!(body.with_crlf(), b"hello\r\n");
+        assert_eq!(body.len(), 5);
+        let copy = body.clone();
+        drop(body);
+        assert_eq!(copy.with_crlf(), b"hello\r\n");
+        assert_eq!(Body::from_slice(b"\r\n").len(), 0);
+    }
+
+    #[test]
+    fn unfinished_builder_is_freed() {
+        let mut b = BodyBuilder::try_new(1000).unwrap();
+        b.fill(b"abc");
+        drop(b);
+        assert!(BodyBuilder::try_new(BODY_BYTES_MAX + 1).is_none());
+    }
+
+    #[test]
+    fn shared_across_threads() {
+        let body = Body::from_slice(b"xyz\r\n");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let b = body.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let c = b.clone();
+                        assert_eq!(c.len(), 3);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(body.header().refs.load(Ordering::Relaxed), 1);
+    }
+}

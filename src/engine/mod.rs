@@ -1,0 +1,1225 @@
+//! The queue engine: one shard's tubes, jobs, waiting clients and timers, as
+//! a deterministic state machine.
+//!
+//! # What it must never do
+//! No I/O, no clock reads, no threads, no formatting of replies. Time comes in
+//! as an argument (`now`, nanoseconds on a monotonic clock), results go out as
+//! return values, and replies owed to *other* clients (a waiter that got a
+//! job, timed out or hit DEADLINE_SOON) are queued as [`Wake`]s for the
+//! caller to deliver. That is what lets model-based tests, simulations and
+//! the network shell drive the same code.
+//!
+//! # Invariants
+//! * Every job is in exactly one structure chosen by its state (see
+//!   [`job`]); heap back-pointers are exact; counters match the structures.
+//! * After every public call, no tube that is not paused has both a ready
+//!   job and a live waiter. Matching is therefore event-driven: a job that
+//!   becomes ready is offered to its tube's oldest waiter at once, a client
+//!   that starts to wait takes the best `(pri, id)` ready job across its
+//!   unpaused watched tubes, and an unpaused tube serves its waiters. This
+//!   gives the same result as beanstalkd's scan of every tube on every pass,
+//!   without the scan: cost does not grow with the number of tubes.
+//! * Waiters of one tube are served first come, first served (a deliberate
+//!   divergence from beanstalkd's cursor-and-swap order, see docs/COMPAT.md).
+//! * Timers live in three indexed heaps (tubes by next delayed job or pause
+//!   end, reserved jobs by TTR deadline, waiting clients by wake-up time), so
+//!   [`Engine::advance`] does work only for what is due.
+//! * Tubes are reference counted by the clients using and watching them and
+//!   by their jobs; an unreferenced tube other than `default` is destroyed at
+//!   once, its counters and pause with it.
+//! * Job ids: shard `s` of `n` hands out ids congruent to `s` modulo `n`,
+//!   increasing, starting above zero, so any shard can route an id.
+
+pub mod body;
+pub mod client;
+pub mod heap;
+pub mod job;
+pub mod stats;
+pub mod time;
+pub mod tube;
+
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
+use slab::Slab;
+
+pub use body::{Body, BodyBuilder};
+use client::{Client, Wait};
+use heap::{HeapOrder, IndexedHeap, NO_POS};
+pub use job::JobState;
+use job::{Job, NIL};
+pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
+pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN, secs};
+use tube::{Pause, Tube, Waiter};
+
+/// The name of the tube every client starts with; it is never destroyed.
+pub const DEFAULT_TUBE: &str = "default";
+
+/// A client of this shard (one per connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(u32);
+
+impl ClientId {
+    /// The raw slab key, for callers that index their own tables by client.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What a reply needs of a job: its id and its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRef {
+    pub id: u64,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved(JobRef),
+    DeadlineSoon,
+    TimedOut,
+    /// The client now waits; its answer will come as a [`Wake`].
+    Waiting,
+}
+
+/// An answer owed to a waiting client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wake {
+    Reserved(JobRef),
+    TimedOut,
+    DeadlineSoon,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Inserted,
+    Draining,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// This shard's number, `0..shards`.
+    pub shard: u32,
+    pub shards: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig { shard: 0, shards: 1 }
+    }
+}
+
+/// Global counters kept incrementally (the rest of `stats` is derived).
+#[derive(Debug, Default)]
+struct Counts {
+    urgent: u64,
+    ready: u64,
+    reserved: u64,
+    delayed: u64,
+    buried: u64,
+    job_timeouts: u64,
+    total_jobs: u64,
+    producers: u64,
+    workers: u64,
+    waiting: u64,
+    total_connections: u32,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    jobs: Slab<Job>,
+    /// Job id → slab key. Holds keys only; ids are read from the slab.
+    ids: HashTable<u32>,
+    tubes: Slab<Tube>,
+    /// Tube name → slab key, hashed with a random key because names come
+    /// from clients.
+    tube_names: HashTable<u32>,
+    name_hasher: RandomState,
+    /// Tubes in `list-tubes` order.
+    tube_list: Vec<u32>,
+    default_tube: u32,
+    clients: Slab<Client>,
+    /// Reserved jobs by (deadline, id).
+    ttr: IndexedHeap,
+    /// Tubes by their next delayed job or pause end.
+    tube_timers: IndexedHeap,
+    /// Waiting clients by wake-up time.
+    client_timers: IndexedHeap,
+    next_id: u64,
+    wait_seq: u64,
+    counts: Counts,
+    ops: OpCounts,
+    draining: bool,
+    wakes: Vec<(ClientId, Wake)>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Engine {
+        assert!(config.shards >= 1 && config.shard < config.shards, "bad shard numbering");
+        let first_id = if config.shard == 0 { u64::from(config.shards) } else { u64::from(config.shard) };
+        let mut engine = Engine {
+            config,
+            jobs: Slab::new(),
+            ids: HashTable::new(),
+            tubes: Slab::new(),
+            tube_names: HashTable::new(),
+            name_hasher: RandomState::new(),
+            tube_list: Vec::new(),
+            default_tube: 0,
+            clients: Slab::new(),
+            ttr: IndexedHeap::default(),
+            tube_timers: IndexedHeap::default(),
+            client_timers: IndexedHeap::default(),
+            next_id: first_id,
+            wait_seq: 0,
+            counts: Counts::default(),
+            ops: OpCounts::default(),
+            draining: false,
+            wakes: Vec::new(),
+        };
+        engine.default_tube = engine.tube_for_name(DEFAULT_TUBE);
+        engine
+    }
+
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    // ----- clients -------------------------------------------------------
+
+    pub fn connect(&mut self) -> ClientId {
+        let client = Client::new(self.default_tube);
+        let key = self.clients.insert(client);
+        assert!(key < NIL as usize, "too many clients");
+        let default = &mut self.tubes[self.default_tube as usize];
+        default.using += 1;
+        default.watching += 1;
+        self.counts.total_connections = self.counts.total_connections.wrapping_add(1);
+        ClientId(key as u32)
+    }
+
+    /// Ends a client: it stops waiting, its reserved jobs go back to ready in
+    /// the order it reserved them (each may be handed to a waiter at once),
+    /// and its tubes lose their references, in beanstalkd's order.
+    pub fn disconnect(&mut self, c: ClientId, now: Nanos) {
+        self.advance(now);
+        if self.clients[c.index()].wait.is_some() {
+            self.end_wait(c.0);
+        }
+        loop {
+            let head = self.clients[c.index()].reserved.head;
+            if head == NIL {
+                break;
+            }
+            self.detach(head);
+            self.enqueue_ready(head, now);
+        }
+        let client = self.clients.remove(c.index());
+        if client.producer {
+            self.counts.producers -= 1;
+        }
+        if client.worker {
+            self.counts.workers -= 1;
+        }
+        // beanstalkd empties the watch set by removing its first entry and
+        // moving the last one into the gap, which decides the order in which
+        // tubes are destroyed and so the later order of list-tubes.
+        let mut watched = client.watched;
+        while !watched.is_empty() {
+            let t = watched.swap_remove(0);
+            self.tubes[t as usize].watching -= 1;
+            self.release_tube(t);
+        }
+        self.tubes[client.used as usize].using -= 1;
+        self.release_tube(client.used);
+    }
+
+    pub fn set_producer(&mut self, c: ClientId) {
+        let client = &mut self.clients[c.index()];
+        if !client.producer {
+            client.producer = true;
+            self.counts.producers += 1;
+        }
+    }
+
+    fn set_worker(&mut self, c: ClientId) {
+        let client = &mut self.clients[c.index()];
+        if !client.worker {
+            client.worker = true;
+            self.counts.workers += 1;
+        }
+    }
+
+    pub fn is_waiting(&self, c: ClientId) -> bool {
+        self.clients[c.index()].wait.is_some()
+    }
+
+    /// Answers owed to other clients, in the order they arose.
+    pub fn take_wakes(&mut self) -> std::vec::Drain<'_, (ClientId, Wake)> {
+        self.wakes.drain(..)
+    }
+
+    pub fn has_wakes(&self) -> bool {
+        !self.wakes.is_empty()
+    }
+
+    // ----- counters and modes --------------------------------------------
+
+    pub fn count(&mut self, op: Op) {
+        self.ops.bump(op);
+    }
+
+    pub fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    // ----- tubes ---------------------------------------------------------
+
+    pub fn use_tube(&mut self, c: ClientId, name: &str) {
+        let t = self.tube_for_name(name);
+        let old = self.clients[c.index()].used;
+        if old != t {
+            self.tubes[t as usize].using += 1;
+            self.clients[c.index()].used = t;
+            self.tubes[old as usize].using -= 1;
+            self.release_tube(old);
+        }
+    }
+
+    pub fn used_tube(&self, c: ClientId) -> &str {
+        &self.tubes[self.clients[c.index()].used as usize].name
+    }
+
+    /// Adds a tube to the watch set; returns the number of watched tubes.
+    pub fn watch(&mut self, c: ClientId, name: &str) -> usize {
+        let t = self.tube_for_name(name);
+        let client = &mut self.clients[c.index()];
+        if !client.watched.contains(&t) {
+            client.watched.push(t);
+            self.tubes[t as usize].watching += 1;
+        }
+        self.clients[c.index()].watched.len()
+    }
+
+    /// Removes a tube from the watch set; returns the number of watched
+    /// tubes, or `None` (NOT_IGNORED) when it is the last one. Ignoring a
+    /// tube that is not watched is not an error and creates nothing.
+    pub fn ignore(&mut self, c: ClientId, name: &str) -> Option<usize> {
+        let found = self.find_tube(name);
+        let client = &mut self.clients[c.index()];
+        if let Some(t) = found
+            && let Some(i) = client.watched.iter().position(|&w| w == t)
+        {
+            if client.watched.len() < 2 {
+                return None;
+            }
+            client.watched.swap_remove(i);
+            self.tubes[t as usize].watching -= 1;
+            self.release_tube(t);
+        }
+        Some(self.clients[c.index()].watched.len())
+    }
+
+    pub fn watched_tubes(&self, c: ClientId) -> impl Iterator<Item = &str> {
+        self.clients[c.index()].watched.iter().map(|&t| &*self.tubes[t as usize].name)
+    }
+
+    pub fn tube_names(&self) -> impl Iterator<Item = &str> {
+        self.tube_list.iter().map(|&t| &*self.tubes[t as usize].name)
+    }
+
+    /// Pauses an existing tube for `delay_s` seconds; false if there is no
+    /// such tube. A pause of 0 ends any pause at once.
+    pub fn pause_tube(&mut self, name: &str, delay_s: u32, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(t) = self.find_tube(name) else {
+            return false;
+        };
+        let tube = &mut self.tubes[t as usize];
+        tube.pauses += 1;
+        if delay_s == 0 {
+            // beanstalkd pauses for 1 ns, which ends at its next tick and
+            // reads as "pause: 0" until then; ending it now is the same to a
+            // client and wakes the waiters without a timer round trip.
+            tube.pause = None;
+            self.reschedule_tube(t);
+            self.serve_tube(t, now);
+        } else {
+            let length = secs(delay_s);
+            tube.pause = Some(Pause { length, until: now + length });
+            self.reschedule_tube(t);
+        }
+        true
+    }
+
+    // ----- jobs ------------------------------------------------------------
+
+    /// Hands out the next job id. beanstalkd does this when a put line is
+    /// accepted, before the body arrives, so a put that then fails still
+    /// uses up its id.
+    pub fn allocate_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += u64::from(self.config.shards);
+        id
+    }
+
+    /// Enqueues a job into the client's used tube: ready, or delayed when
+    /// `delay_s > 0`. `id` comes from [`Engine::allocate_id`] and
+    /// `created_at` is when the put line was accepted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put(
+        &mut self,
+        c: ClientId,
+        id: u64,
+        created_at: Nanos,
+        pri: u32,
+        delay_s: u32,
+        ttr_s: u32,
+        body: Body,
+        now: Nanos,
+    ) -> PutOutcome {
+        self.advance(now);
+        if self.draining {
+            return PutOutcome::Draining;
+        }
+        let t = self.clients[c.index()].used;
+        // A TTR below one second is raised to one second.
+        let job = Job::new(id, created_at, pri, delay_s, ttr_s.max(1), t, body);
+        let k = self.insert_job(job);
+        let tube = &mut self.tubes[t as usize];
+        tube.jobs += 1;
+        tube.total_jobs += 1;
+        self.counts.total_jobs += 1;
+        if delay_s > 0 {
+            self.enqueue_delayed(k, now + secs(delay_s));
+        } else {
+            self.enqueue_ready(k, now);
+        }
+        PutOutcome::Inserted
+    }
+
+    /// `reserve` and `reserve-with-timeout` (`timeout_s`). Counting the
+    /// command is the caller's job; marking the client a worker is ours.
+    pub fn reserve(&mut self, c: ClientId, timeout_s: Option<u32>, now: Nanos) -> ReserveOutcome {
+        self.advance(now);
+        assert!(self.clients[c.index()].wait.is_none(), "reserve while waiting");
+        self.set_worker(c);
+        // DEADLINE_SOON only when no watched tube has a ready job, paused or
+        // not (beanstalkd ignores pauses in this test).
+        if self.deadline_soon(c.0, now) && !self.any_ready_watched(c.0) {
+            return ReserveOutcome::DeadlineSoon;
+        }
+        if let Some(k) = self.best_ready_watched(c.0, now) {
+            self.detach(k);
+            self.enqueue_reserved(k, c.0, now);
+            return ReserveOutcome::Reserved(self.job_ref(k));
+        }
+        if timeout_s == Some(0) {
+            return ReserveOutcome::TimedOut;
+        }
+        self.start_wait(c.0, timeout_s.map(|s| now + secs(s)), now);
+        ReserveOutcome::Waiting
+    }
+
+    /// Stops a client's wait (it half-closed its connection); true if it
+    /// was waiting.
+    pub fn cancel_wait(&mut self, c: ClientId) -> bool {
+        if self.clients[c.index()].wait.is_none() {
+            return false;
+        }
+        self.end_wait(c.0);
+        true
+    }
+
+    /// `reserve-job`: any ready, delayed or buried job, in any tube, paused
+    /// or not.
+    pub fn reserve_job(&mut self, c: ClientId, id: u64, now: Nanos) -> Option<JobRef> {
+        self.advance(now);
+        let k = self.find_job(id)?;
+        if self.jobs[k as usize].state == JobState::Reserved {
+            return None;
+        }
+        self.detach(k);
+        self.set_worker(c);
+        self.enqueue_reserved(k, c.0, now);
+        Some(self.job_ref(k))
+    }
+
+    /// `delete`: a job reserved by this client, or any ready, delayed or
+    /// buried job.
+    pub fn delete(&mut self, c: ClientId, id: u64, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(k) = self.find_job(id) else {
+            return false;
+        };
+        let job = &self.jobs[k as usize];
+        if job.state == JobState::Reserved && job.reserver != c.0 {
+            return false;
+        }
+        self.detach(k);
+        let t = self.jobs[k as usize].tube;
+        self.tubes[t as usize].deletes += 1;
+        self.free_job(k);
+        true
+    }
+
+    pub fn release(&mut self, c: ClientId, id: u64, pri: u32, delay_s: u32, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(k) = self.reserved_by(c, id) else {
+            return false;
+        };
+        self.detach(k);
+        let job = &mut self.jobs[k as usize];
+        job.pri = pri;
+        job.delay_s = delay_s;
+        job.releases += 1;
+        if delay_s > 0 {
+            self.enqueue_delayed(k, now + secs(delay_s));
+        } else {
+            self.enqueue_ready(k, now);
+        }
+        true
+    }
+
+    pub fn bury(&mut self, c: ClientId, id: u64, pri: u32, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(k) = self.reserved_by(c, id) else {
+            return false;
+        };
+        self.detach(k);
+        let job = &mut self.jobs[k as usize];
+        job.pri = pri;
+        job.buries += 1;
+        self.enqueue_buried(k);
+        true
+    }
+
+    pub fn touch(&mut self, c: ClientId, id: u64, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(k) = self.reserved_by(c, id) else {
+            return false;
+        };
+        let job = &mut self.jobs[k as usize];
+        job.deadline = now + secs(job.ttr_s);
+        let pos = job.pos;
+        self.ttr.update(pos, &mut DeadlineOrder(&mut self.jobs));
+        self.clients[c.index()].soonest_known = false;
+        true
+    }
+
+    /// `kick <bound>` on the client's used tube: buried jobs if there are
+    /// any (oldest first), otherwise delayed jobs (soonest first), never
+    /// both in one command.
+    pub fn kick(&mut self, c: ClientId, bound: u32, now: Nanos) -> u32 {
+        self.advance(now);
+        let t = self.clients[c.index()].used as usize;
+        let from_buried = !self.tubes[t].buried.is_empty();
+        let mut kicked = 0;
+        while kicked < bound {
+            let tube = &self.tubes[t];
+            let next = if from_buried { tube.buried.head } else { tube.delayed.peek().unwrap_or(NIL) };
+            if next == NIL {
+                break;
+            }
+            self.kick_one(next, now);
+            kicked += 1;
+        }
+        kicked
+    }
+
+    /// `kick-job`: a buried or delayed job in any tube.
+    pub fn kick_job(&mut self, id: u64, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(k) = self.find_job(id) else {
+            return false;
+        };
+        if !matches!(self.jobs[k as usize].state, JobState::Buried | JobState::Delayed) {
+            return false;
+        }
+        self.kick_one(k, now);
+        true
+    }
+
+    fn kick_one(&mut self, k: u32, now: Nanos) {
+        self.detach(k);
+        self.jobs[k as usize].kicks += 1;
+        self.enqueue_ready(k, now);
+    }
+
+    // ----- peeks and stats -------------------------------------------------
+
+    pub fn peek(&self, id: u64) -> Option<JobRef> {
+        self.find_job(id).map(|k| self.job_ref(k))
+    }
+
+    pub fn peek_ready(&self, c: ClientId) -> Option<JobRef> {
+        let tube = &self.tubes[self.clients[c.index()].used as usize];
+        tube.ready.peek().map(|k| self.job_ref(k))
+    }
+
+    pub fn peek_delayed(&self, c: ClientId) -> Option<JobRef> {
+        let tube = &self.tubes[self.clients[c.index()].used as usize];
+        tube.delayed.peek().map(|k| self.job_ref(k))
+    }
+
+    pub fn peek_buried(&self, c: ClientId) -> Option<JobRef> {
+        let tube = &self.tubes[self.clients[c.index()].used as usize];
+        (!tube.buried.is_empty()).then(|| self.job_ref(tube.buried.head))
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.counts;
+        ServerStats {
+            urgent: c.urgent,
+            ready: c.ready,
+            reserved: c.reserved,
+            delayed: c.delayed,
+            buried: c.buried,
+            ops: self.ops,
+            job_timeouts: c.job_timeouts,
+            total_jobs: c.total_jobs,
+            tubes: self.tubes.len() as u64,
+            connections: self.clients.len() as u64,
+            producers: c.producers,
+            workers: c.workers,
+            waiting: c.waiting,
+            total_connections: c.total_connections,
+            draining: self.draining,
+        }
+    }
+
+    pub fn stats_tube(&self, name: &str, now: Nanos) -> Option<TubeStats> {
+        let tube = &self.tubes[self.find_tube(name)? as usize];
+        let (pause_s, pause_left_s) = match tube.pause {
+            Some(p) if p.until > now => (p.length / NANOS_PER_SEC, time::secs_until(p.until, now)),
+            _ => (0, 0),
+        };
+        Some(TubeStats {
+            name: tube.name.to_string(),
+            urgent: tube.urgent,
+            ready: tube.ready.len() as u64,
+            reserved: tube.reserved,
+            delayed: tube.delayed.len() as u64,
+            buried: u64::from(tube.buried.len),
+            total_jobs: tube.total_jobs,
+            using: tube.using,
+            watching: tube.watching,
+            waiting: u64::from(tube.waiting),
+            deletes: tube.deletes,
+            pauses: tube.pauses,
+            pause_s,
+            pause_left_s,
+        })
+    }
+
+    pub fn stats_job(&self, id: u64, now: Nanos) -> Option<JobStats> {
+        let job = &self.jobs[self.find_job(id)? as usize];
+        let time_left_s = match job.state {
+            JobState::Reserved | JobState::Delayed => time::secs_until(job.deadline, now),
+            _ => 0,
+        };
+        Some(JobStats {
+            id: job.id,
+            tube: self.tubes[job.tube as usize].name.to_string(),
+            state: job.state.name(),
+            pri: job.pri,
+            age_s: time::secs_until(now, job.created_at),
+            delay_s: job.delay_s,
+            ttr_s: job.ttr_s,
+            time_left_s,
+            file: 0,
+            reserves: job.reserves,
+            timeouts: job.timeouts,
+            releases: job.releases,
+            buries: job.buries,
+            kicks: job.kicks,
+        })
+    }
+
+    // ----- time --------------------------------------------------------------
+
+    /// Does everything due at `now`: delayed jobs become ready and tube
+    /// pauses end (each job offered to waiters as it moves), waiting clients
+    /// get DEADLINE_SOON or TIMED_OUT, and reservations whose TTR has run out
+    /// go back to ready. beanstalkd's tick runs in this order too.
+    pub fn advance(&mut self, now: Nanos) {
+        while let Some(t) = self.tube_timers.peek() {
+            if self.tubes[t as usize].timer_at > now {
+                break;
+            }
+            self.fire_tube_timer(t, now);
+        }
+        while let Some(c) = self.client_timers.peek() {
+            if self.clients[c as usize].wake_at > now {
+                break;
+            }
+            self.fire_client_timer(c, now);
+        }
+        while let Some(k) = self.ttr.peek() {
+            // A reservation expires once `now` is strictly past its deadline.
+            if self.jobs[k as usize].deadline >= now {
+                break;
+            }
+            self.expire(k, now);
+        }
+    }
+
+    /// The earliest time at which [`Engine::advance`] has work to do.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        let tube = self.tube_timers.peek().map(|t| self.tubes[t as usize].timer_at);
+        let client = self.client_timers.peek().map(|c| self.clients[c as usize].wake_at);
+        let ttr = self.ttr.peek().map(|k| self.jobs[k as usize].deadline + 1);
+        [tube, client, ttr].into_iter().flatten().min()
+    }
+
+    fn fire_tube_timer(&mut self, t: u32, now: Nanos) {
+        let tube = &self.tubes[t as usize];
+        let due_job = tube.delayed.peek().filter(|&k| self.jobs[k as usize].deadline <= now);
+        if let Some(k) = due_job {
+            // One job per firing, so jobs of several tubes come due in
+            // deadline order.
+            self.detach(k);
+            self.enqueue_ready(k, now);
+        } else if tube.pause.is_some_and(|p| p.until <= now) {
+            self.tubes[t as usize].pause = None;
+            self.reschedule_tube(t);
+            self.serve_tube(t, now);
+        } else {
+            self.reschedule_tube(t);
+        }
+    }
+
+    fn fire_client_timer(&mut self, c: u32, now: Nanos) {
+        let wait = self.clients[c as usize].wait.expect("client timer without a wait");
+        let wake = if self.deadline_soon(c, now) {
+            Wake::DeadlineSoon
+        } else if wait.timeout_at.is_some_and(|at| at <= now) {
+            Wake::TimedOut
+        } else {
+            // The deadline that set the timer went away (the job expired or
+            // was deleted); wait for what is due now.
+            self.schedule_client(c);
+            return;
+        };
+        self.end_wait(c);
+        self.wakes.push((ClientId(c), wake));
+    }
+
+    fn expire(&mut self, k: u32, now: Nanos) {
+        let c = self.jobs[k as usize].reserver;
+        self.detach(k);
+        self.jobs[k as usize].timeouts += 1;
+        self.counts.job_timeouts += 1;
+        if self.clients[c as usize].wait.is_some() {
+            self.schedule_client(c);
+        }
+        self.enqueue_ready(k, now);
+    }
+
+    // ----- state transitions ---------------------------------------------------
+    //
+    // `detach` takes a job out of whatever structure its state puts it in;
+    // the `enqueue_*` functions put a detached job into a new one. Counters
+    // move with the job.
+
+    fn detach(&mut self, k: u32) {
+        let job = &self.jobs[k as usize];
+        let (t, pos, pri) = (job.tube as usize, job.pos, job.pri);
+        match job.state {
+            JobState::Ready => {
+                self.tubes[t].ready.remove(pos, &mut ReadyOrder(&mut self.jobs));
+                self.counts.ready -= 1;
+                if pri < job::URGENT_PRI_LIMIT {
+                    self.counts.urgent -= 1;
+                    self.tubes[t].urgent -= 1;
+                }
+            }
+            JobState::Delayed => {
+                self.tubes[t].delayed.remove(pos, &mut DeadlineOrder(&mut self.jobs));
+                self.counts.delayed -= 1;
+                if pos == 0 {
+                    self.reschedule_tube(t as u32);
+                }
+            }
+            JobState::Reserved => {
+                let c = job.reserver as usize;
+                self.ttr.remove(pos, &mut DeadlineOrder(&mut self.jobs));
+                let client = &mut self.clients[c];
+                client.reserved.remove(&mut self.jobs, k);
+                client.soonest_known = false;
+                self.jobs[k as usize].reserver = NIL;
+                self.counts.reserved -= 1;
+                self.tubes[t].reserved -= 1;
+            }
+            JobState::Buried => {
+                self.tubes[t].buried.remove(&mut self.jobs, k);
+                self.counts.buried -= 1;
+            }
+        }
+    }
+
+    /// Makes a detached job ready and offers it to the tube's waiters.
+    fn enqueue_ready(&mut self, k: u32, now: Nanos) {
+        let job = &mut self.jobs[k as usize];
+        job.state = JobState::Ready;
+        let (t, urgent) = (job.tube as usize, job.is_urgent_pri());
+        self.tubes[t].ready.push(k, &mut ReadyOrder(&mut self.jobs));
+        self.counts.ready += 1;
+        if urgent {
+            self.counts.urgent += 1;
+            self.tubes[t].urgent += 1;
+        }
+        self.serve_tube(t as u32, now);
+    }
+
+    fn enqueue_delayed(&mut self, k: u32, deadline: Nanos) {
+        let job = &mut self.jobs[k as usize];
+        job.state = JobState::Delayed;
+        job.deadline = deadline;
+        let t = job.tube;
+        self.tubes[t as usize].delayed.push(k, &mut DeadlineOrder(&mut self.jobs));
+        self.counts.delayed += 1;
+        if self.jobs[k as usize].pos == 0 {
+            self.reschedule_tube(t);
+        }
+    }
+
+    fn enqueue_buried(&mut self, k: u32) {
+        let job = &mut self.jobs[k as usize];
+        job.state = JobState::Buried;
+        let t = job.tube as usize;
+        self.tubes[t].buried.push_back(&mut self.jobs, k);
+        self.counts.buried += 1;
+    }
+
+    fn enqueue_reserved(&mut self, k: u32, c: u32, now: Nanos) {
+        let job = &mut self.jobs[k as usize];
+        job.state = JobState::Reserved;
+        job.reserver = c;
+        job.reserves += 1;
+        job.deadline = now + secs(job.ttr_s);
+        let (t, deadline) = (job.tube as usize, job.deadline);
+        self.ttr.push(k, &mut DeadlineOrder(&mut self.jobs));
+        let client = &mut self.clients[c as usize];
+        client.reserved.push_back(&mut self.jobs, k);
+        if client.soonest_known && (client.soonest == NIL || deadline < self.jobs[client.soonest as usize].deadline) {
+            client.soonest = k;
+        }
+        self.counts.reserved += 1;
+        self.tubes[t].reserved += 1;
+    }
+
+    // ----- waiting -----------------------------------------------------------
+
+    /// Serves the tube's waiters, oldest first, while it is unpaused and has
+    /// ready jobs.
+    fn serve_tube(&mut self, t: u32, now: Nanos) {
+        loop {
+            let tube = &self.tubes[t as usize];
+            if tube.waiting == 0 || tube.is_paused(now) {
+                return;
+            }
+            let Some(k) = tube.ready.peek() else {
+                return;
+            };
+            let c = self.pop_waiter(t);
+            self.end_wait(c);
+            self.detach(k);
+            self.enqueue_reserved(k, c, now);
+            let job = self.job_ref(k);
+            self.wakes.push((ClientId(c), Wake::Reserved(job)));
+        }
+    }
+
+    /// The oldest live waiter of a tube that has one.
+    fn pop_waiter(&mut self, t: u32) -> u32 {
+        let clients = &self.clients;
+        let waiters = &mut self.tubes[t as usize].waiters;
+        while let Some(w) = waiters.pop_front() {
+            if is_live(clients, w) {
+                return w.client;
+            }
+        }
+        panic!("tube {t} counts a waiter it does not have");
+    }
+
+    fn start_wait(&mut self, c: u32, timeout_at: Option<Nanos>, _now: Nanos) {
+        self.wait_seq += 1;
+        let seq = self.wait_seq;
+        let client = &mut self.clients[c as usize];
+        client.wait = Some(Wait { seq, timeout_at });
+        for &t in &client.watched {
+            let tube = &mut self.tubes[t as usize];
+            tube.waiters.push_back(Waiter { client: c, seq });
+            tube.waiting += 1;
+        }
+        self.counts.waiting += 1;
+        self.schedule_client(c);
+    }
+
+    fn end_wait(&mut self, c: u32) {
+        let client = &mut self.clients[c as usize];
+        client.wait = None;
+        // Taken out for the loop, which reads the client table.
+        let watched = std::mem::take(&mut client.watched);
+        for &t in &watched {
+            let tube = &mut self.tubes[t as usize];
+            tube.waiting -= 1;
+            // Sweep stale registrations once they outnumber live ones, so
+            // a tube that never gets jobs does not collect them forever.
+            if tube.waiters.len() > 2 * tube.waiting as usize + 16 {
+                let clients = &self.clients;
+                tube.waiters.retain(|&w| is_live(clients, w));
+            }
+        }
+        self.clients[c as usize].watched = watched;
+        self.counts.waiting -= 1;
+        let pos = self.clients[c as usize].timer_pos;
+        if pos != NO_POS {
+            self.client_timers.remove(pos, &mut ClientTimerOrder(&mut self.clients));
+        }
+    }
+
+    /// (Re)arms a waiting client's timer: the earlier of its timeout and the
+    /// start of the safety margin before its soonest reservation's deadline.
+    fn schedule_client(&mut self, c: u32) {
+        let soon = self.soonest_deadline(c).map(|d| d.saturating_sub(SAFETY_MARGIN));
+        let client = &mut self.clients[c as usize];
+        let timeout = client.wait.and_then(|w| w.timeout_at);
+        let at = match (timeout, soon) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let pos = client.timer_pos;
+        let mut order = ClientTimerOrder(&mut self.clients);
+        match at {
+            Some(at) => {
+                order.0[c as usize].wake_at = at;
+                if pos == NO_POS {
+                    self.client_timers.push(c, &mut order);
+                } else {
+                    self.client_timers.update(pos, &mut order);
+                }
+            }
+            None if pos != NO_POS => {
+                self.client_timers.remove(pos, &mut order);
+            }
+            None => {}
+        }
+    }
+
+    /// Whether the client's soonest reservation is within the safety margin.
+    fn deadline_soon(&mut self, c: u32, now: Nanos) -> bool {
+        self.soonest_deadline(c).is_some_and(|d| now >= d.saturating_sub(SAFETY_MARGIN))
+    }
+
+    fn soonest_deadline(&mut self, c: u32) -> Option<Nanos> {
+        let client = &mut self.clients[c as usize];
+        if !client.soonest_known {
+            let mut best = NIL;
+            let mut k = client.reserved.head;
+            while k != NIL {
+                let job = &self.jobs[k as usize];
+                if best == NIL || job.deadline < self.jobs[best as usize].deadline {
+                    best = k;
+                }
+                k = job.next;
+            }
+            client.soonest = best;
+            client.soonest_known = true;
+        }
+        (client.soonest != NIL).then(|| self.jobs[client.soonest as usize].deadline)
+    }
+
+    fn any_ready_watched(&self, c: u32) -> bool {
+        self.clients[c as usize].watched.iter().any(|&t| !self.tubes[t as usize].ready.is_empty())
+    }
+
+    /// The best `(pri, id)` ready job across the client's unpaused tubes.
+    fn best_ready_watched(&self, c: u32, now: Nanos) -> Option<u32> {
+        let order = ReadyOrderRef(&self.jobs);
+        self.clients[c as usize]
+            .watched
+            .iter()
+            .map(|&t| &self.tubes[t as usize])
+            .filter(|tube| !tube.is_paused(now))
+            .filter_map(|tube| tube.ready.peek())
+            .reduce(|best, k| if order.less(k, best) { k } else { best })
+    }
+
+    // ----- bookkeeping -------------------------------------------------------
+
+    fn job_ref(&self, k: u32) -> JobRef {
+        let job = &self.jobs[k as usize];
+        JobRef { id: job.id, body: job.body.clone() }
+    }
+
+    fn reserved_by(&self, c: ClientId, id: u64) -> Option<u32> {
+        let k = self.find_job(id)?;
+        let job = &self.jobs[k as usize];
+        (job.state == JobState::Reserved && job.reserver == c.0).then_some(k)
+    }
+
+    fn find_job(&self, id: u64) -> Option<u32> {
+        let jobs = &self.jobs;
+        self.ids.find(hash_id(id), |&k| jobs[k as usize].id == id).copied()
+    }
+
+    fn insert_job(&mut self, job: Job) -> u32 {
+        let id = job.id;
+        debug_assert!(self.find_job(id).is_none(), "duplicate job id {id}");
+        let k = self.jobs.insert(job);
+        assert!(k < NIL as usize, "too many jobs");
+        let jobs = &self.jobs;
+        self.ids.insert_unique(hash_id(id), k as u32, |&k| hash_id(jobs[k as usize].id));
+        k as u32
+    }
+
+    /// Frees a detached job; its tube loses a reference.
+    fn free_job(&mut self, k: u32) {
+        let id = self.jobs[k as usize].id;
+        let jobs = &self.jobs;
+        match self.ids.find_entry(hash_id(id), |&x| jobs[x as usize].id == id) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => panic!("job {id} missing from the id index"),
+        }
+        let job = self.jobs.remove(k as usize);
+        self.tubes[job.tube as usize].jobs -= 1;
+        self.release_tube(job.tube);
+    }
+
+    fn find_tube(&self, name: &str) -> Option<u32> {
+        let tubes = &self.tubes;
+        self.tube_names.find(self.name_hasher.hash_one(name), |&t| &*tubes[t as usize].name == name).copied()
+    }
+
+    fn tube_for_name(&mut self, name: &str) -> u32 {
+        if let Some(t) = self.find_tube(name) {
+            return t;
+        }
+        let list_pos = self.tube_list.len() as u32;
+        let t = self.tubes.insert(Tube::new(name, list_pos)) as u32;
+        self.tube_list.push(t);
+        let (tubes, hasher) = (&self.tubes, &self.name_hasher);
+        self.tube_names.insert_unique(hasher.hash_one(name), t, |&x| hasher.hash_one(&*tubes[x as usize].name));
+        t
+    }
+
+    /// Destroys a tube nothing refers to any more (never `default`).
+    fn release_tube(&mut self, t: u32) {
+        if t == self.default_tube || !self.tubes[t as usize].is_unreferenced() {
+            return;
+        }
+        let tube = &self.tubes[t as usize];
+        debug_assert!(tube.ready.is_empty() && tube.delayed.is_empty() && tube.buried.is_empty());
+        let timer_pos = tube.timer_pos;
+        if timer_pos != NO_POS {
+            self.tube_timers.remove(timer_pos, &mut TubeTimerOrder(&mut self.tubes));
+        }
+        let hash = self.name_hasher.hash_one(&*self.tubes[t as usize].name);
+        match self.tube_names.find_entry(hash, |&x| x == t) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => panic!("tube {t} missing from the name index"),
+        }
+        let tube = self.tubes.remove(t as usize);
+        // The list fills the gap with its last entry, as beanstalkd's does.
+        let pos = tube.list_pos as usize;
+        self.tube_list.swap_remove(pos);
+        if let Some(&moved) = self.tube_list.get(pos) {
+            self.tubes[moved as usize].list_pos = pos as u32;
+        }
+    }
+
+    /// Re-keys a tube in the timer heap after its delayed queue or pause
+    /// changed.
+    fn reschedule_tube(&mut self, t: u32) {
+        let tube = &self.tubes[t as usize];
+        let next_job = tube.delayed.peek().map(|k| self.jobs[k as usize].deadline);
+        let pause_end = tube.pause.map(|p| p.until);
+        let at = match (next_job, pause_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let pos = tube.timer_pos;
+        let mut order = TubeTimerOrder(&mut self.tubes);
+        match at {
+            Some(at) => {
+                order.0[t as usize].timer_at = at;
+                if pos == NO_POS {
+                    self.tube_timers.push(t, &mut order);
+                } else {
+                    self.tube_timers.update(pos, &mut order);
+                }
+            }
+            None if pos != NO_POS => {
+                self.tube_timers.remove(pos, &mut order);
+            }
+            None => {}
+        }
+    }
+
+    /// Checks every invariant of the module doc; panics on the first broken
+    /// one. Slow: for tests.
+    #[doc(hidden)]
+    pub fn check_invariants(&self, now: Nanos) {
+        let mut counts = Counts::default();
+        let mut waiting_clients = 0u64;
+        for (k, job) in &self.jobs {
+            let k = k as u32;
+            assert_eq!(self.find_job(job.id), Some(k), "id index of job {}", job.id);
+            let tube = &self.tubes[job.tube as usize];
+            match job.state {
+                JobState::Ready => {
+                    assert_eq!(tube.ready.keys()[job.pos as usize], k);
+                    counts.ready += 1;
+                    counts.urgent += u64::from(job.is_urgent_pri());
+                }
+                JobState::Delayed => {
+                    assert_eq!(tube.delayed.keys()[job.pos as usize], k);
+                    counts.delayed += 1;
+                }
+                JobState::Reserved => {
+                    assert_eq!(self.ttr.keys()[job.pos as usize], k);
+                    assert!(self.clients.contains(job.reserver as usize));
+                    counts.reserved += 1;
+                }
+                JobState::Buried => counts.buried += 1,
+            }
+        }
+        assert_eq!(self.ids.len(), self.jobs.len());
+        assert_eq!(
+            (counts.ready, counts.urgent, counts.delayed, counts.reserved, counts.buried),
+            (self.counts.ready, self.counts.urgent, self.counts.delayed, self.counts.reserved, self.counts.buried)
+        );
+        self.ttr.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k as usize].pos);
+        for (i, &t) in self.tube_list.iter().enumerate() {
+            assert_eq!(self.tubes[t as usize].list_pos as usize, i);
+        }
+        assert_eq!(self.tube_list.len(), self.tubes.len());
+        for (t, tube) in &self.tubes {
+            assert_eq!(self.find_tube(&tube.name), Some(t as u32));
+            assert!(t as u32 == self.default_tube || !tube.is_unreferenced(), "unreferenced tube {}", tube.name);
+            tube.ready.check(&ReadyOrderRef(&self.jobs), |k| self.jobs[k as usize].pos);
+            tube.delayed.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k as usize].pos);
+            let jobs_here = self.jobs.iter().filter(|(_, j)| j.tube == t as u32).count() as u64;
+            assert_eq!(tube.jobs, jobs_here, "job refs of tube {}", tube.name);
+            let live = tube.waiters.iter().filter(|&&w| is_live(&self.clients, w)).count();
+            assert_eq!(live, tube.waiting as usize, "waiters of tube {}", tube.name);
+            assert!(
+                tube.is_paused(now) || tube.waiting == 0 || tube.ready.is_empty(),
+                "tube {} has both a ready job and a waiter",
+                tube.name
+            );
+            let using = self.clients.iter().filter(|(_, c)| c.used == t as u32).count() as u64;
+            let watching = self.clients.iter().filter(|(_, c)| c.watched.contains(&(t as u32))).count() as u64;
+            assert_eq!((tube.using, tube.watching), (using, watching), "references of tube {}", tube.name);
+        }
+        for (_, client) in &self.clients {
+            waiting_clients += u64::from(client.wait.is_some());
+            let mut k = client.reserved.head;
+            let mut n = 0;
+            while k != NIL {
+                assert_eq!(self.jobs[k as usize].state, JobState::Reserved);
+                n += 1;
+                k = self.jobs[k as usize].next;
+            }
+            assert_eq!(n, client.reserved.len);
+        }
+        assert_eq!(waiting_clients, self.counts.waiting);
+    }
+}
+
+fn is_live(clients: &Slab<Client>, w: Waiter) -> bool {
+    clients.get(w.client as usize).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
+}
+
+/// Job ids are chosen by the server, so a fast mixer is enough (the
+/// finalizer of splitmix64).
+fn hash_id(id: u64) -> u64 {
+    let mut x = id;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+struct ReadyOrder<'a>(&'a mut Slab<Job>);
+struct ReadyOrderRef<'a>(&'a Slab<Job>);
+struct DeadlineOrder<'a>(&'a mut Slab<Job>);
+struct DeadlineOrderRef<'a>(&'a Slab<Job>);
+struct TubeTimerOrder<'a>(&'a mut Slab<Tube>);
+struct ClientTimerOrder<'a>(&'a mut Slab<Client>);
+
+fn ready_less(jobs: &Slab<Job>, a: u32, b: u32) -> bool {
+    let (a, b) = (&jobs[a as usize], &jobs[b as usize]);
+    (a.pri, a.id) < (b.pri, b.id)
+}
+
+fn deadline_less(jobs: &Slab<Job>, a: u32, b: u32) -> bool {
+    let (a, b) = (&jobs[a as usize], &jobs[b as usize]);
+    (a.deadline, a.id) < (b.deadline, b.id)
+}
+
+impl HeapOrder for ReadyOrder<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        ready_less(self.0, a, b)
+    }
+    fn set_pos(&mut self, key: u32, pos: u32) {
+        self.0[key as usize].pos = pos;
+    }
+}
+
+impl HeapOrder for ReadyOrderRef<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        ready_less(self.0, a, b)
+    }
+    fn set_pos(&mut self, _: u32, _: u32) {
+        unreachable!("read-only order")
+    }
+}
+
+impl HeapOrder for DeadlineOrder<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        deadline_less(self.0, a, b)
+    }
+    fn set_pos(&mut self, key: u32, pos: u32) {
+        self.0[key as usize].pos = pos;
+    }
+}
+
+impl HeapOrder for DeadlineOrderRef<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        deadline_less(self.0, a, b)
+    }
+    fn set_pos(&mut self, _: u32, _: u32) {
+        unreachable!("read-only order")
+    }
+}
+
+impl HeapOrder for TubeTimerOrder<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        (self.0[a as usize].timer_at, a) < (self.0[b as usize].timer_at, b)
+    }
+    fn set_pos(&mut self, key: u32, pos: u32) {
+        self.0[key as usize].timer_pos = pos;
+    }
+}
+
+impl HeapOrder for ClientTimerOrder<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        (self.0[a as usize].wake_at, a) < (self.0[b as usize].wake_at, b)
+    }
+    fn set_pos(&mut self, key: u32, pos: u32) {
+        self.0[key as usize].timer_pos = pos;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,21 @@
+//! runnerbean: a drop-in replacement for the beanstalkd work queue.
+//!
+//! # Layout
+//! * [`protocol`] — parsing command lines and encoding replies; no state.
+//! * [`engine`] — the pure queue state machine of one shard: tubes, jobs,
+//!   indexed heaps, waiting clients, timers, counters. No I/O, no clock.
+//! * [`shard`] — one core's share of the server: the engine plus every
+//!   connection's protocol session (framing, put bodies, blocked reserves),
+//!   still without I/O, and the routing of commands to shards.
+//! * [`net`] — listeners, connections and the core's event loop on
+//!   io_uring (tokio-uring) or epoll (tokio), the only place with sockets.
+//! * [`config`] — beanstalkd-compatible command-line flags.
+//! * [`sys`] — facts about the process and host (`uname`, `getrusage`,
+//!   privileges, signals).
+
+pub mod config;
+pub mod engine;
+pub mod net;
+pub mod protocol;
+pub mod shard;
+pub mod sys;

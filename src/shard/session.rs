@@ -1,0 +1,132 @@
+//! One connection's protocol state: where it is in the byte stream (a
+//! command line, a put body, bytes to throw away), whether it is blocked in
+//! reserve, and the replies it is owed.
+//!
+//! # Framing rules
+//! * A command line ends at the first CRLF. A bare `\r` or `\n` inside a
+//!   line is an ordinary byte (it will fail the command's own checks).
+//! * A line may be at most [`LINE_BYTES_MAX`] bytes, CRLF included. A longer
+//!   one is thrown away up to its CRLF and earns one BAD_FORMAT; whatever
+//!   follows the CRLF is the next command. (beanstalkd reads in fixed
+//!   224-byte chunks and can lose the following command or stall on a stray
+//!   `\r`; we do not. See docs/COMPAT.md.)
+//! * A put body is exactly `size + 2` bytes, then the next command starts.
+//! * After JOB_TOO_BIG (or OUT_OF_MEMORY) on a put line, exactly `size + 2`
+//!   bytes are thrown away before the reply is sent.
+
+use memchr::memchr_iter;
+
+use crate::engine::{BodyBuilder, ClientId, Nanos};
+use crate::protocol::LINE_BYTES_MAX;
+use crate::protocol::output::Output;
+
+/// A put line accepted, its body still arriving.
+pub struct PendingPut {
+    pub id: u64,
+    pub created_at: Nanos,
+    pub pri: u32,
+    pub delay_s: u32,
+    pub ttr_s: u32,
+    pub body: BodyBuilder,
+}
+
+pub enum Mode {
+    /// Expecting a command line.
+    Line,
+    /// Inside an overlong line: discard through its CRLF, then BAD_FORMAT.
+    SkipLine,
+    /// Receiving a put body.
+    Body(Box<PendingPut>),
+    /// Throwing away `remaining` bytes, then sending `reply`.
+    Discard { remaining: u64, reply: &'static [u8] },
+}
+
+pub struct Session {
+    /// The engine's client, until the connection is closed.
+    pub client: Option<ClientId>,
+    pub mode: Mode,
+    /// Received bytes not processed yet: a partial command line, or
+    /// commands pipelined behind a blocked reserve.
+    pub pending: Vec<u8>,
+    pub out: Output,
+    /// Blocked in reserve: no further command runs until it is answered.
+    pub blocked: bool,
+    /// The peer will send nothing more.
+    pub eof: bool,
+    /// No more commands will run; the connection closes once `out` is
+    /// written.
+    pub closing: bool,
+    /// Writing failed; output is discarded.
+    pub dead: bool,
+    /// Listed in the shard's dirty list.
+    pub dirty: bool,
+    /// A label for log lines (the socket's file descriptor).
+    pub label: i32,
+}
+
+impl Session {
+    pub fn new(client: ClientId, label: i32) -> Session {
+        Session {
+            client: Some(client),
+            mode: Mode::Line,
+            pending: Vec::new(),
+            out: Output::default(),
+            blocked: false,
+            eof: false,
+            closing: false,
+            dead: false,
+            dirty: false,
+            label,
+        }
+    }
+
+    /// Whether commands may run now.
+    pub fn runnable(&self) -> bool {
+        !self.blocked && !self.closing
+    }
+}
+
+/// The result of looking for a command line at the start of `input`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineScan {
+    /// A line of `len` bytes, followed by CRLF.
+    Line(usize),
+    /// No complete line yet, and it may still fit.
+    Incomplete,
+    /// The line is longer than [`LINE_BYTES_MAX`].
+    Overlong,
+}
+
+/// Finds the first CRLF within the first [`LINE_BYTES_MAX`] bytes.
+pub fn scan_line(input: &[u8]) -> LineScan {
+    let window = &input[..input.len().min(LINE_BYTES_MAX)];
+    if let Some(len) = find_crlf(window) {
+        return LineScan::Line(len);
+    }
+    if input.len() >= LINE_BYTES_MAX { LineScan::Overlong } else { LineScan::Incomplete }
+}
+
+/// The offset of the first CRLF in `input`.
+pub fn find_crlf(input: &[u8]) -> Option<usize> {
+    memchr_iter(b'\n', input).find(|&i| i > 0 && input[i - 1] == b'\r').map(|i| i - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_scanning() {
+        assert_eq!(scan_line(b"use a\r\nmore"), LineScan::Line(5));
+        assert_eq!(scan_line(b"use a\rb\r\n"), LineScan::Line(7));
+        assert_eq!(scan_line(b"use a\nb\r\n"), LineScan::Line(7));
+        assert_eq!(scan_line(b"use a\r"), LineScan::Incomplete);
+        assert_eq!(scan_line(b""), LineScan::Incomplete);
+        let longest = [vec![b'x'; 222], b"\r\n".to_vec()].concat();
+        assert_eq!(scan_line(&longest), LineScan::Line(222));
+        let too_long = [vec![b'x'; 223], b"\r\n".to_vec()].concat();
+        assert_eq!(scan_line(&too_long), LineScan::Overlong);
+        assert_eq!(scan_line(&[b'x'; 223]), LineScan::Incomplete);
+        assert_eq!(scan_line(&[b'x'; 224]), LineScan::Overlong);
+    }
+}
