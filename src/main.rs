@@ -19,6 +19,7 @@ const EXIT_HOST_FACTS: i32 = 50;
 const EXIT_UNSUPPORTED: i32 = 1;
 
 fn main() {
+    sys::catch_drain_signal_early();
     let mut args = std::env::args();
     let progname = args.next().unwrap_or_else(|| "runnerbean".to_string());
     let args: Vec<String> = args.collect();

@@ -91,6 +91,32 @@ pub fn become_user(user: &str) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
+static DRAIN_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_drain_request(_: libc::c_int) {
+    DRAIN_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Catches SIGUSR1 from the first moment, before the event loop installs
+/// its own handler, so a drain request sent right after start-up is kept
+/// rather than killing the process (the default action).
+pub fn catch_drain_signal_early() {
+    // Safety: the handler only stores to an atomic, which is
+    // async-signal-safe; sigaction is given a fully initialised struct.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = note_drain_request as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+    }
+}
+
+/// Whether SIGUSR1 arrived while [`catch_drain_signal_early`]'s handler
+/// was in place.
+pub fn drain_requested() -> bool {
+    DRAIN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Ignores SIGPIPE, so a write to a closed socket is an error, not death.
 pub fn ignore_sigpipe() {
     // Safety: setting a signal disposition to SIG_IGN.

@@ -42,6 +42,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 use slab::Slab;
+use smallvec::SmallVec;
 
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};
@@ -141,8 +142,10 @@ pub struct Engine {
     clients: Slab<Client>,
     /// Reserved jobs by (deadline, id).
     ttr: IndexedHeap,
-    /// Tubes by their next delayed job or pause end.
-    tube_timers: IndexedHeap,
+    /// Tubes with delayed jobs, by their soonest one's (deadline, id).
+    delay_timers: IndexedHeap,
+    /// Paused tubes by the end of their pause.
+    pause_timers: IndexedHeap,
     /// Waiting clients by wake-up time.
     client_timers: IndexedHeap,
     next_id: u64,
@@ -168,7 +171,8 @@ impl Engine {
             default_tube: 0,
             clients: Slab::new(),
             ttr: IndexedHeap::default(),
-            tube_timers: IndexedHeap::default(),
+            delay_timers: IndexedHeap::default(),
+            pause_timers: IndexedHeap::default(),
             client_timers: IndexedHeap::default(),
             next_id: first_id,
             wait_seq: 0,
@@ -341,17 +345,25 @@ impl Engine {
         };
         let tube = &mut self.tubes[t as usize];
         tube.pauses += 1;
+        let pos = tube.pause_pos;
+        let mut order = PauseTimerOrder(&mut self.tubes);
         if delay_s == 0 {
             // beanstalkd pauses for 1 ns, which ends at its next tick and
             // reads as "pause: 0" until then; ending it now is the same to a
             // client and wakes the waiters without a timer round trip.
-            tube.pause = None;
-            self.reschedule_tube(t);
+            order.0[t as usize].pause = None;
+            if pos != NO_POS {
+                self.pause_timers.remove(pos, &mut order);
+            }
             self.serve_tube(t, now);
         } else {
             let length = secs(delay_s);
-            tube.pause = Some(Pause { length, until: now + length });
-            self.reschedule_tube(t);
+            order.0[t as usize].pause = Some(Pause { length, until: now + length });
+            if pos == NO_POS {
+                self.pause_timers.push(t, &mut order);
+            } else {
+                self.pause_timers.update(pos, &mut order);
+            }
         }
         true
     }
@@ -642,55 +654,72 @@ impl Engine {
 
     // ----- time --------------------------------------------------------------
 
-    /// Does everything due at `now`: delayed jobs become ready and tube
-    /// pauses end (each job offered to waiters as it moves), waiting clients
-    /// get DEADLINE_SOON or TIMED_OUT, and reservations whose TTR has run out
-    /// go back to ready. beanstalkd's tick runs in this order too.
+    /// Does everything due at `now`, in this order:
+    ///
+    /// 1. tubes whose pause has ended are unpaused;
+    /// 2. delayed jobs that are due become ready, in `(deadline, id)` order,
+    ///    each offered at once to the waiters of its tube and of the tubes
+    ///    just unpaused (best `(pri, id)` job first, as beanstalkd's queue
+    ///    pass does);
+    /// 3. the unpaused tubes serve their waiters;
+    /// 4. waiting clients' timers (DEADLINE_SOON, TIMED_OUT) and TTR
+    ///    expiries, merged in time order; an expired job goes back to ready
+    ///    and is offered to its tube's waiters.
+    ///
+    /// beanstalkd's tick has the same phases.
     pub fn advance(&mut self, now: Nanos) {
-        while let Some(t) = self.tube_timers.peek() {
-            if self.tubes[t as usize].timer_at > now {
+        let mut unpaused: SmallVec<[u32; 4]> = SmallVec::new();
+        while let Some(t) = self.pause_timers.peek() {
+            if self.tubes[t as usize].pause.is_some_and(|p| p.until > now) {
                 break;
             }
-            self.fire_tube_timer(t, now);
+            self.pause_timers.pop(&mut PauseTimerOrder(&mut self.tubes));
+            self.tubes[t as usize].pause = None;
+            unpaused.push(t);
         }
-        while let Some(c) = self.client_timers.peek() {
-            if self.clients[c as usize].wake_at > now {
+        while let Some(t) = self.delay_timers.peek() {
+            let k = self.tubes[t as usize].delayed.peek().expect("delay timer of a tube with no delayed job");
+            if self.jobs[k as usize].deadline > now {
                 break;
             }
-            self.fire_client_timer(c, now);
+            self.detach(k);
+            self.push_ready(k);
+            if unpaused.is_empty() {
+                self.serve_tube(t, now);
+            } else {
+                let mut tubes = unpaused.clone();
+                tubes.push(t);
+                self.match_tubes(&tubes, now);
+            }
         }
-        while let Some(k) = self.ttr.peek() {
+        if !unpaused.is_empty() {
+            self.match_tubes(&unpaused, now);
+        }
+        loop {
+            let client_at = self.client_timers.peek().map(|c| (self.clients[c as usize].wake_at, c));
             // A reservation expires once `now` is strictly past its deadline.
-            if self.jobs[k as usize].deadline >= now {
-                break;
+            let expiry_at = self.ttr.peek().map(|k| (self.jobs[k as usize].deadline + 1, k));
+            match (client_at, expiry_at) {
+                (Some((at, c)), expiry) if at <= now && expiry.is_none_or(|(e, _)| at <= e) => {
+                    self.fire_client_timer(c, now)
+                }
+                (_, Some((at, k))) if at <= now => self.expire(k, now),
+                _ => break,
             }
-            self.expire(k, now);
         }
     }
 
     /// The earliest time at which [`Engine::advance`] has work to do.
     pub fn next_deadline(&self) -> Option<Nanos> {
-        let tube = self.tube_timers.peek().map(|t| self.tubes[t as usize].timer_at);
+        let pause = self.pause_timers.peek().and_then(|t| self.tubes[t as usize].pause.map(|p| p.until));
+        let delay = self
+            .delay_timers
+            .peek()
+            .and_then(|t| self.tubes[t as usize].delayed.peek())
+            .map(|k| self.jobs[k as usize].deadline);
         let client = self.client_timers.peek().map(|c| self.clients[c as usize].wake_at);
         let ttr = self.ttr.peek().map(|k| self.jobs[k as usize].deadline + 1);
-        [tube, client, ttr].into_iter().flatten().min()
-    }
-
-    fn fire_tube_timer(&mut self, t: u32, now: Nanos) {
-        let tube = &self.tubes[t as usize];
-        let due_job = tube.delayed.peek().filter(|&k| self.jobs[k as usize].deadline <= now);
-        if let Some(k) = due_job {
-            // One job per firing, so jobs of several tubes come due in
-            // deadline order.
-            self.detach(k);
-            self.enqueue_ready(k, now);
-        } else if tube.pause.is_some_and(|p| p.until <= now) {
-            self.tubes[t as usize].pause = None;
-            self.reschedule_tube(t);
-            self.serve_tube(t, now);
-        } else {
-            self.reschedule_tube(t);
-        }
+        [pause, delay, client, ttr].into_iter().flatten().min()
     }
 
     fn fire_client_timer(&mut self, c: u32, now: Nanos) {
@@ -742,7 +771,7 @@ impl Engine {
                 self.tubes[t].delayed.remove(pos, &mut DeadlineOrder(&mut self.jobs));
                 self.counts.delayed -= 1;
                 if pos == 0 {
-                    self.reschedule_tube(t as u32);
+                    self.reschedule_delay_timer(t as u32);
                 }
             }
             JobState::Reserved => {
@@ -764,16 +793,23 @@ impl Engine {
 
     /// Makes a detached job ready and offers it to the tube's waiters.
     fn enqueue_ready(&mut self, k: u32, now: Nanos) {
+        let t = self.push_ready(k);
+        self.serve_tube(t, now);
+    }
+
+    /// Makes a detached job ready without offering it; returns its tube.
+    fn push_ready(&mut self, k: u32) -> u32 {
         let job = &mut self.jobs[k as usize];
         job.state = JobState::Ready;
-        let (t, urgent) = (job.tube as usize, job.is_urgent_pri());
-        self.tubes[t].ready.push(k, &mut ReadyOrder(&mut self.jobs));
+        let (t, urgent) = (job.tube, job.is_urgent_pri());
+        let tube = &mut self.tubes[t as usize];
+        tube.ready.push(k, &mut ReadyOrder(&mut self.jobs));
         self.counts.ready += 1;
         if urgent {
             self.counts.urgent += 1;
-            self.tubes[t].urgent += 1;
+            self.tubes[t as usize].urgent += 1;
         }
-        self.serve_tube(t as u32, now);
+        t
     }
 
     fn enqueue_delayed(&mut self, k: u32, deadline: Nanos) {
@@ -784,7 +820,7 @@ impl Engine {
         self.tubes[t as usize].delayed.push(k, &mut DeadlineOrder(&mut self.jobs));
         self.counts.delayed += 1;
         if self.jobs[k as usize].pos == 0 {
-            self.reschedule_tube(t);
+            self.reschedule_delay_timer(t);
         }
     }
 
@@ -815,6 +851,26 @@ impl Engine {
 
     // ----- waiting -----------------------------------------------------------
 
+    /// Serves waiters of several tubes whose state changed at once: the best
+    /// `(pri, id)` ready job among them goes to the oldest waiter of its
+    /// tube, and again, until none of them has both. This is beanstalkd's
+    /// queue pass, limited to the tubes that can have become matchable.
+    fn match_tubes(&mut self, tubes: &[u32], now: Nanos) {
+        loop {
+            let order = ReadyOrderRef(&self.jobs);
+            let best = tubes
+                .iter()
+                .map(|&t| (t, &self.tubes[t as usize]))
+                .filter(|(_, tube)| tube.waiting > 0 && !tube.is_paused(now))
+                .filter_map(|(t, tube)| tube.ready.peek().map(|k| (t, k)))
+                .reduce(|best, cand| if order.less(cand.1, best.1) { cand } else { best });
+            let Some((t, k)) = best else {
+                return;
+            };
+            self.serve_one(t, k, now);
+        }
+    }
+
     /// Serves the tube's waiters, oldest first, while it is unpaused and has
     /// ready jobs.
     fn serve_tube(&mut self, t: u32, now: Nanos) {
@@ -826,13 +882,18 @@ impl Engine {
             let Some(k) = tube.ready.peek() else {
                 return;
             };
-            let c = self.pop_waiter(t);
-            self.end_wait(c);
-            self.detach(k);
-            self.enqueue_reserved(k, c, now);
-            let job = self.job_ref(k);
-            self.wakes.push((ClientId(c), Wake::Reserved(job)));
+            self.serve_one(t, k, now);
         }
+    }
+
+    /// Gives ready job `k` of tube `t` to the tube's oldest waiter.
+    fn serve_one(&mut self, t: u32, k: u32, now: Nanos) {
+        let c = self.pop_waiter(t);
+        self.end_wait(c);
+        self.detach(k);
+        self.enqueue_reserved(k, c, now);
+        let job = self.job_ref(k);
+        self.wakes.push((ClientId(c), Wake::Reserved(job)));
     }
 
     /// The oldest live waiter of a tube that has one.
@@ -1018,9 +1079,12 @@ impl Engine {
         }
         let tube = &self.tubes[t as usize];
         debug_assert!(tube.ready.is_empty() && tube.delayed.is_empty() && tube.buried.is_empty());
-        let timer_pos = tube.timer_pos;
-        if timer_pos != NO_POS {
-            self.tube_timers.remove(timer_pos, &mut TubeTimerOrder(&mut self.tubes));
+        let (delay_pos, pause_pos) = (tube.delay_pos, tube.pause_pos);
+        if delay_pos != NO_POS {
+            self.delay_timers.remove(delay_pos, &mut DelayTimerOrder { tubes: &mut self.tubes, jobs: &self.jobs });
+        }
+        if pause_pos != NO_POS {
+            self.pause_timers.remove(pause_pos, &mut PauseTimerOrder(&mut self.tubes));
         }
         let hash = self.name_hasher.hash_one(&*self.tubes[t as usize].name);
         match self.tube_names.find_entry(hash, |&x| x == t) {
@@ -1038,31 +1102,19 @@ impl Engine {
         }
     }
 
-    /// Re-keys a tube in the timer heap after its delayed queue or pause
-    /// changed.
-    fn reschedule_tube(&mut self, t: u32) {
+    /// Re-keys a tube in the delay timer heap after the soonest job of its
+    /// delayed queue changed.
+    fn reschedule_delay_timer(&mut self, t: u32) {
         let tube = &self.tubes[t as usize];
-        let next_job = tube.delayed.peek().map(|k| self.jobs[k as usize].deadline);
-        let pause_end = tube.pause.map(|p| p.until);
-        let at = match (next_job, pause_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let pos = tube.timer_pos;
-        let mut order = TubeTimerOrder(&mut self.tubes);
-        match at {
-            Some(at) => {
-                order.0[t as usize].timer_at = at;
-                if pos == NO_POS {
-                    self.tube_timers.push(t, &mut order);
-                } else {
-                    self.tube_timers.update(pos, &mut order);
-                }
+        let (pos, has_jobs) = (tube.delay_pos, !tube.delayed.is_empty());
+        let mut order = DelayTimerOrder { tubes: &mut self.tubes, jobs: &self.jobs };
+        match (has_jobs, pos == NO_POS) {
+            (true, true) => self.delay_timers.push(t, &mut order),
+            (true, false) => self.delay_timers.update(pos, &mut order),
+            (false, false) => {
+                self.delay_timers.remove(pos, &mut order);
             }
-            None if pos != NO_POS => {
-                self.tube_timers.remove(pos, &mut order);
-            }
-            None => {}
+            (false, true) => {}
         }
     }
 
@@ -1154,7 +1206,11 @@ struct ReadyOrder<'a>(&'a mut Slab<Job>);
 struct ReadyOrderRef<'a>(&'a Slab<Job>);
 struct DeadlineOrder<'a>(&'a mut Slab<Job>);
 struct DeadlineOrderRef<'a>(&'a Slab<Job>);
-struct TubeTimerOrder<'a>(&'a mut Slab<Tube>);
+struct DelayTimerOrder<'a> {
+    tubes: &'a mut Slab<Tube>,
+    jobs: &'a Slab<Job>,
+}
+struct PauseTimerOrder<'a>(&'a mut Slab<Tube>);
 struct ClientTimerOrder<'a>(&'a mut Slab<Client>);
 
 fn ready_less(jobs: &Slab<Job>, a: u32, b: u32) -> bool {
@@ -1203,12 +1259,23 @@ impl HeapOrder for DeadlineOrderRef<'_> {
     }
 }
 
-impl HeapOrder for TubeTimerOrder<'_> {
+impl HeapOrder for DelayTimerOrder<'_> {
     fn less(&self, a: u32, b: u32) -> bool {
-        (self.0[a as usize].timer_at, a) < (self.0[b as usize].timer_at, b)
+        let top = |t: u32| self.tubes[t as usize].delayed.peek().expect("delay timer of an empty queue");
+        deadline_less(self.jobs, top(a), top(b))
     }
     fn set_pos(&mut self, key: u32, pos: u32) {
-        self.0[key as usize].timer_pos = pos;
+        self.tubes[key as usize].delay_pos = pos;
+    }
+}
+
+impl HeapOrder for PauseTimerOrder<'_> {
+    fn less(&self, a: u32, b: u32) -> bool {
+        let until = |t: u32| self.0[t as usize].pause.map_or(0, |p| p.until);
+        (until(a), a) < (until(b), b)
+    }
+    fn set_pos(&mut self, key: u32, pos: u32) {
+        self.0[key as usize].pause_pos = pos;
     }
 }
 

@@ -45,9 +45,9 @@ pub struct Tube {
     pub pause: Option<Pause>,
     /// Index in the shard's tube list (the order of `list-tubes`).
     pub list_pos: u32,
-    /// Position in the shard's tube timer heap, and the time it is keyed by.
-    pub timer_pos: u32,
-    pub timer_at: Nanos,
+    /// Positions in the shard's delay timer and pause timer heaps.
+    pub delay_pos: u32,
+    pub pause_pos: u32,
 }
 
 impl Tube {
@@ -69,8 +69,8 @@ impl Tube {
             pauses: 0,
             pause: None,
             list_pos,
-            timer_pos: NO_POS,
-            timer_at: 0,
+            delay_pos: NO_POS,
+            pause_pos: NO_POS,
         }
     }
 

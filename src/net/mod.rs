@@ -183,6 +183,10 @@ async fn serve_core(shard: Shard, bound: BoundListener, verbosity: u8, backend: 
     let mut drain = signal(SignalKind::user_defined1())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut shard = shard;
+    if crate::sys::drain_requested() {
+        shard.set_draining();
+    }
     let listener = Listener::from_bound(bound)?;
     let core = Rc::new(Core {
         shard: RefCell::new(shard),

@@ -1,1 +1,267 @@
+//! Whole conversations through a shard, byte for byte, with the clock
+//! driven by hand: framing, pipelining, put bodies, blocked reserves,
+//! timeouts and closing, without a socket.
 
+use super::*;
+use crate::engine::NANOS_PER_SEC;
+use crate::protocol::output::Segment;
+
+const S: Nanos = NANOS_PER_SEC;
+
+fn info(max_job_size: u64) -> ServerInfo {
+    ServerInfo {
+        max_job_size,
+        pid: 42,
+        instance_id: "0123456789abcdef".into(),
+        hostname: "host".into(),
+        os: "#1 SMP".into(),
+        platform: "x86_64".into(),
+        binlog_max_size: 10485760,
+        extra: vec![("runnerbean-io".into(), "\"test\"".into())],
+        cpu_times: || (CpuTime { secs: 1, micros: 5 }, CpuTime::default()),
+        verbosity: 0,
+    }
+}
+
+struct Conv {
+    shard: Shard,
+}
+
+impl Conv {
+    fn new() -> Conv {
+        Conv::with_max(65535)
+    }
+
+    fn with_max(max: u64) -> Conv {
+        Conv { shard: Shard::new(EngineConfig::default(), info(max)) }
+    }
+
+    fn open(&mut self) -> ConnId {
+        self.shard.open(0)
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: &[u8], now: Nanos) {
+        self.shard.input(conn, bytes, now);
+        self.shard.engine().check_invariants(now);
+    }
+
+    /// Everything the connection was sent since the last call.
+    fn out(&mut self, conn: ConnId) -> Vec<u8> {
+        let mut segments = Vec::new();
+        self.shard.output(conn).take(&mut segments);
+        segments.iter().flat_map(|s: &Segment| s.bytes().to_vec()).collect()
+    }
+
+    /// Sends and returns the replies as text.
+    fn ask(&mut self, conn: ConnId, bytes: &[u8], now: Nanos) -> String {
+        self.send(conn, bytes, now);
+        String::from_utf8(self.out(conn)).unwrap()
+    }
+}
+
+#[test]
+fn pipelined_commands_answer_in_order() {
+    let mut c = Conv::new();
+    let a = c.open();
+    assert_eq!(
+        c.ask(a, b"use a\r\nuse b\r\nput 0 0 0 1\r\nx\r\nput 0 0 0 1\r\ny\r\nlist-tube-used\r\n", 0),
+        "USING a\r\nUSING b\r\nINSERTED 1\r\nINSERTED 2\r\nUSING b\r\n"
+    );
+}
+
+#[test]
+fn bytes_may_arrive_one_at_a_time() {
+    let mut c = Conv::new();
+    let a = c.open();
+    let script = b"put 1 0 10 5\r\nhello\r\npeek 1\r\n";
+    for &b in script {
+        c.send(a, &[b], 0);
+    }
+    assert_eq!(String::from_utf8(c.out(a)).unwrap(), "INSERTED 1\r\nFOUND 1 5\r\nhello\r\n");
+}
+
+#[test]
+fn job_too_big_skips_exactly_the_body() {
+    let mut c = Conv::with_max(10);
+    let a = c.open();
+    c.send(a, b"put 0 0 0 11\r\n0123456789a", 0);
+    assert_eq!(c.out(a), b"", "the reply waits for the whole body");
+    c.send(a, b"\r\nput 0 0 0 10\r\n0123456789\r\n", 0);
+    assert_eq!(c.out(a), b"JOB_TOO_BIG\r\nINSERTED 1\r\n");
+    // Too big is checked before trailing garbage.
+    assert_eq!(
+        c.ask(a, b"put 0 0 0 11 junk\r\n0123456789a\r\nlist-tube-used\r\n", 0),
+        "JOB_TOO_BIG\r\nUSING default\r\n"
+    );
+}
+
+#[test]
+fn a_malformed_put_line_leaves_its_body_to_be_read_as_commands() {
+    let mut c = Conv::new();
+    let a = c.open();
+    assert_eq!(c.ask(a, b"put 0 0 10 3 \r\nabc\r\n", 0), "BAD_FORMAT\r\nUNKNOWN_COMMAND\r\n");
+    assert_eq!(c.ask(a, b"put 0 0 10 3\nabc\r\n", 0), "BAD_FORMAT\r\n");
+    assert_eq!(c.ask(a, b"put 0 4294967296 10 0\r\n\r\n", 0), "BAD_FORMAT\r\nUNKNOWN_COMMAND\r\n");
+}
+
+#[test]
+fn body_without_crlf_uses_up_its_id() {
+    let mut c = Conv::new();
+    let a = c.open();
+    // The body is "abcd\r"; the "\n" left over starts the next line.
+    assert_eq!(c.ask(a, b"put 0 0 10 3\r\nabcd\r\n", 0), "EXPECTED_CRLF\r\n");
+    assert_eq!(c.ask(a, b"list-tube-used\r\n", 0), "UNKNOWN_COMMAND\r\n");
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\nx\r\n", 0), "INSERTED 2\r\n");
+    let stats = c.ask(a, b"stats\r\n", 0);
+    assert!(stats.contains("\ncmd-put: 2\n") && stats.contains("\ntotal-jobs: 1\n"), "{stats}");
+}
+
+#[test]
+fn draining_answers_after_the_body_and_uses_up_the_id() {
+    let mut c = Conv::new();
+    let a = c.open();
+    c.shard.set_draining();
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\nx\r\n", 0), "DRAINING\r\n");
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\nxy\r\n", 0), "EXPECTED_CRLF\r\n");
+    assert_eq!(c.ask(a, b"\r\n", 0), "UNKNOWN_COMMAND\r\n");
+    assert!(c.ask(a, b"stats\r\n", 0).contains("\ndraining: true\n"));
+    assert_eq!(c.ask(a, b"peek 1\r\n", 0), "NOT_FOUND\r\n");
+}
+
+#[test]
+fn line_length_limit_and_framing() {
+    let mut c = Conv::new();
+    let a = c.open();
+    let longest = format!("pause-tube {} 4294967295\r\n", "x".repeat(200));
+    assert_eq!(longest.len(), 224);
+    assert_eq!(c.ask(a, b"use xxxxx\r\n", 0), "USING xxxxx\r\n");
+    assert_eq!(c.ask(a, longest.as_bytes(), 0), "NOT_FOUND\r\n");
+    // Over the limit: one BAD_FORMAT, and the next command is never lost.
+    for n in [223, 224, 300, 447, 448, 5000] {
+        let line = format!("{}\r\nlist-tube-used\r\n", "x".repeat(n));
+        assert_eq!(c.ask(a, line.as_bytes(), 0), "BAD_FORMAT\r\nUSING xxxxx\r\n", "{n} bytes");
+    }
+    // The same, fed in small pieces with the CR and LF split apart.
+    let line = format!("{}\r\nlist-tube-used\r\n", "y".repeat(500));
+    for piece in line.as_bytes().chunks(7) {
+        c.send(a, piece, 0);
+    }
+    assert_eq!(c.out(a), b"BAD_FORMAT\r\nUSING xxxxx\r\n");
+    assert_eq!(c.ask(a, b"use a\rb\r\nlist-tube-used\r\n", 0), "BAD_FORMAT\r\nUSING xxxxx\r\n");
+    assert_eq!(c.ask(a, b"peek\x001\r\n", 0), "BAD_FORMAT\r\n");
+    assert_eq!(c.ask(a, b"\r\n \r\n", 0), "UNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\n");
+}
+
+#[test]
+fn commands_behind_a_blocked_reserve_wait_for_it() {
+    let mut c = Conv::new();
+    let (w, p) = (c.open(), c.open());
+    c.send(w, b"reserve\r\nlist-tube-used\r\n", 0);
+    assert_eq!(c.out(w), b"");
+    assert_eq!(c.shard.read_gate(w), ReadGate::Read);
+    c.send(w, b"use other\r\n", 0);
+    assert_eq!(c.out(w), b"");
+    assert_eq!(c.ask(p, b"put 0 0 10 2\r\nhi\r\n", S), "INSERTED 1\r\n");
+    let mut dirty = Vec::new();
+    c.shard.take_dirty(&mut dirty);
+    assert!(dirty.contains(&w));
+    assert_eq!(c.out(w), b"RESERVED 1 2\r\nhi\r\nUSING default\r\nUSING other\r\n");
+}
+
+#[test]
+fn pipelining_behind_a_reserve_is_bounded() {
+    let mut c = Conv::new();
+    let w = c.open();
+    c.send(w, b"reserve\r\n", 0);
+    let filler = b"list-tube-used\r\n".repeat(PENDING_BYTES_MAX / 16 + 1);
+    c.send(w, &filler, 0);
+    assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+}
+
+#[test]
+fn reserve_with_timeout_and_the_clock() {
+    let mut c = Conv::new();
+    let w = c.open();
+    assert_eq!(c.ask(w, b"reserve-with-timeout 0\r\n", 0), "TIMED_OUT\r\n");
+    c.send(w, b"reserve-with-timeout 2\r\nlist-tube-used\r\n", 0);
+    assert_eq!(c.shard.next_deadline(), Some(2 * S));
+    c.shard.tick(2 * S - 1);
+    assert_eq!(c.out(w), b"");
+    c.shard.tick(2 * S);
+    assert_eq!(c.out(w), b"TIMED_OUT\r\nUSING default\r\n");
+}
+
+#[test]
+fn ttr_margin_and_expiry() {
+    let mut c = Conv::new();
+    let w = c.open();
+    c.send(w, b"put 0 0 2 1\r\nx\r\nreserve\r\n", 0);
+    assert_eq!(c.out(w), b"INSERTED 1\r\nRESERVED 1 1\r\nx\r\n");
+    c.send(w, b"reserve\r\n", 0);
+    c.shard.tick(S);
+    assert_eq!(c.out(w), b"DEADLINE_SOON\r\n");
+    c.shard.tick(2 * S + 1);
+    let stats = c.ask(w, b"stats-job 1\r\n", 2 * S + 1);
+    assert!(stats.contains("\nstate: ready\n") && stats.contains("\ntimeouts: 1\n"), "{stats}");
+}
+
+#[test]
+fn half_close_while_blocked_times_out_then_runs_what_is_left() {
+    let mut c = Conv::new();
+    let w = c.open();
+    c.send(w, b"reserve\r\nlist-tube-used\r\nreserve\r\n", 0);
+    c.shard.eof(w, S);
+    assert_eq!(c.out(w), b"TIMED_OUT\r\nUSING default\r\nTIMED_OUT\r\n");
+    assert_eq!(c.shard.read_gate(w), ReadGate::Stop);
+    assert!(c.shard.finished(w));
+    c.shard.remove(w);
+    assert!(c.shard.engine().stats().connections == 0);
+}
+
+#[test]
+fn quit_closes_and_returns_reservations() {
+    let mut c = Conv::new();
+    let (a, b) = (c.open(), c.open());
+    c.send(a, b"put 0 0 10 1\r\nx\r\nreserve\r\nquit\r\nput 0 0 10 1\r\ny\r\n", 0);
+    assert_eq!(c.out(a), b"INSERTED 1\r\nRESERVED 1 1\r\nx\r\n");
+    assert_eq!(c.shard.read_gate(a), ReadGate::Stop);
+    assert_eq!(c.ask(b, b"reserve-with-timeout 0\r\n", 0), "RESERVED 1 1\r\nx\r\n");
+    assert_eq!(c.ask(b, b"peek 2\r\n", 0), "NOT_FOUND\r\n");
+}
+
+#[test]
+fn stats_documents() {
+    let mut c = Conv::new();
+    let a = c.open();
+    let stats = c.ask(a, b"stats\r\n", 3 * S + 1);
+    let (head, doc) = stats.split_once("\r\n").unwrap();
+    assert_eq!(head, format!("OK {}", doc.len() - 2));
+    assert!(doc.starts_with("---\ncurrent-jobs-urgent: 0\n"));
+    assert!(doc.contains("\ncmd-stats: 1\n"));
+    assert!(doc.contains("\npid: 42\nversion: \"1.13\"\nrusage-utime: 1.000005\nrusage-stime: 0.000000\nuptime: 3\n"));
+    assert!(doc.ends_with("\nid: 0123456789abcdef\nhostname: \"host\"\nos: \"#1 SMP\"\nplatform: \"x86_64\"\nrunnerbean-io: \"test\"\n\r\n"));
+    assert_eq!(c.ask(a, b"list-tubes\r\n", 0), "OK 14\r\n---\n- default\n\r\n");
+    assert_eq!(c.ask(a, b"list-tubes-watched\r\n", 0), "OK 14\r\n---\n- default\n\r\n");
+    let tube = c.ask(a, b"stats-tube default\r\n", 0);
+    assert_eq!(
+        tube,
+        "OK 267\r\n---\nname: \"default\"\ncurrent-jobs-urgent: 0\ncurrent-jobs-ready: 0\ncurrent-jobs-reserved: 0\n\
+current-jobs-delayed: 0\ncurrent-jobs-buried: 0\ntotal-jobs: 0\ncurrent-using: 1\ncurrent-watching: 1\n\
+current-waiting: 0\ncmd-delete: 0\ncmd-pause-tube: 0\npause: 0\npause-time-left: 0\n\r\n"
+    );
+    assert_eq!(c.ask(a, b"stats-tube nope\r\n", 0), "NOT_FOUND\r\n");
+    assert_eq!(c.ask(a, b"stats-job 1\r\n", 0), "NOT_FOUND\r\n");
+}
+
+#[test]
+fn counters_count_what_beanstalkd_counts() {
+    let mut c = Conv::new();
+    let a = c.open();
+    // Counted although they fail afterwards: a put with trailing garbage,
+    // a pause-tube with an invalid name, an ignore refused.
+    c.ask(a, b"put 0 0 0 1 x\r\npause-tube -x 1\r\nignore default\r\nstats-tube \r\nfoo\r\n", 0);
+    let stats = c.ask(a, b"stats\r\n", 0);
+    for line in ["cmd-put: 1", "cmd-pause-tube: 1", "cmd-ignore: 1", "cmd-stats-tube: 0", "current-producers: 0"] {
+        assert!(stats.contains(&format!("\n{line}\n")), "{line} in {stats}");
+    }
+}
