@@ -1,0 +1,208 @@
+//! Helpers for wire tests: start the real runnerbean binary on 127.0.0.1
+//! with an ephemeral port, and talk to it byte for byte.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_runnerbean");
+
+/// The I/O back ends every wire test runs against.
+pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
+
+/// How long a reply may take before a test fails.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub backend: &'static str,
+    /// Everything the server printed to stdout and stderr.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `runnerbean -l 127.0.0.1 -p 0 -V <args>` on a back end.
+    pub fn start(backend: &'static str, args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["-l", "127.0.0.1", "-p", "0", "-V"])
+            .args(args)
+            .env("RUNNERBEAN_IO", backend)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start runnerbean");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut port = None;
+        let mut line = String::new();
+        while port.is_none() {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("server exited before binding: {err}");
+            }
+            log.lock().unwrap().push_str(&line);
+            if let Some(rest) = line.trim_end().strip_prefix("bind ") {
+                // A unix socket has no port; 0 stands for "none".
+                port = Some(rest.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0));
+            }
+        }
+        drain_into(stdout, log.clone());
+        drain_into(BufReader::new(child.stderr.take().unwrap()), log.clone());
+        Server { child, port: port.unwrap(), backend, log }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to end and returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("server did not exit");
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn drain_into(mut reader: impl BufRead + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            log.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+}
+
+/// A client connection speaking raw bytes.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads exactly `n` complete replies (a line, plus `<n>` bytes and CRLF
+    /// after RESERVED, FOUND and OK) and returns their bytes.
+    pub fn replies(&mut self, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let mut taken = 0;
+        let mut count = 0;
+        while count < n {
+            match reply_len(&self.buf[taken..]) {
+                Some(len) => {
+                    taken += len;
+                    count += 1;
+                }
+                None => self.fill(deadline),
+            }
+        }
+        self.buf.drain(..taken).collect()
+    }
+
+    /// Sends and returns the replies, as text.
+    pub fn ask(&mut self, bytes: &[u8], replies: usize) -> String {
+        self.send(bytes);
+        String::from_utf8(self.replies(replies)).unwrap()
+    }
+
+    /// Asserts that nothing arrives for a while.
+    pub fn assert_quiet(&mut self, wait: Duration) {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => panic!("connection closed"),
+            Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
+            Err(e) => assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        }
+        assert!(self.buf.is_empty(), "unexpected buffered bytes");
+    }
+
+    /// Reads until the server closes the connection; returns what came first.
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        self.stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        let mut rest = std::mem::take(&mut self.buf);
+        self.stream.read_to_end(&mut rest).expect("read to end of stream");
+        rest
+    }
+
+    fn fill(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        assert!(now < deadline, "timed out waiting for replies; have {:?}", String::from_utf8_lossy(&self.buf));
+        self.stream.set_read_timeout(Some(deadline - now)).unwrap();
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).expect("read reply");
+        assert!(n > 0, "connection closed; have {:?}", String::from_utf8_lossy(&self.buf));
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The length of the first complete reply in `buf`, if there is one.
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[..line_end]).expect("reply line is text");
+    let mut words = line.split(' ');
+    let framed = matches!(words.next(), Some("RESERVED" | "FOUND" | "OK"));
+    if !framed {
+        return Some(line_end + 2);
+    }
+    let size: usize = words.next_back().and_then(|w| w.parse().ok()).expect("byte count");
+    let total = line_end + 2 + size + 2;
+    (buf.len() >= total).then_some(total)
+}
+
+/// Runs a test body once per back end.
+pub fn on_both(test: impl Fn(&'static str)) {
+    for backend in BACKENDS {
+        test(backend);
+    }
+}
+
+/// The value of `key` in a YAML stats document.
+pub fn stat<'a>(doc: &'a str, key: &str) -> &'a str {
+    doc.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
+        .unwrap_or_else(|| panic!("no {key} in {doc}"))
+}

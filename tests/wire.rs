@@ -1,0 +1,408 @@
+//! Wire tests: the real binary on 127.0.0.1, exact reply bytes, and every
+//! test on both I/O back ends (io_uring and epoll). Protocol details are
+//! covered byte by byte by the conformance corpus (tests/conformance.rs);
+//! these tests cover what a corpus script cannot: the back ends
+//! themselves, volume, large bodies, slow readers, signals, unix sockets
+//! and runnerbean's own answers where it differs from beanstalkd.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+use common::{Client, Server, on_both, stat};
+
+#[test]
+fn each_back_end_is_the_one_asked_for() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let stats = server.connect().ask(b"stats\r\n", 1);
+        let expected = if backend == "uring" { "\"io_uring\"" } else { "\"epoll\"" };
+        assert_eq!(stat(&stats, "runnerbean-io"), expected);
+    });
+    // The flag does the same as the environment variable.
+    let server = Server::start("uring", &["--io", "epoll"]);
+    assert_eq!(stat(&server.connect().ask(b"stats\r\n", 1), "runnerbean-io"), "\"epoll\"");
+}
+
+#[test]
+fn stats_has_beanstalkd_1_13_keys_in_order() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut c = server.connect();
+        let reply = c.ask(b"stats\r\n", 1);
+        let (head, doc) = reply.split_once("\r\n").unwrap();
+        let doc = doc.strip_suffix("\r\n").unwrap();
+        assert_eq!(head, format!("OK {}", doc.len()));
+        let keys: Vec<&str> = doc.lines().skip(1).map(|l| l.split_once(": ").unwrap().0).collect();
+        let standard = [
+            "current-jobs-urgent",
+            "current-jobs-ready",
+            "current-jobs-reserved",
+            "current-jobs-delayed",
+            "current-jobs-buried",
+            "cmd-put",
+            "cmd-peek",
+            "cmd-peek-ready",
+            "cmd-peek-delayed",
+            "cmd-peek-buried",
+            "cmd-reserve",
+            "cmd-reserve-with-timeout",
+            "cmd-delete",
+            "cmd-release",
+            "cmd-use",
+            "cmd-watch",
+            "cmd-ignore",
+            "cmd-bury",
+            "cmd-kick",
+            "cmd-touch",
+            "cmd-stats",
+            "cmd-stats-job",
+            "cmd-stats-tube",
+            "cmd-list-tubes",
+            "cmd-list-tube-used",
+            "cmd-list-tubes-watched",
+            "cmd-pause-tube",
+            "job-timeouts",
+            "total-jobs",
+            "max-job-size",
+            "current-tubes",
+            "current-connections",
+            "current-producers",
+            "current-workers",
+            "current-waiting",
+            "total-connections",
+            "pid",
+            "version",
+            "rusage-utime",
+            "rusage-stime",
+            "uptime",
+            "binlog-oldest-index",
+            "binlog-current-index",
+            "binlog-records-migrated",
+            "binlog-records-written",
+            "binlog-max-size",
+            "draining",
+            "id",
+            "hostname",
+            "os",
+            "platform",
+        ];
+        assert_eq!(standard.len(), 51);
+        assert_eq!(&keys[..51], &standard[..]);
+        assert_eq!(&keys[51..], &["runnerbean-version", "runnerbean-io", "runnerbean-cores"]);
+        assert_eq!(stat(doc, "version"), "\"1.13\"");
+        assert_eq!(stat(doc, "pid"), server.pid().to_string());
+        assert_eq!(stat(doc, "cmd-stats"), "1");
+        assert_eq!(stat(doc, "current-connections"), "1");
+        assert_eq!(stat(doc, "max-job-size"), "65535");
+        assert_eq!(stat(doc, "binlog-max-size"), "10485760");
+        assert_eq!(stat(doc, "draining"), "false");
+        let id = stat(doc, "id");
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        for key in ["hostname", "os", "platform"] {
+            let v = stat(doc, key);
+            assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "{key}: {v}");
+        }
+        let utime = stat(doc, "rusage-utime");
+        let (secs, micros) = utime.split_once('.').unwrap();
+        assert!(secs.parse::<u64>().is_ok() && micros.len() == 6, "{utime}");
+        // A second connection shows in the counts.
+        let mut d = server.connect();
+        let doc = d.ask(b"stats\r\n", 1);
+        assert_eq!((stat(&doc, "current-connections"), stat(&doc, "total-connections")), ("2", "2"));
+    });
+}
+
+#[test]
+fn tube_and_job_stats_quote_names_as_1_13_does() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut c = server.connect();
+        c.ask(b"use foo\r\nput 0 0 1 3\r\nabc\r\n", 2);
+        assert_eq!(
+            c.ask(b"stats-tube foo\r\n", 1),
+            "OK 263\r\n---\nname: \"foo\"\ncurrent-jobs-urgent: 1\ncurrent-jobs-ready: 1\ncurrent-jobs-reserved: 0\n\
+current-jobs-delayed: 0\ncurrent-jobs-buried: 0\ntotal-jobs: 1\ncurrent-using: 1\ncurrent-watching: 0\n\
+current-waiting: 0\ncmd-delete: 0\ncmd-pause-tube: 0\npause: 0\npause-time-left: 0\n\r\n"
+        );
+        // The transcript of spec §1.7 for 1.13.
+        assert_eq!(
+            c.ask(b"stats-job 1\r\n", 1),
+            "OK 141\r\n---\nid: 1\ntube: \"foo\"\nstate: ready\npri: 0\nage: 0\ndelay: 0\nttr: 1\ntime-left: 0\n\
+file: 0\nreserves: 0\ntimeouts: 0\nreleases: 0\nburies: 0\nkicks: 0\n\r\n"
+        );
+    });
+}
+
+#[test]
+fn large_bodies_round_trip_unchanged() {
+    on_both(|backend| {
+        let server = Server::start(backend, &["-z", "2000000"]);
+        let mut c = server.connect();
+        let body: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut put = format!("put 5 0 10 {}\r\n", body.len()).into_bytes();
+        put.extend_from_slice(&body);
+        put.extend_from_slice(b"\r\n");
+        assert_eq!(c.ask(&put, 1), "INSERTED 1\r\n");
+        c.send(b"reserve\r\n");
+        let reply = c.replies(1);
+        let header = format!("RESERVED 1 {}\r\n", body.len());
+        assert_eq!(&reply[..header.len()], header.as_bytes());
+        assert_eq!(&reply[header.len()..reply.len() - 2], &body[..]);
+        // The limit is inclusive; one more byte is thrown away in full.
+        c.send(b"put 0 0 1 2000001\r\n");
+        c.send(&vec![b'y'; 2_000_001]);
+        assert_eq!(c.ask(b"\r\nlist-tube-used\r\n", 2), "JOB_TOO_BIG\r\nUSING default\r\n");
+    });
+}
+
+#[test]
+fn a_burst_of_pipelined_commands_is_answered_in_order() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut c = server.connect();
+        const N: usize = 20_000;
+        let puts = b"put 0 0 60 4\r\nbody\r\n".repeat(N);
+        c.send(&puts);
+        let replies = c.replies(N);
+        let expected: String = (1..=N).map(|i| format!("INSERTED {i}\r\n")).collect();
+        assert_eq!(String::from_utf8(replies).unwrap(), expected);
+        let mut work = Vec::new();
+        for i in 1..=N {
+            work.extend_from_slice(format!("reserve\r\ndelete {i}\r\n").as_bytes());
+        }
+        c.send(&work);
+        let replies = String::from_utf8(c.replies(2 * N)).unwrap();
+        let expected: String = (1..=N).map(|i| format!("RESERVED {i} 4\r\nbody\r\nDELETED\r\n")).collect();
+        assert_eq!(replies, expected);
+        let stats = c.ask(b"stats\r\n", 1);
+        assert_eq!((stat(&stats, "total-jobs"), stat(&stats, "current-jobs-ready")), ("20000", "0"));
+    });
+}
+
+#[test]
+fn many_connections_share_one_queue() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut producers: Vec<Client> = (0..100).map(|_| server.connect()).collect();
+        for (i, p) in producers.iter_mut().enumerate() {
+            p.send(format!("use t{}\r\n", i % 7).as_bytes());
+            p.send(&b"put 0 0 60 1\r\nx\r\n".repeat(10));
+        }
+        for p in producers.iter_mut() {
+            let replies = p.replies(11);
+            assert_eq!(replies.iter().filter(|&&b| b == b'\n').count(), 11);
+        }
+        let mut worker = server.connect();
+        let watches: String = (0..7).map(|i| format!("watch t{i}\r\n")).collect();
+        worker.ask(watches.as_bytes(), 7);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let r = worker.ask(b"reserve-with-timeout 0\r\n", 1);
+            let id: u64 = r.split(' ').nth(1).unwrap().parse().unwrap();
+            assert!(seen.insert(id));
+            assert_eq!(worker.ask(format!("delete {id}\r\n").as_bytes(), 1), "DELETED\r\n");
+        }
+        assert_eq!(worker.ask(b"reserve-with-timeout 0\r\n", 1), "TIMED_OUT\r\n");
+        let stats = worker.ask(b"stats\r\n", 1);
+        assert_eq!(stat(&stats, "current-connections"), "101");
+        assert_eq!(stat(&stats, "current-producers"), "100");
+    });
+}
+
+#[test]
+fn a_blocked_reserve_is_answered_by_another_connection_and_keeps_order() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut w = server.connect();
+        w.send(b"reserve\r\nlist-tube-used\r\n");
+        w.assert_quiet(Duration::from_millis(100));
+        let mut p = server.connect();
+        assert_eq!(p.ask(b"put 0 0 60 2\r\nhi\r\n", 1), "INSERTED 1\r\n");
+        assert_eq!(w.replies(2), b"RESERVED 1 2\r\nhi\r\nUSING default\r\n");
+    });
+}
+
+#[test]
+fn half_close_while_waiting_times_out_then_closes() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut w = server.connect();
+        w.send(b"reserve\r\n");
+        w.assert_quiet(Duration::from_millis(50));
+        w.stream.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(w.read_to_eof(), b"TIMED_OUT\r\n");
+        let stats = server.connect().ask(b"stats\r\n", 1);
+        assert_eq!(stat(&stats, "current-waiting"), "0");
+    });
+}
+
+#[test]
+fn a_closed_connection_gives_its_jobs_back() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut a = server.connect();
+        a.ask(b"put 0 0 60 1\r\nx\r\nput 0 0 60 1\r\ny\r\nreserve\r\nreserve\r\n", 4);
+        let mut w = server.connect();
+        w.send(b"reserve\r\n");
+        w.assert_quiet(Duration::from_millis(50));
+        drop(a);
+        assert_eq!(w.replies(1), b"RESERVED 1 1\r\nx\r\n");
+        let stats = w.ask(b"stats-job 2\r\n", 1);
+        assert_eq!((stat(&stats, "state"), stat(&stats, "timeouts")), ("ready", "0"));
+    });
+}
+
+#[test]
+fn sigusr1_turns_on_drain_mode() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut c = server.connect();
+        assert_eq!(c.ask(b"put 0 0 60 1\r\nx\r\n", 1), "INSERTED 1\r\n");
+        server.signal("USR1");
+        let mut draining = false;
+        for _ in 0..100 {
+            if stat(&c.ask(b"stats\r\n", 1), "draining") == "true" {
+                draining = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(draining);
+        assert_eq!(c.ask(b"put 0 0 60 1\r\ny\r\n", 1), "DRAINING\r\n");
+        assert_eq!(c.ask(b"reserve\r\n", 1), "RESERVED 1 1\r\nx\r\n");
+    });
+}
+
+#[test]
+fn sigterm_and_sigint_end_the_process_cleanly() {
+    on_both(|backend| {
+        for sig in ["TERM", "INT"] {
+            let mut server = Server::start(backend, &[]);
+            let mut c = server.connect();
+            c.ask(b"put 0 0 60 1\r\nx\r\n", 1);
+            server.signal(sig);
+            assert_eq!(server.wait(Duration::from_secs(5)), Some(0), "SIG{sig}");
+        }
+    });
+}
+
+#[test]
+fn unix_socket_listener_replaces_a_stale_socket() {
+    on_both(|backend| {
+        use std::os::unix::net::UnixStream;
+        let dir = std::env::temp_dir().join(format!("rb-wire-{}-{backend}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("beanstalk.sock");
+        let addr = format!("unix:{}", path.display());
+        for round in 0..2 {
+            let server = Server::start(backend, &["-l", &addr]);
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.write_all(b"put 0 0 60 2\r\nhi\r\npeek 1\r\n").unwrap();
+            let mut reply = vec![0u8; b"INSERTED 1\r\nFOUND 1 2\r\nhi\r\n".len()];
+            s.read_exact(&mut reply).unwrap();
+            assert_eq!(reply, b"INSERTED 1\r\nFOUND 1 2\r\nhi\r\n");
+            if round == 1 {
+                assert!(server.log_text().contains("removing existing local socket to replace it"));
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+#[test]
+fn a_slow_reader_gets_every_byte() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut c = server.connect();
+        let body = vec![b'z'; 60_000];
+        let mut put = b"put 0 0 60 60000\r\n".to_vec();
+        put.extend_from_slice(&body);
+        put.extend_from_slice(b"\r\n");
+        assert_eq!(c.ask(&put, 1), "INSERTED 1\r\n");
+        // About 18 MB of replies asked for at once, read only later.
+        const N: usize = 300;
+        c.send(&b"peek 1\r\n".repeat(N));
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..N {
+            let reply = c.replies(1);
+            assert_eq!(&reply[..14], b"FOUND 1 60000\r");
+            assert_eq!(reply.len(), 15 + 60_000 + 2);
+        }
+        assert_eq!(c.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+    });
+}
+
+#[test]
+fn verbose_mode_logs_connections() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let c = server.connect();
+        let mut d = server.connect();
+        d.ask(b"list-tube-used\r\n", 1);
+        drop(c);
+        let mut log = String::new();
+        for _ in 0..100 {
+            log = server.log_text();
+            if log.contains("close ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(log.starts_with(&format!("pid {}\nbind ", server.pid())), "{log}");
+        assert!(log.contains(&format!(" 127.0.0.1:{}\n", server.port)));
+        assert_eq!(log.matches("\naccept ").count(), 2, "{log}");
+        assert!(log.contains("\nclose "), "{log}");
+    });
+}
+
+#[test]
+fn garbage_never_breaks_the_server() {
+    on_both(|backend| {
+        let server = Server::start(backend, &["-z", "100"]);
+        // A fixed-seed generator of hostile input: random bytes, command
+        // words with random arguments, stray CRs, NULs and long lines.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let words: [&[u8]; 12] = [
+            b"put ",
+            b"reserve",
+            b"delete ",
+            b"release ",
+            b"bury ",
+            b"kick ",
+            b"peek ",
+            b"use ",
+            b"watch ",
+            b"ignore ",
+            b"stats-job ",
+            b"pause-tube ",
+        ];
+        for _ in 0..20 {
+            let mut c = server.connect();
+            let mut junk = Vec::new();
+            for _ in 0..200 {
+                match next() % 4 {
+                    0 => junk.extend((0..next() % 40).map(|_| next() as u8)),
+                    1 => junk.extend_from_slice(words[(next() % 12) as usize]),
+                    2 => junk.extend_from_slice(format!("{} ", next() % 300).as_bytes()),
+                    _ => junk.extend_from_slice(b"\r\n"),
+                }
+            }
+            c.send(&junk);
+            // Whatever state the junk left it in, closing is always fine.
+            drop(c);
+        }
+        let mut c = server.connect();
+        assert_eq!(c.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        let stats = c.ask(b"stats\r\n", 1);
+        assert_eq!(stat(&stats, "current-waiting"), "0");
+    });
+}
