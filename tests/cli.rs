@@ -115,3 +115,120 @@ fn dash_u_drops_to_the_user_and_its_group_only() {
     assert_eq!(field("Gid:"), vec!["65534"; 4]);
     assert_eq!(field("Groups:"), vec!["65534"]);
 }
+
+/// Runs the server with io_uring_setup refused (EPERM), as Docker's default
+/// seccomp profile does, by installing a seccomp filter in the child before
+/// exec.
+#[test]
+fn falls_back_to_epoll_when_io_uring_is_refused() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let mut command = Command::new(BIN);
+    command.args(["-l", "127.0.0.1", "-p", "0", "-V"]).env_remove("RUNNERBEAN_IO");
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Safety: the hook only makes two prctl calls, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            refuse_io_uring_setup();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut port = 0u16;
+    let mut line = String::new();
+    while port == 0 {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "server exited");
+        if let Some(rest) = line.trim_end().strip_prefix("bind ") {
+            port = rest.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    }
+    let mut c = common::Client::connect(port);
+    let stats = c.ask(b"stats\r\n", 1);
+    assert_eq!(stat(&stats, "runnerbean-io"), "\"epoll\"");
+    assert_eq!(c.ask(b"put 0 0 1 1\r\nx\r\nreserve\r\n", 2), "INSERTED 1\r\nRESERVED 1 1\r\nx\r\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(err.lines().filter(|l| l.contains("io_uring unavailable")).count(), 1, "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    // Insisting on io_uring where it is refused is an error, not a fallback.
+    let mut command = Command::new(BIN);
+    command.args(["-l", "127.0.0.1", "-p", "0", "--io", "uring"]);
+    // Safety: as above.
+    unsafe {
+        command.pre_exec(|| {
+            refuse_io_uring_setup();
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("cannot start the event loop"), "{}", text(&out.stderr));
+}
+
+/// Installs a seccomp filter: io_uring_setup fails with EPERM, everything
+/// else is allowed.
+fn refuse_io_uring_setup() {
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let nr = libc::SYS_io_uring_setup as u32;
+    let program = [
+        // Load the system call number (offset 0 of struct seccomp_data).
+        libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: nr },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
+    ];
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
+    // Safety: plain prctl calls with a valid filter program.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog);
+    }
+}
+
+#[test]
+fn takes_a_listening_socket_from_systemd() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fd = listener.as_raw_fd();
+    let mut command = Command::new("sh");
+    // LISTEN_PID must be the server's pid: the shell's, which exec keeps.
+    command.arg("-c").arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" -l 0.0.0.0 -p 1234").arg(BIN);
+    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    // Safety: dup2 is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut c = common::Client::connect(port);
+    c.send(b"put 0 0 1 2\r\nhi\r\n");
+    assert_eq!(c.replies(1), b"INSERTED 1\r\n");
+    c.stream.flush().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("inherited listen fd; ignoring option: -l 0.0.0.0"), "{err}");
+    assert!(err.contains("inherited listen fd; ignoring option: -p 1234"), "{err}");
+}
