@@ -305,7 +305,7 @@ fn unix_socket_listener_replaces_a_stale_socket() {
             s.read_exact(&mut reply).unwrap();
             assert_eq!(reply, b"INSERTED 1\r\nFOUND 1 2\r\nhi\r\n");
             if round == 1 {
-                assert!(server.log_text().contains("removing existing local socket to replace it"));
+                server.wait_for_log("removing existing local socket to replace it");
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -343,14 +343,7 @@ fn verbose_mode_logs_connections() {
         let mut d = server.connect();
         d.ask(b"list-tube-used\r\n", 1);
         drop(c);
-        let mut log = String::new();
-        for _ in 0..100 {
-            log = server.log_text();
-            if log.contains("close ") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let log = server.wait_for_log("\nclose ");
         assert!(log.starts_with(&format!("pid {}\nbind ", server.pid())), "{log}");
         assert!(log.contains(&format!(" 127.0.0.1:{}\n", server.port)));
         assert_eq!(log.matches("\naccept ").count(), 2, "{log}");

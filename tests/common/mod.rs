@@ -88,6 +88,20 @@ impl Server {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Waits until the server's output contains `needle` (stdout and stderr
+    /// are read by separate threads, so a line may show up late).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never appeared in the server log:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Server {
