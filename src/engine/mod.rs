@@ -30,6 +30,7 @@
 //! * Job ids: shard `s` of `n` hands out ids congruent to `s` modulo `n`,
 //!   increasing, starting above zero, so any shard can route an id.
 
+pub mod arena;
 pub mod body;
 pub mod client;
 pub mod heap;
@@ -38,17 +39,19 @@ pub mod stats;
 pub mod time;
 pub mod tube;
 
-use std::hash::{BuildHasher, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use hashbrown::HashTable;
 use slab::Slab;
 use smallvec::SmallVec;
 
+use arena::Arena;
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};
 use heap::{HeapOrder, IndexedHeap, NO_POS};
 pub use job::JobState;
-use job::{Job, NIL};
+use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
 pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN, secs};
 use tube::{Pause, Tube, Waiter};
@@ -128,7 +131,9 @@ struct Counts {
 
 pub struct Engine {
     config: EngineConfig,
-    jobs: Slab<Job>,
+    jobs: Arena<Job>,
+    /// The rarely set fields of jobs that have any, by job key.
+    extras: HashMap<u32, Extras, BuildHasherDefault<KeyHasher>>,
     /// Job id → slab key. Holds keys only; ids are read from the slab.
     ids: HashTable<u32>,
     tubes: Slab<Tube>,
@@ -162,7 +167,8 @@ impl Engine {
         let first_id = if config.shard == 0 { u64::from(config.shards) } else { u64::from(config.shard) };
         let mut engine = Engine {
             config,
-            jobs: Slab::new(),
+            jobs: Arena::default(),
+            extras: HashMap::default(),
             ids: HashTable::new(),
             tubes: Slab::new(),
             tube_names: HashTable::new(),
@@ -400,8 +406,11 @@ impl Engine {
         }
         let t = self.clients[c.index()].used;
         // A TTR below one second is raised to one second.
-        let job = Job::new(id, created_at, pri, delay_s, ttr_s.max(1), t, body);
+        let job = Job::new(id, created_at, pri, ttr_s.max(1), t, body);
         let k = self.insert_job(job);
+        if delay_s > 0 {
+            self.extras_mut(k).delay_s = delay_s;
+        }
         let tube = &mut self.tubes[t as usize];
         tube.jobs += 1;
         tube.total_jobs += 1;
@@ -452,7 +461,7 @@ impl Engine {
     pub fn reserve_job(&mut self, c: ClientId, id: u64, now: Nanos) -> Option<JobRef> {
         self.advance(now);
         let k = self.find_job(id)?;
-        if self.jobs[k as usize].state == JobState::Reserved {
+        if self.jobs[k].state() == JobState::Reserved {
             return None;
         }
         self.detach(k);
@@ -468,12 +477,12 @@ impl Engine {
         let Some(k) = self.find_job(id) else {
             return false;
         };
-        let job = &self.jobs[k as usize];
-        if job.state == JobState::Reserved && job.reserver != c.0 {
+        let job = &self.jobs[k];
+        if job.state() == JobState::Reserved && job.reserver != c.0 {
             return false;
         }
         self.detach(k);
-        let t = self.jobs[k as usize].tube;
+        let t = self.jobs[k].tube();
         self.tubes[t as usize].deletes += 1;
         self.free_job(k);
         true
@@ -485,10 +494,10 @@ impl Engine {
             return false;
         };
         self.detach(k);
-        let job = &mut self.jobs[k as usize];
-        job.pri = pri;
-        job.delay_s = delay_s;
-        job.releases += 1;
+        self.jobs[k].pri = pri;
+        let extras = self.extras_mut(k);
+        extras.delay_s = delay_s;
+        extras.releases += 1;
         if delay_s > 0 {
             self.enqueue_delayed(k, now + secs(delay_s));
         } else {
@@ -503,9 +512,8 @@ impl Engine {
             return false;
         };
         self.detach(k);
-        let job = &mut self.jobs[k as usize];
-        job.pri = pri;
-        job.buries += 1;
+        self.jobs[k].pri = pri;
+        self.extras_mut(k).buries += 1;
         self.enqueue_buried(k);
         true
     }
@@ -515,7 +523,7 @@ impl Engine {
         let Some(k) = self.reserved_by(c, id) else {
             return false;
         };
-        let job = &mut self.jobs[k as usize];
+        let job = &mut self.jobs[k];
         job.deadline = now + secs(job.ttr_s);
         let pos = job.pos;
         self.ttr.update(pos, &mut DeadlineOrder(&mut self.jobs));
@@ -549,7 +557,7 @@ impl Engine {
         let Some(k) = self.find_job(id) else {
             return false;
         };
-        if !matches!(self.jobs[k as usize].state, JobState::Buried | JobState::Delayed) {
+        if !matches!(self.jobs[k].state(), JobState::Buried | JobState::Delayed) {
             return false;
         }
         self.kick_one(k, now);
@@ -558,7 +566,7 @@ impl Engine {
 
     fn kick_one(&mut self, k: u32, now: Nanos) {
         self.detach(k);
-        self.jobs[k as usize].kicks += 1;
+        self.extras_mut(k).kicks += 1;
         self.enqueue_ready(k, now);
     }
 
@@ -629,26 +637,28 @@ impl Engine {
     }
 
     pub fn stats_job(&self, id: u64, now: Nanos) -> Option<JobStats> {
-        let job = &self.jobs[self.find_job(id)? as usize];
-        let time_left_s = match job.state {
+        let k = self.find_job(id)?;
+        let job = &self.jobs[k];
+        let extras = self.extras.get(&k).copied().unwrap_or_default();
+        let time_left_s = match job.state() {
             JobState::Reserved | JobState::Delayed => time::secs_until(job.deadline, now),
             _ => 0,
         };
         Some(JobStats {
             id: job.id,
-            tube: self.tubes[job.tube as usize].name.to_string(),
-            state: job.state.name(),
+            tube: self.tubes[job.tube() as usize].name.to_string(),
+            state: job.state().name(),
             pri: job.pri,
             age_s: time::secs_until(now, job.created_at),
-            delay_s: job.delay_s,
+            delay_s: extras.delay_s,
             ttr_s: job.ttr_s,
             time_left_s,
             file: 0,
             reserves: job.reserves,
-            timeouts: job.timeouts,
-            releases: job.releases,
-            buries: job.buries,
-            kicks: job.kicks,
+            timeouts: extras.timeouts,
+            releases: extras.releases,
+            buries: extras.buries,
+            kicks: extras.kicks,
         })
     }
 
@@ -679,7 +689,7 @@ impl Engine {
         }
         while let Some(t) = self.delay_timers.peek() {
             let k = self.tubes[t as usize].delayed.peek().expect("delay timer of a tube with no delayed job");
-            if self.jobs[k as usize].deadline > now {
+            if self.jobs[k].deadline > now {
                 break;
             }
             self.detach(k);
@@ -698,7 +708,7 @@ impl Engine {
         loop {
             let client_at = self.client_timers.peek().map(|c| (self.clients[c as usize].wake_at, c));
             // A reservation expires once `now` is strictly past its deadline.
-            let expiry_at = self.ttr.peek().map(|k| (self.jobs[k as usize].deadline + 1, k));
+            let expiry_at = self.ttr.peek().map(|k| (self.jobs[k].deadline + 1, k));
             match (client_at, expiry_at) {
                 (Some((at, c)), expiry) if at <= now && expiry.is_none_or(|(e, _)| at <= e) => {
                     self.fire_client_timer(c, now)
@@ -712,13 +722,10 @@ impl Engine {
     /// The earliest time at which [`Engine::advance`] has work to do.
     pub fn next_deadline(&self) -> Option<Nanos> {
         let pause = self.pause_timers.peek().and_then(|t| self.tubes[t as usize].pause.map(|p| p.until));
-        let delay = self
-            .delay_timers
-            .peek()
-            .and_then(|t| self.tubes[t as usize].delayed.peek())
-            .map(|k| self.jobs[k as usize].deadline);
+        let delay =
+            self.delay_timers.peek().and_then(|t| self.tubes[t as usize].delayed.peek()).map(|k| self.jobs[k].deadline);
         let client = self.client_timers.peek().map(|c| self.clients[c as usize].wake_at);
-        let ttr = self.ttr.peek().map(|k| self.jobs[k as usize].deadline + 1);
+        let ttr = self.ttr.peek().map(|k| self.jobs[k].deadline + 1);
         [pause, delay, client, ttr].into_iter().flatten().min()
     }
 
@@ -739,9 +746,9 @@ impl Engine {
     }
 
     fn expire(&mut self, k: u32, now: Nanos) {
-        let c = self.jobs[k as usize].reserver;
+        let c = self.jobs[k].reserver;
         self.detach(k);
-        self.jobs[k as usize].timeouts += 1;
+        self.extras_mut(k).timeouts += 1;
         self.counts.job_timeouts += 1;
         if self.clients[c as usize].wait.is_some() {
             self.schedule_client(c);
@@ -756,9 +763,9 @@ impl Engine {
     // move with the job.
 
     fn detach(&mut self, k: u32) {
-        let job = &self.jobs[k as usize];
-        let (t, pos, pri) = (job.tube as usize, job.pos, job.pri);
-        match job.state {
+        let job = &self.jobs[k];
+        let (t, pos, pri) = (job.tube() as usize, job.pos, job.pri);
+        match job.state() {
             JobState::Ready => {
                 self.tubes[t].ready.remove(pos, &mut ReadyOrder(&mut self.jobs));
                 self.counts.ready -= 1;
@@ -780,7 +787,7 @@ impl Engine {
                 let client = &mut self.clients[c];
                 client.reserved.remove(&mut self.jobs, k);
                 client.soonest_known = false;
-                self.jobs[k as usize].reserver = NIL;
+                self.jobs[k].reserver = NIL;
                 self.counts.reserved -= 1;
                 self.tubes[t].reserved -= 1;
             }
@@ -799,9 +806,9 @@ impl Engine {
 
     /// Makes a detached job ready without offering it; returns its tube.
     fn push_ready(&mut self, k: u32) -> u32 {
-        let job = &mut self.jobs[k as usize];
-        job.state = JobState::Ready;
-        let (t, urgent) = (job.tube, job.is_urgent_pri());
+        let job = &mut self.jobs[k];
+        job.set_state(JobState::Ready);
+        let (t, urgent) = (job.tube(), job.is_urgent_pri());
         let tube = &mut self.tubes[t as usize];
         tube.ready.push(k, &mut ReadyOrder(&mut self.jobs));
         self.counts.ready += 1;
@@ -813,36 +820,36 @@ impl Engine {
     }
 
     fn enqueue_delayed(&mut self, k: u32, deadline: Nanos) {
-        let job = &mut self.jobs[k as usize];
-        job.state = JobState::Delayed;
+        let job = &mut self.jobs[k];
+        job.set_state(JobState::Delayed);
         job.deadline = deadline;
-        let t = job.tube;
+        let t = job.tube();
         self.tubes[t as usize].delayed.push(k, &mut DeadlineOrder(&mut self.jobs));
         self.counts.delayed += 1;
-        if self.jobs[k as usize].pos == 0 {
+        if self.jobs[k].pos == 0 {
             self.reschedule_delay_timer(t);
         }
     }
 
     fn enqueue_buried(&mut self, k: u32) {
-        let job = &mut self.jobs[k as usize];
-        job.state = JobState::Buried;
-        let t = job.tube as usize;
+        let job = &mut self.jobs[k];
+        job.set_state(JobState::Buried);
+        let t = job.tube() as usize;
         self.tubes[t].buried.push_back(&mut self.jobs, k);
         self.counts.buried += 1;
     }
 
     fn enqueue_reserved(&mut self, k: u32, c: u32, now: Nanos) {
-        let job = &mut self.jobs[k as usize];
-        job.state = JobState::Reserved;
+        let job = &mut self.jobs[k];
+        job.set_state(JobState::Reserved);
         job.reserver = c;
         job.reserves += 1;
         job.deadline = now + secs(job.ttr_s);
-        let (t, deadline) = (job.tube as usize, job.deadline);
+        let (t, deadline) = (job.tube() as usize, job.deadline);
         self.ttr.push(k, &mut DeadlineOrder(&mut self.jobs));
         let client = &mut self.clients[c as usize];
         client.reserved.push_back(&mut self.jobs, k);
-        if client.soonest_known && (client.soonest == NIL || deadline < self.jobs[client.soonest as usize].deadline) {
+        if client.soonest_known && (client.soonest == NIL || deadline < self.jobs[client.soonest].deadline) {
             client.soonest = k;
         }
         self.counts.reserved += 1;
@@ -984,8 +991,8 @@ impl Engine {
             let mut best = NIL;
             let mut k = client.reserved.head;
             while k != NIL {
-                let job = &self.jobs[k as usize];
-                if best == NIL || job.deadline < self.jobs[best as usize].deadline {
+                let job = &self.jobs[k];
+                if best == NIL || job.deadline < self.jobs[best].deadline {
                     best = k;
                 }
                 k = job.next;
@@ -993,7 +1000,7 @@ impl Engine {
             client.soonest = best;
             client.soonest_known = true;
         }
-        (client.soonest != NIL).then(|| self.jobs[client.soonest as usize].deadline)
+        (client.soonest != NIL).then(|| self.jobs[client.soonest].deadline)
     }
 
     fn any_ready_watched(&self, c: u32) -> bool {
@@ -1014,45 +1021,50 @@ impl Engine {
 
     // ----- bookkeeping -------------------------------------------------------
 
+    fn extras_mut(&mut self, k: u32) -> &mut Extras {
+        self.extras.entry(k).or_default()
+    }
+
     fn job_ref(&self, k: u32) -> JobRef {
-        let job = &self.jobs[k as usize];
+        let job = &self.jobs[k];
         JobRef { id: job.id, body: job.body.clone() }
     }
 
     fn reserved_by(&self, c: ClientId, id: u64) -> Option<u32> {
         let k = self.find_job(id)?;
-        let job = &self.jobs[k as usize];
-        (job.state == JobState::Reserved && job.reserver == c.0).then_some(k)
+        let job = &self.jobs[k];
+        (job.state() == JobState::Reserved && job.reserver == c.0).then_some(k)
     }
 
     fn find_job(&self, id: u64) -> Option<u32> {
         let jobs = &self.jobs;
-        self.ids.find(hash_id(id), |&k| jobs[k as usize].id == id).copied()
+        self.ids.find(hash_id(id), |&k| jobs[k].id == id).copied()
     }
 
     fn insert_job(&mut self, job: Job) -> u32 {
         let id = job.id;
         debug_assert!(self.find_job(id).is_none(), "duplicate job id {id}");
         let k = self.jobs.insert(job);
-        assert!(k < NIL as usize, "too many jobs");
+        assert!(k < NIL, "too many jobs");
         let jobs = &self.jobs;
-        self.ids.insert_unique(hash_id(id), k as u32, |&k| hash_id(jobs[k as usize].id));
-        k as u32
+        self.ids.insert_unique(hash_id(id), k, |&k| hash_id(jobs[k].id));
+        k
     }
 
     /// Frees a detached job; its tube loses a reference.
     fn free_job(&mut self, k: u32) {
-        let id = self.jobs[k as usize].id;
+        let id = self.jobs[k].id;
         let jobs = &self.jobs;
-        match self.ids.find_entry(hash_id(id), |&x| jobs[x as usize].id == id) {
+        match self.ids.find_entry(hash_id(id), |&x| jobs[x].id == id) {
             Ok(entry) => {
                 entry.remove();
             }
             Err(_) => panic!("job {id} missing from the id index"),
         }
-        let job = self.jobs.remove(k as usize);
-        self.tubes[job.tube as usize].jobs -= 1;
-        self.release_tube(job.tube);
+        let job = self.jobs.remove(k);
+        self.extras.remove(&k);
+        self.tubes[job.tube() as usize].jobs -= 1;
+        self.release_tube(job.tube());
     }
 
     fn find_tube(&self, name: &str) -> Option<u32> {
@@ -1124,11 +1136,10 @@ impl Engine {
     pub fn check_invariants(&self, now: Nanos) {
         let mut counts = Counts::default();
         let mut waiting_clients = 0u64;
-        for (k, job) in &self.jobs {
-            let k = k as u32;
+        for (k, job) in self.jobs.iter() {
             assert_eq!(self.find_job(job.id), Some(k), "id index of job {}", job.id);
-            let tube = &self.tubes[job.tube as usize];
-            match job.state {
+            let tube = &self.tubes[job.tube() as usize];
+            match job.state() {
                 JobState::Ready => {
                     assert_eq!(tube.ready.keys()[job.pos as usize], k);
                     counts.ready += 1;
@@ -1151,7 +1162,7 @@ impl Engine {
             (counts.ready, counts.urgent, counts.delayed, counts.reserved, counts.buried),
             (self.counts.ready, self.counts.urgent, self.counts.delayed, self.counts.reserved, self.counts.buried)
         );
-        self.ttr.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k as usize].pos);
+        self.ttr.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k].pos);
         for (i, &t) in self.tube_list.iter().enumerate() {
             assert_eq!(self.tubes[t as usize].list_pos as usize, i);
         }
@@ -1159,9 +1170,9 @@ impl Engine {
         for (t, tube) in &self.tubes {
             assert_eq!(self.find_tube(&tube.name), Some(t as u32));
             assert!(t as u32 == self.default_tube || !tube.is_unreferenced(), "unreferenced tube {}", tube.name);
-            tube.ready.check(&ReadyOrderRef(&self.jobs), |k| self.jobs[k as usize].pos);
-            tube.delayed.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k as usize].pos);
-            let jobs_here = self.jobs.iter().filter(|(_, j)| j.tube == t as u32).count() as u64;
+            tube.ready.check(&ReadyOrderRef(&self.jobs), |k| self.jobs[k].pos);
+            tube.delayed.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k].pos);
+            let jobs_here = self.jobs.iter().filter(|(_, j)| j.tube() == t as u32).count() as u64;
             assert_eq!(tube.jobs, jobs_here, "job refs of tube {}", tube.name);
             let live = tube.waiters.iter().filter(|&&w| is_live(&self.clients, w)).count();
             assert_eq!(live, tube.waiting as usize, "waiters of tube {}", tube.name);
@@ -1179,9 +1190,9 @@ impl Engine {
             let mut k = client.reserved.head;
             let mut n = 0;
             while k != NIL {
-                assert_eq!(self.jobs[k as usize].state, JobState::Reserved);
+                assert_eq!(self.jobs[k].state(), JobState::Reserved);
                 n += 1;
-                k = self.jobs[k as usize].next;
+                k = self.jobs[k].next;
             }
             assert_eq!(n, client.reserved.len);
         }
@@ -1193,6 +1204,25 @@ fn is_live(clients: &Slab<Client>, w: Waiter) -> bool {
     clients.get(w.client as usize).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
 }
 
+/// Hashes job slab keys for the extras table: keys are small integers
+/// chosen by the server, so one multiplication spreads them well enough.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, k: u32) {
+        self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Job ids are chosen by the server, so a fast mixer is enough (the
 /// finalizer of splitmix64).
 fn hash_id(id: u64) -> u64 {
@@ -1202,24 +1232,24 @@ fn hash_id(id: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-struct ReadyOrder<'a>(&'a mut Slab<Job>);
-struct ReadyOrderRef<'a>(&'a Slab<Job>);
-struct DeadlineOrder<'a>(&'a mut Slab<Job>);
-struct DeadlineOrderRef<'a>(&'a Slab<Job>);
+struct ReadyOrder<'a>(&'a mut Arena<Job>);
+struct ReadyOrderRef<'a>(&'a Arena<Job>);
+struct DeadlineOrder<'a>(&'a mut Arena<Job>);
+struct DeadlineOrderRef<'a>(&'a Arena<Job>);
 struct DelayTimerOrder<'a> {
     tubes: &'a mut Slab<Tube>,
-    jobs: &'a Slab<Job>,
+    jobs: &'a Arena<Job>,
 }
 struct PauseTimerOrder<'a>(&'a mut Slab<Tube>);
 struct ClientTimerOrder<'a>(&'a mut Slab<Client>);
 
-fn ready_less(jobs: &Slab<Job>, a: u32, b: u32) -> bool {
-    let (a, b) = (&jobs[a as usize], &jobs[b as usize]);
+fn ready_less(jobs: &Arena<Job>, a: u32, b: u32) -> bool {
+    let (a, b) = (&jobs[a], &jobs[b]);
     (a.pri, a.id) < (b.pri, b.id)
 }
 
-fn deadline_less(jobs: &Slab<Job>, a: u32, b: u32) -> bool {
-    let (a, b) = (&jobs[a as usize], &jobs[b as usize]);
+fn deadline_less(jobs: &Arena<Job>, a: u32, b: u32) -> bool {
+    let (a, b) = (&jobs[a], &jobs[b]);
     (a.deadline, a.id) < (b.deadline, b.id)
 }
 
@@ -1228,7 +1258,7 @@ impl HeapOrder for ReadyOrder<'_> {
         ready_less(self.0, a, b)
     }
     fn set_pos(&mut self, key: u32, pos: u32) {
-        self.0[key as usize].pos = pos;
+        self.0[key].pos = pos;
     }
 }
 
@@ -1246,7 +1276,7 @@ impl HeapOrder for DeadlineOrder<'_> {
         deadline_less(self.0, a, b)
     }
     fn set_pos(&mut self, key: u32, pos: u32) {
-        self.0[key as usize].pos = pos;
+        self.0[key].pos = pos;
     }
 }
 

@@ -13,7 +13,7 @@ use super::*;
 const S: Nanos = NANOS_PER_SEC;
 
 fn body(s: &str) -> Body {
-    Body::from_slice(format!("{s}\r\n").as_bytes())
+    Body::from_slice(s.as_bytes())
 }
 
 /// An engine with a few helpers for terse tests.

@@ -65,9 +65,21 @@ impl Runtime {
     /// and io_uring was not insisted on, epoll, with the reason.
     pub fn new(prefer_uring: bool, insist_uring: bool) -> io::Result<(Runtime, Option<String>)> {
         if prefer_uring {
+            // Completions are collected when the loop next enters the kernel
+            // rather than by interrupting it (COOP_TASKRUN), and only this
+            // thread submits (SINGLE_ISSUER). DEFER_TASKRUN would go further
+            // but hangs tokio-uring, which waits for the ring through epoll.
+            // Kernels before 6.0 refuse these flags; they get a plain ring.
+            let mut tuned = tokio_uring::uring_builder();
+            tuned.setup_coop_taskrun().setup_single_issuer();
             let mut builder = tokio_uring::builder();
-            builder.entries(RING_ENTRIES);
-            match tokio_uring::Runtime::new(&builder) {
+            builder.entries(RING_ENTRIES).uring_builder(&tuned);
+            let attempt = tokio_uring::Runtime::new(&builder).or_else(|_| {
+                let mut plain = tokio_uring::builder();
+                plain.entries(RING_ENTRIES);
+                tokio_uring::Runtime::new(&plain)
+            });
+            match attempt {
                 Ok(rt) => return Ok((Runtime::Uring(rt), None)),
                 Err(e) if insist_uring => return Err(e),
                 Err(e) => {

@@ -31,7 +31,7 @@ impl Segment {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Segment::Text(t) => t,
-            Segment::Body(b) => b.with_crlf(),
+            Segment::Body(b) => b.bytes(),
         }
     }
 }
@@ -54,16 +54,17 @@ impl Output {
         self.open.extend_from_slice(bytes);
     }
 
-    /// Appends a body with its CRLF.
+    /// Appends a body and the CRLF after it.
     pub fn body(&mut self, body: &Body) {
-        let bytes = body.with_crlf();
+        let bytes = body.bytes();
         if bytes.len() <= BODY_INLINE_BYTES_MAX {
             self.open.extend_from_slice(bytes);
-            return;
+        } else {
+            self.seal();
+            self.sealed_bytes += bytes.len();
+            self.sealed.push_back(Segment::Body(body.clone()));
         }
-        self.seal();
-        self.sealed_bytes += bytes.len();
-        self.sealed.push_back(Segment::Body(body.clone()));
+        self.open.extend_from_slice(b"\r\n");
     }
 
     /// Bytes waiting to be taken.
@@ -115,20 +116,20 @@ mod tests {
     fn keeps_order_and_references_large_bodies() {
         let mut out = Output::default();
         out.push(b"A\r\n");
-        let small = Body::from_slice(b"small\r\n");
+        let small = Body::from_slice(b"small");
         out.body(&small);
-        let big_bytes = [vec![b'x'; BODY_INLINE_BYTES_MAX], b"\r\n".to_vec()].concat();
+        let big_bytes = vec![b'x'; BODY_INLINE_BYTES_MAX + 1];
         let big = Body::from_slice(&big_bytes);
         out.push(b"B\r\n");
         out.body(&big);
         out.push(b"C\r\n");
-        assert_eq!(out.len(), 3 + 7 + 3 + big_bytes.len() + 3);
+        assert_eq!(out.len(), 3 + 7 + 3 + big_bytes.len() + 2 + 3);
         let mut segs = Vec::new();
         out.take(&mut segs);
         assert_eq!(segs.len(), 3);
         assert!(matches!(&segs[1], Segment::Body(b) if b == &big));
         let flat: Vec<u8> = segs.iter().flat_map(|s| s.bytes().to_vec()).collect();
-        assert_eq!(flat, [b"A\r\nsmall\r\nB\r\n".to_vec(), big_bytes, b"C\r\n".to_vec()].concat());
+        assert_eq!(flat, [b"A\r\nsmall\r\nB\r\n".to_vec(), big_bytes, b"\r\nC\r\n".to_vec()].concat());
         assert!(out.is_empty());
         assert_eq!(flatten(&mut out), b"");
     }

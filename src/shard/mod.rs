@@ -330,8 +330,8 @@ impl Shard {
                     }
                 },
                 Mode::Body(put) => {
-                    pos += put.body.fill(rest);
-                    if !put.body.is_full() {
+                    pos += put.fill(rest);
+                    if !put.is_complete() {
                         break;
                     }
                     let Mode::Body(put) = std::mem::replace(&mut session.mode, Mode::Line) else { unreachable!() };
@@ -358,7 +358,7 @@ impl Shard {
     fn finish_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
         let body = put.body.finish();
         let session = &mut self.sessions[conn as usize];
-        if !body.with_crlf().ends_with(b"\r\n") {
+        if put.trailer != *b"\r\n" {
             session.out.push(reply::EXPECTED_CRLF);
             return;
         }
@@ -406,12 +406,14 @@ impl Shard {
                     return out.push(reply::BAD_FORMAT);
                 }
                 engine.set_producer(client);
-                let Some(body) = BodyBuilder::try_new(body_bytes as usize) else {
+                let Some(body) = BodyBuilder::try_new(size as usize) else {
                     session.mode = Mode::Discard { remaining: body_bytes, reply: reply::OUT_OF_MEMORY };
                     return;
                 };
                 let id = engine.allocate_id();
-                session.mode = Mode::Body(Box::new(PendingPut { id, created_at: now, pri, delay_s, ttr_s, body }));
+                let put =
+                    PendingPut { id, created_at: now, pri, delay_s, ttr_s, body, trailer: [0; 2], trailer_len: 0 };
+                session.mode = Mode::Body(Box::new(put));
             }
             C::Peek(id) => {
                 engine.count(Op::Peek);

@@ -28,6 +28,26 @@ pub struct PendingPut {
     pub delay_s: u32,
     pub ttr_s: u32,
     pub body: BodyBuilder,
+    /// The two bytes after the body, which must be CRLF.
+    pub trailer: [u8; 2],
+    pub trailer_len: usize,
+}
+
+impl PendingPut {
+    /// Takes body bytes, then the trailer; returns how many it used.
+    pub fn fill(&mut self, input: &[u8]) -> usize {
+        let mut used = self.body.fill(input);
+        while used < input.len() && self.trailer_len < 2 {
+            self.trailer[self.trailer_len] = input[used];
+            self.trailer_len += 1;
+            used += 1;
+        }
+        used
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.body.is_full() && self.trailer_len == 2
+    }
 }
 
 pub enum Mode {
