@@ -36,7 +36,12 @@ pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    buf.extend_from_slice(&digits[i..]);
+    // A byte loop, not extend_from_slice: a libc memcpy call for a handful
+    // of bytes showed up as a fifth of the server's time in profiles.
+    buf.reserve(digits.len() - i);
+    for &d in &digits[i..] {
+        buf.push(d);
+    }
 }
 
 /// Appends the decimal digits of a signed `n`.
