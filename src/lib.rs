@@ -7,8 +7,8 @@
 //! * [`shard`] — one core's share of the server: the engine plus every
 //!   connection's protocol session (framing, put bodies, blocked reserves),
 //!   still without I/O, and the routing of commands to shards.
-//! * [`net`] — listeners, connections and the core's event loop on
-//!   io_uring (tokio-uring) or epoll (tokio), the only place with sockets.
+//! * [`net`] — listeners, connections and the core's event loop, on
+//!   io_uring or on epoll; the only place with sockets.
 //! * [`config`] — beanstalkd-compatible command-line flags.
 //! * [`sys`] — facts about the process and host (`uname`, `getrusage`,
 //!   privileges, signals).

@@ -6,7 +6,7 @@ use std::process::exit;
 
 use runnerbean::config::{self, Config, IoChoice, Parsed};
 use runnerbean::engine::EngineConfig;
-use runnerbean::net::{self, Runtime};
+use runnerbean::net::{self, Driver};
 use runnerbean::shard::{ServerInfo, Shard};
 use runnerbean::sys;
 
@@ -19,7 +19,12 @@ const EXIT_HOST_FACTS: i32 = 50;
 const EXIT_UNSUPPORTED: i32 = 1;
 
 fn main() {
-    sys::catch_drain_signal_early();
+    // First of all, so that no signal is lost or kills the process before
+    // the event loop reads it.
+    let signals = sys::server_signal_fd().unwrap_or_else(|e| {
+        eprintln!("runnerbean: signalfd: {e}");
+        exit(EXIT_SOCKET);
+    });
     let mut args = std::env::args();
     let progname = args.next().unwrap_or_else(|| "runnerbean".to_string());
     let args: Vec<String> = args.collect();
@@ -77,14 +82,14 @@ fn main() {
     }
     sys::ignore_sigpipe();
 
-    let (runtime, fallback) = Runtime::new(config.io != IoChoice::Epoll, config.io == IoChoice::Uring)
+    let (driver, fallback) = Driver::new(config.io != IoChoice::Epoll, config.io == IoChoice::Uring)
         .unwrap_or_else(|e| die(&format!("cannot start the event loop: {e}"), EXIT_SOCKET));
     if let Some(why) = fallback {
         warn(&why);
     }
-    let info = server_info(&config, instance_id, uname, runtime.backend());
+    let info = server_info(&config, instance_id, uname, driver.backend());
     let shard = Shard::new(EngineConfig { shard: 0, shards: config.cores }, info);
-    if let Err(e) = runtime.serve(shard, bound.listener, config.verbosity) {
+    if let Err(e) = driver.serve(shard, bound.listener, signals, config.verbosity) {
         die(&format!("serve: {e}"), EXIT_SOCKET);
     }
 }

@@ -11,6 +11,8 @@ use crate::protocol::yaml::CpuTime;
 #[derive(Clone, Debug)]
 pub struct Uname {
     pub nodename: String,
+    /// The kernel release, for example `6.1.0-18-amd64`.
+    pub release: String,
     /// The *version* field (`#1 SMP ...`), which beanstalkd reports as `os`.
     pub version: String,
     pub machine: String,
@@ -26,7 +28,12 @@ pub fn uname() -> io::Result<Uname> {
         // Safety: uname NUL-terminates every field within its array.
         unsafe { CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned()
     };
-    Ok(Uname { nodename: field(&u.nodename), version: field(&u.version), machine: field(&u.machine) })
+    Ok(Uname {
+        nodename: field(&u.nodename),
+        release: field(&u.release),
+        version: field(&u.version),
+        machine: field(&u.machine),
+    })
 }
 
 /// User and system CPU time of the whole process.
@@ -91,30 +98,33 @@ pub fn become_user(user: &str) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
-static DRAIN_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The signals the server acts on: SIGUSR1 (drain mode), SIGTERM and
+/// SIGINT (stop).
+pub const SERVER_SIGNALS: [libc::c_int; 3] = [libc::SIGUSR1, libc::SIGTERM, libc::SIGINT];
 
-extern "C" fn note_drain_request(_: libc::c_int) {
-    DRAIN_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Catches SIGUSR1 from the first moment, before the event loop installs
-/// its own handler, so a drain request sent right after start-up is kept
-/// rather than killing the process (the default action).
-pub fn catch_drain_signal_early() {
-    // Safety: the handler only stores to an atomic, which is
-    // async-signal-safe; sigaction is given a fully initialised struct.
+/// Blocks the server's signals and returns a signalfd that reports them.
+/// Called first thing in `main`: from then on a signal is never lost and
+/// never takes its default action (death); it waits until the event loop
+/// reads it.
+pub fn server_signal_fd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // Safety: sigset_t is plain old data, filled by sigemptyset/sigaddset;
+    // sigprocmask and signalfd get valid pointers.
     unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = note_drain_request as *const () as libc::sighandler_t;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in SERVER_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
-}
-
-/// Whether SIGUSR1 arrived while [`catch_drain_signal_early`]'s handler
-/// was in place.
-pub fn drain_requested() -> bool {
-    DRAIN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Ignores SIGPIPE, so a write to a closed socket is an error, not death.

@@ -1,42 +1,39 @@
-//! The network shell around a shard: one core's event loop, its listener,
-//! its connections, its timer and its signals.
+//! The network shell around a shard: one core's event loop.
 //!
-//! A core runs a single-threaded runtime: tokio-uring (io_uring, with every
-//! operation of a loop iteration submitted in one system call when the
-//! thread parks) or, where io_uring is refused, plain tokio on epoll. Both
-//! run exactly this code; the difference is confined to [`stream`].
+//! The loop is a plain `loop` over an [`Io`] back end, io_uring
+//! ([`uring`]) or epoll ([`epoll`]), in the manner of Redis' `ae.c`: wait
+//! for events, hand received bytes and the time to the shard, then, once
+//! per turn, start a send for every connection that has replies and no
+//! send in flight, close the connections that are done, and go back to
+//! waiting with a timeout set by the shard's next deadline. There is no
+//! async runtime and no task per connection; all state is owned by the
+//! loop, so no operation can be dropped while the kernel still uses its
+//! memory: a connection is closed only when its receive has ended and its
+//! send has completed.
 //!
-//! The shard is shared by the core's tasks through a `RefCell` that is
-//! never held across an `.await`, so no two tasks ever see it borrowed.
-//!
-//! Tasks per core: the accept loop, a timer that sleeps until the shard's
-//! next deadline, the signal handlers, and a reader and a writer per
-//! connection ([`conn`]).
+//! Both back ends run this same code; only the mechanics of accept,
+//! receive, send and wait differ (see [`io`]).
 
-mod conn;
+pub mod epoll;
+pub mod io;
 pub mod listen;
-pub mod stream;
+pub mod uring;
 
-use std::cell::{Cell, RefCell};
-use std::io;
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Notify;
-
 use crate::engine::Nanos;
-use crate::shard::{ConnId, Shard};
-use conn::ConnIo;
+use crate::protocol::output::Segment;
+use crate::shard::{ConnId, ReadGate, Shard};
+use io::{Event, Io, RecvEnd};
 use listen::BoundListener;
-use stream::{Listener, Stream};
-
-/// Submission queue entries of each core's ring.
-const RING_ENTRIES: u32 = 1024;
 
 /// How long to pause accepting after an accept error such as EMFILE, so a
 /// full descriptor table does not turn the loop into a spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// Most iovecs handed to one writev (the kernel's IOV_MAX).
+const IOVECS_PER_SEND_MAX: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -53,66 +50,43 @@ impl Backend {
     }
 }
 
-/// A runtime for one core, already created so that the choice of back end
-/// is known before the shard is built.
-pub enum Runtime {
-    Uring(tokio_uring::Runtime),
-    Epoll(tokio::runtime::Runtime),
+/// A core's I/O back end, chosen before the shard is built.
+pub enum Driver {
+    Uring(Box<uring::Uring>),
+    Epoll(epoll::Epoll),
 }
 
-impl Runtime {
-    /// io_uring unless `epoll` is asked for; when the kernel refuses a ring
-    /// and io_uring was not insisted on, epoll, with the reason.
-    pub fn new(prefer_uring: bool, insist_uring: bool) -> io::Result<(Runtime, Option<String>)> {
+impl Driver {
+    /// io_uring unless `epoll` is asked for; when io_uring cannot be had
+    /// and was not insisted on, epoll, with the reason.
+    pub fn new(prefer_uring: bool, insist_uring: bool) -> std::io::Result<(Driver, Option<String>)> {
         if prefer_uring {
-            // Completions are collected when the loop next enters the kernel
-            // rather than by interrupting it (COOP_TASKRUN), and only this
-            // thread submits (SINGLE_ISSUER). DEFER_TASKRUN would go further
-            // but hangs tokio-uring, which waits for the ring through epoll.
-            // Kernels before 6.0 refuse these flags; they get a plain ring.
-            let mut tuned = tokio_uring::uring_builder();
-            tuned.setup_coop_taskrun().setup_single_issuer();
-            let mut builder = tokio_uring::builder();
-            builder.entries(RING_ENTRIES).uring_builder(&tuned);
-            let attempt = tokio_uring::Runtime::new(&builder).or_else(|_| {
-                let mut plain = tokio_uring::builder();
-                plain.entries(RING_ENTRIES);
-                tokio_uring::Runtime::new(&plain)
-            });
-            match attempt {
-                Ok(rt) => return Ok((Runtime::Uring(rt), None)),
+            match uring::Uring::new() {
+                Ok(ring) => return Ok((Driver::Uring(Box::new(ring)), None)),
                 Err(e) if insist_uring => return Err(e),
                 Err(e) => {
                     let why = format!("io_uring unavailable ({e}); using epoll");
-                    return Ok((Runtime::Epoll(epoll_runtime()?), Some(why)));
+                    return Ok((Driver::Epoll(epoll::Epoll::new()?), Some(why)));
                 }
             }
         }
-        Ok((Runtime::Epoll(epoll_runtime()?), None))
+        Ok((Driver::Epoll(epoll::Epoll::new()?), None))
     }
 
     pub fn backend(&self) -> Backend {
         match self {
-            Runtime::Uring(_) => Backend::Uring,
-            Runtime::Epoll(_) => Backend::Epoll,
+            Driver::Uring(_) => Backend::Uring,
+            Driver::Epoll(_) => Backend::Epoll,
         }
     }
 
     /// Serves until SIGTERM or SIGINT.
-    pub fn serve(self, shard: Shard, listener: BoundListener, verbosity: u8) -> io::Result<()> {
-        let backend = self.backend();
+    pub fn serve(self, shard: Shard, listener: BoundListener, signals: OwnedFd, verbosity: u8) -> std::io::Result<()> {
         match self {
-            Runtime::Uring(rt) => rt.block_on(serve_core(shard, listener, verbosity, backend)),
-            Runtime::Epoll(rt) => {
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, serve_core(shard, listener, verbosity, backend))
-            }
+            Driver::Uring(io) => Server::new(*io, shard, listener, signals, verbosity).run(),
+            Driver::Epoll(io) => Server::new(io, shard, listener, signals, verbosity).run(),
         }
     }
-}
-
-fn epoll_runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
 /// The shard's clock: monotonic nanoseconds since the core started.
@@ -128,10 +102,6 @@ impl Clock {
     pub fn now(&self) -> Nanos {
         self.origin.elapsed().as_nanos() as Nanos
     }
-
-    fn instant(&self, at: Nanos) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.origin + Duration::from_nanos(at))
-    }
 }
 
 impl Default for Clock {
@@ -140,142 +110,316 @@ impl Default for Clock {
     }
 }
 
-/// One core's shared state.
-pub struct Core {
-    shard: RefCell<Shard>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recv {
+    Active,
+    /// Asked to stop; `RecvEnded` will follow.
+    Stopping,
+    /// Ended (end of stream, error, or stopped by us).
+    Ended,
+}
+
+/// A send in flight: the segments it writes, kept alive until it completes,
+/// and the iovecs pointing into them.
+#[derive(Default)]
+struct Sending {
+    segments: Vec<Segment>,
+    iovecs: Vec<libc::iovec>,
+    /// The first iovec not completely written.
+    first: usize,
+}
+
+impl Sending {
+    /// Accounts for `n` bytes written; true once everything is.
+    fn advance(&mut self, mut n: usize) -> bool {
+        while n > 0 {
+            let iov = &mut self.iovecs[self.first];
+            if n >= iov.iov_len {
+                n -= iov.iov_len;
+                self.first += 1;
+            } else {
+                // Safety: advancing within the same live allocation.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                iov.iov_len -= n;
+                n = 0;
+            }
+        }
+        self.first == self.iovecs.len()
+    }
+}
+
+struct Conn {
+    fd: RawFd,
+    recv: Recv,
+    /// Whether the peer ended the stream (no more receiving, ever).
+    peer_done: bool,
+    sending: Option<Sending>,
+    /// A spare for the next send, so sends do not allocate.
+    spare: Sending,
+}
+
+/// One core: its shard, its connections and its back end.
+struct Server<I: Io> {
+    io: I,
+    shard: Shard,
     clock: Clock,
-    backend: Backend,
+    listener: OwnedFd,
+    signals: OwnedFd,
     verbosity: u8,
-    conns: RefCell<Vec<Option<Rc<ConnIo>>>>,
-    dirty: RefCell<Vec<ConnId>>,
-    timer_wake: Notify,
-    /// The deadline the timer task sleeps until.
-    armed: Cell<Option<Nanos>>,
+    conns: Vec<Option<Conn>>,
+    /// Connections to look at after this turn's events.
+    touched: Vec<ConnId>,
+    /// When to start accepting again after an accept error.
+    accept_again_at: Option<Instant>,
+    stop: bool,
 }
 
-impl Core {
-    /// After the shard ran: wake the writers (and held-back readers) of
-    /// every connection whose session changed, and the timer if the shard's
-    /// next deadline moved earlier.
-    fn publish(&self, shard: &mut Shard) {
-        let mut dirty = self.dirty.borrow_mut();
-        shard.take_dirty(&mut dirty);
-        let conns = self.conns.borrow();
-        for conn in dirty.drain(..) {
-            if let Some(Some(io)) = conns.get(conn.0 as usize) {
-                io.write_wake.notify_one();
-                io.read_wake.notify_one();
+impl<I: Io> Server<I> {
+    fn new(io: I, shard: Shard, listener: BoundListener, signals: OwnedFd, verbosity: u8) -> Server<I> {
+        let listener: OwnedFd = match listener {
+            BoundListener::Tcp(l) => l.into(),
+            BoundListener::Unix(l) => l.into(),
+        };
+        Server {
+            io,
+            shard,
+            clock: Clock::new(),
+            listener,
+            signals,
+            verbosity,
+            conns: Vec::new(),
+            touched: Vec::new(),
+            accept_again_at: None,
+            stop: false,
+        }
+    }
+
+    fn run(mut self) -> std::io::Result<()> {
+        set_nonblocking(self.listener.as_raw_fd())?;
+        self.io.watch_signals(self.signals.as_raw_fd());
+        self.io.accept(self.listener.as_raw_fd());
+        while !self.stop {
+            let timeout = self.timeout();
+            let mut events = Events {
+                shard: &mut self.shard,
+                clock: &self.clock,
+                accepted: Vec::new(),
+                failed_accept: None,
+                signals: Vec::new(),
+                recv_ended: Vec::new(),
+                sent: Vec::new(),
+            };
+            self.io.wait(timeout, &mut |event| events.handle(event))?;
+            let Events { accepted, failed_accept, signals, recv_ended, sent, .. } = events;
+            for fd in accepted {
+                self.open(fd);
             }
-        }
-        if let Some(next) = shard.next_deadline()
-            && self.armed.get().is_none_or(|armed| next < armed)
-        {
-            self.armed.set(Some(next));
-            self.timer_wake.notify_one();
-        }
-    }
-
-    fn register(&self, conn: ConnId, io: Rc<ConnIo>) {
-        let mut conns = self.conns.borrow_mut();
-        let i = conn.0 as usize;
-        if conns.len() <= i {
-            conns.resize(i + 1, None);
-        }
-        conns[i] = Some(io);
-    }
-
-    fn unregister(&self, conn: ConnId) {
-        self.conns.borrow_mut()[conn.0 as usize] = None;
-    }
-}
-
-async fn serve_core(shard: Shard, bound: BoundListener, verbosity: u8, backend: Backend) -> io::Result<()> {
-    // Signal handlers first, so a signal sent once clients can connect is
-    // never met by the default action.
-    let mut drain = signal(SignalKind::user_defined1())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut shard = shard;
-    if crate::sys::drain_requested() {
-        shard.set_draining();
-    }
-    let listener = Listener::from_bound(bound)?;
-    let core = Rc::new(Core {
-        shard: RefCell::new(shard),
-        clock: Clock::new(),
-        backend,
-        verbosity,
-        conns: RefCell::new(Vec::new()),
-        dirty: RefCell::new(Vec::new()),
-        timer_wake: Notify::new(),
-        armed: Cell::new(None),
-    });
-    tokio::task::spawn_local(timer(core.clone()));
-    tokio::task::spawn_local(accept_loop(core.clone(), listener));
-    let drain_core = core.clone();
-    tokio::task::spawn_local(async move {
-        while drain.recv().await.is_some() {
-            drain_core.shard.borrow_mut().set_draining();
-        }
-    });
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
-}
-
-async fn accept_loop(core: Rc<Core>, listener: Listener) {
-    loop {
-        let accepted = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
+            if let Some(e) = failed_accept {
                 eprintln!("runnerbean: accept(): {e}");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
+                self.accept_again_at = Some(Instant::now() + ACCEPT_ERROR_PAUSE);
             }
-        };
-        let stream = match Stream::adopt(accepted, core.backend == Backend::Uring) {
-            Ok(stream) => stream,
-            Err(e) => {
-                eprintln!("runnerbean: adopting a connection: {e}");
-                continue;
+            for (conn, end) in recv_ended {
+                self.recv_ended(conn, end);
             }
-        };
-        let fd = stream.raw_fd();
-        if core.verbosity > 0 {
-            println!("accept {fd}");
-        }
-        let conn = core.shard.borrow_mut().open(fd);
-        let io = Rc::new(ConnIo::new(stream));
-        core.register(conn, io.clone());
-        tokio::task::spawn_local(conn::reader(core.clone(), conn, io.clone()));
-        tokio::task::spawn_local(conn::writer(core.clone(), conn, io));
-    }
-}
-
-/// Sleeps until the shard's next deadline and lets it act. Timers are
-/// tokio's, not io_uring operations, so racing them against a wake-up is
-/// safe.
-async fn timer(core: Rc<Core>) {
-    loop {
-        let next = core.shard.borrow().next_deadline();
-        core.armed.set(next);
-        match next {
-            None => {
-                core.timer_wake.notified().await;
-                continue;
+            for (conn, outcome) in sent {
+                self.sent(conn, outcome);
             }
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(core.clock.instant(at)) => {}
-                    _ = core.timer_wake.notified() => continue,
+            for signal in signals {
+                match signal {
+                    libc::SIGUSR1 => self.shard.set_draining(),
+                    _ => self.stop = true,
                 }
             }
+            if self.accept_again_at.is_some_and(|at| Instant::now() >= at) {
+                self.accept_again_at = None;
+                self.io.accept(self.listener.as_raw_fd());
+            }
+            self.shard.tick(self.clock.now());
+            self.shard.take_dirty(&mut self.touched);
+            let touched = std::mem::take(&mut self.touched);
+            for &conn in &touched {
+                self.service(conn);
+            }
+            self.touched = touched;
+            self.touched.clear();
         }
-        let now = core.clock.now();
-        let mut shard = core.shard.borrow_mut();
-        shard.tick(now);
-        core.publish(&mut shard);
+        Ok(())
     }
+
+    /// How long the back end may wait: until the shard's next deadline or
+    /// the end of an accept pause.
+    fn timeout(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        let shard = self.shard.next_deadline().map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        let accept = self.accept_again_at.map(|at| at.saturating_duration_since(Instant::now()));
+        match (shard, accept) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn open(&mut self, fd: RawFd) {
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux;
+        // setting it again keeps that true everywhere (it fails harmlessly
+        // on unix sockets).
+        let one: libc::c_int = 1;
+        // Safety: setsockopt with a valid option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        if self.verbosity > 0 {
+            println!("accept {fd}");
+        }
+        let conn = self.shard.open(fd);
+        let i = conn.0 as usize;
+        if self.conns.len() <= i {
+            self.conns.resize_with(i + 1, || None);
+        }
+        self.conns[i] =
+            Some(Conn { fd, recv: Recv::Active, peer_done: false, sending: None, spare: Sending::default() });
+        self.io.recv(conn.0, fd);
+    }
+
+    fn recv_ended(&mut self, conn: u32, end: RecvEnd) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        c.recv = Recv::Ended;
+        let now = self.clock.now();
+        match end {
+            RecvEnd::Eof => {
+                c.peer_done = true;
+                self.shard.eof(ConnId(conn), now);
+            }
+            RecvEnd::Error => {
+                c.peer_done = true;
+                self.shard.abort(ConnId(conn), now);
+            }
+            RecvEnd::Stopped => {}
+        }
+        self.touched.push(ConnId(conn));
+    }
+
+    fn sent(&mut self, conn: u32, outcome: std::io::Result<usize>) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        let mut sending = c.sending.take().expect("a send completed that was not started");
+        match outcome {
+            Ok(n) if !sending.advance(n) => {
+                // Partly written: go on with the rest.
+                let first = sending.first;
+                let count = (sending.iovecs.len() - first).min(IOVECS_PER_SEND_MAX);
+                let iov = sending.iovecs[first..].as_ptr();
+                let fd = c.fd;
+                c.sending = Some(sending);
+                // Safety: the iovecs and the segments they point into are
+                // owned by `c.sending` until the next Sent event.
+                unsafe { self.io.send(conn, fd, iov, count) };
+                return;
+            }
+            Ok(_) => {
+                let output = self.shard.output(ConnId(conn));
+                for segment in sending.segments.drain(..) {
+                    if let Segment::Text(text) = segment {
+                        output.recycle(text);
+                    }
+                }
+            }
+            Err(_) => {
+                sending.segments.clear();
+                self.shard.abort(ConnId(conn), self.clock.now());
+            }
+        }
+        sending.iovecs.clear();
+        sending.first = 0;
+        let c = self.conns[conn as usize].as_mut().expect("connection checked above");
+        c.spare = sending;
+        self.touched.push(ConnId(conn));
+    }
+
+    /// Brings one connection up to date with its session: send what it is
+    /// owed, pause or resume receiving, close it when it is done.
+    fn service(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
+        if c.sending.is_none() && !self.shard.output(conn).is_empty() && !self.shard.is_dead(conn) {
+            let mut sending = std::mem::take(&mut c.spare);
+            self.shard.output(conn).take(&mut sending.segments);
+            sending.iovecs.extend(
+                sending
+                    .segments
+                    .iter()
+                    .map(|s| libc::iovec { iov_base: s.bytes().as_ptr().cast_mut().cast(), iov_len: s.bytes().len() }),
+            );
+            let count = sending.iovecs.len().min(IOVECS_PER_SEND_MAX);
+            let iov = sending.iovecs.as_ptr();
+            c.sending = Some(sending);
+            // Safety: the iovecs and the segments they point into are owned
+            // by `c.sending` until the Sent event.
+            unsafe { self.io.send(conn.0, c.fd, iov, count) };
+        }
+        match (self.shard.read_gate(conn), c.recv) {
+            (ReadGate::Read, Recv::Ended) if !c.peer_done => {
+                c.recv = Recv::Active;
+                self.io.recv(conn.0, c.fd);
+            }
+            (ReadGate::Wait | ReadGate::Stop, Recv::Active) => {
+                c.recv = Recv::Stopping;
+                self.io.stop_recv(conn.0, c.fd);
+            }
+            _ => {}
+        }
+        if c.recv == Recv::Ended && c.sending.is_none() && self.shard.finished(conn) {
+            self.close(conn);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        let c = self.conns[conn.0 as usize].take().expect("closing a connection twice");
+        self.io.forget(conn.0, c.fd);
+        if self.verbosity > 0 {
+            println!("close {}", c.fd);
+        }
+        // Safety: nothing is in flight on the descriptor any more.
+        unsafe { libc::close(c.fd) };
+        self.shard.remove(conn);
+    }
+}
+
+/// What one wait reported, gathered while the back end is borrowed; data
+/// goes to the shard at once, the rest is acted on right after.
+struct Events<'a> {
+    shard: &'a mut Shard,
+    clock: &'a Clock,
+    accepted: Vec<RawFd>,
+    failed_accept: Option<std::io::Error>,
+    signals: Vec<i32>,
+    recv_ended: Vec<(u32, RecvEnd)>,
+    sent: Vec<(u32, std::io::Result<usize>)>,
+}
+
+impl Events<'_> {
+    fn handle(&mut self, event: Event<'_>) {
+        match event {
+            Event::Data(conn, bytes) => self.shard.input(ConnId(conn), bytes, self.clock.now()),
+            Event::Accepted(fd) => self.accepted.push(fd),
+            Event::AcceptFailed(e) => self.failed_accept = Some(e),
+            Event::RecvEnded(conn, end) => self.recv_ended.push((conn, end)),
+            Event::Sent(conn, outcome) => self.sent.push((conn, outcome)),
+            Event::Signal(signal) => self.signals.push(signal),
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // Safety: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,301 @@
+//! The epoll back end, for kernels or sandboxes without io_uring (Docker's
+//! default seccomp profile refuses it, and so does
+//! `kernel.io_uring_disabled`).
+//!
+//! Sockets are registered once, edge-triggered, for both directions. A
+//! readable socket is read into one buffer shared by every connection (the
+//! server consumes the bytes before the next read), at most
+//! [`READ_BYTES_PER_TURN`] per connection per turn so one busy connection
+//! cannot starve the others. A send is attempted at once with writev and,
+//! if the socket is full, again when it reports writable. Completions that
+//! happen inside `send` or `stop_recv` are queued and reported by the next
+//! `wait`, which then does not sleep.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use super::io::{Event, Io, RecvEnd};
+
+/// Bytes of the shared read buffer.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes read from one connection before others get their turn.
+const READ_BYTES_PER_TURN: usize = 256 * 1024;
+/// Events taken per epoll_wait.
+const EVENTS_MAX: usize = 1024;
+
+const LISTENER_TOKEN: u64 = u64::MAX;
+const SIGNAL_TOKEN: u64 = u64::MAX - 1;
+
+#[derive(Clone, Copy, Default)]
+struct Conn {
+    fd: RawFd,
+    reading: bool,
+    /// A send waiting for the socket to become writable.
+    pending_send: Option<(*const libc::iovec, usize)>,
+}
+
+enum Later {
+    Sent(u32, io::Result<usize>),
+    RecvEnded(u32, RecvEnd),
+    /// Read what may have arrived while reading was paused or cut short.
+    Read(u32),
+}
+
+pub struct Epoll {
+    epfd: RawFd,
+    events: Vec<libc::epoll_event>,
+    conns: Vec<Conn>,
+    listener: Option<RawFd>,
+    signal_fd: Option<RawFd>,
+    later: VecDeque<Later>,
+    buf: Box<[u8]>,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // Safety: a plain system call.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll {
+            epfd,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX],
+            conns: Vec::new(),
+            listener: None,
+            signal_fd: None,
+            later: VecDeque::new(),
+            buf: vec![0u8; READ_BUFFER_BYTES].into_boxed_slice(),
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // Safety: a valid event struct for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.epfd, op, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn conn_mut(&mut self, conn: u32) -> &mut Conn {
+        let i = conn as usize;
+        if self.conns.len() <= i {
+            self.conns.resize(i + 1, Conn::default());
+        }
+        &mut self.conns[i]
+    }
+
+    /// Reads a connection until it has nothing more, or its turn is over.
+    fn read(&mut self, conn: u32, handle: &mut dyn FnMut(Event<'_>)) {
+        let mut taken = 0;
+        loop {
+            let c = self.conns[conn as usize];
+            if !c.reading {
+                return;
+            }
+            if taken >= READ_BYTES_PER_TURN {
+                self.later.push_back(Later::Read(conn));
+                return;
+            }
+            // Safety: reading into our own buffer.
+            let n = unsafe { libc::read(c.fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            if n > 0 {
+                taken += n as usize;
+                handle(Event::Data(conn, &self.buf[..n as usize]));
+                continue;
+            }
+            let end = if n == 0 {
+                RecvEnd::Eof
+            } else {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR) => continue,
+                    _ => RecvEnd::Error,
+                }
+            };
+            self.conns[conn as usize].reading = false;
+            handle(Event::RecvEnded(conn, end));
+            return;
+        }
+    }
+
+    fn write(fd: RawFd, iov: *const libc::iovec, count: usize) -> io::Result<usize> {
+        loop {
+            // Safety: the server keeps the iovecs and their memory alive
+            // until the Sent event.
+            let n = unsafe { libc::writev(fd, iov, count.min(libc::UIO_MAXIOV as usize) as libc::c_int) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    fn accept_all(&mut self, listener: RawFd, handle: &mut dyn FnMut(Event<'_>)) {
+        loop {
+            // Safety: plain accept4 without an address.
+            let fd = unsafe {
+                libc::accept4(
+                    listener,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                handle(Event::Accepted(fd));
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return,
+                Some(libc::EINTR | libc::ECONNABORTED) => continue,
+                _ => {
+                    // Stop watching until the server starts accepting again,
+                    // or a full descriptor table would make this spin.
+                    let _ = self.ctl(libc::EPOLL_CTL_DEL, listener, 0, LISTENER_TOKEN);
+                    self.listener = None;
+                    handle(Event::AcceptFailed(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_signals(&mut self, fd: RawFd, handle: &mut dyn FnMut(Event<'_>)) {
+        let mut info = [0u8; 128];
+        // Safety: reading whole signalfd_siginfo records into a local buffer.
+        while unsafe { libc::read(fd, info.as_mut_ptr().cast(), info.len()) } == info.len() as isize {
+            let signo = u32::from_ne_bytes(info[..4].try_into().expect("four bytes"));
+            handle(Event::Signal(signo as i32));
+        }
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // Safety: closing our own epoll descriptor.
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+impl Io for Epoll {
+    fn accept(&mut self, listener: RawFd) {
+        if self.listener.is_none()
+            && self.ctl(libc::EPOLL_CTL_ADD, listener, libc::EPOLLIN as u32, LISTENER_TOKEN).is_ok()
+        {
+            self.listener = Some(listener);
+        }
+    }
+
+    fn watch_signals(&mut self, signal_fd: RawFd) {
+        if self.ctl(libc::EPOLL_CTL_ADD, signal_fd, libc::EPOLLIN as u32, SIGNAL_TOKEN).is_ok() {
+            self.signal_fd = Some(signal_fd);
+        }
+    }
+
+    fn recv(&mut self, conn: u32, fd: RawFd) {
+        let c = self.conn_mut(conn);
+        let first = c.fd != fd;
+        *c = Conn { fd, reading: true, pending_send: c.pending_send.filter(|_| !first) };
+        if first {
+            let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+            if self.ctl(libc::EPOLL_CTL_ADD, fd, events, u64::from(conn)).is_err() {
+                self.conns[conn as usize].reading = false;
+                self.later.push_back(Later::RecvEnded(conn, RecvEnd::Error));
+                return;
+            }
+        }
+        // Edge-triggered: data that came before now raised no new edge.
+        self.later.push_back(Later::Read(conn));
+    }
+
+    fn stop_recv(&mut self, conn: u32, _fd: RawFd) {
+        let c = self.conn_mut(conn);
+        if c.reading {
+            c.reading = false;
+            self.later.push_back(Later::RecvEnded(conn, RecvEnd::Stopped));
+        }
+    }
+
+    unsafe fn send(&mut self, conn: u32, fd: RawFd, iov: *const libc::iovec, count: usize) {
+        match Epoll::write(fd, iov, count) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.conn_mut(conn).pending_send = Some((iov, count)),
+            outcome => self.later.push_back(Later::Sent(conn, outcome)),
+        }
+    }
+
+    fn forget(&mut self, conn: u32, fd: RawFd) {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, u64::from(conn));
+        *self.conn_mut(conn) = Conn { fd: -1, reading: false, pending_send: None };
+        self.later.retain(|l| match l {
+            Later::Sent(c, _) | Later::RecvEnded(c, _) | Later::Read(c) => *c != conn,
+        });
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, handle: &mut dyn FnMut(Event<'_>)) -> io::Result<()> {
+        let timeout_ms = if !self.later.is_empty() {
+            0
+        } else {
+            // Round up, so a timer never fires early.
+            timeout.map_or(-1, |t| t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32)
+        };
+        // Safety: the events buffer has EVENTS_MAX entries.
+        let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), EVENTS_MAX as i32, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+        }
+        for later in std::mem::take(&mut self.later) {
+            match later {
+                Later::Sent(conn, outcome) => handle(Event::Sent(conn, outcome)),
+                Later::RecvEnded(conn, end) => handle(Event::RecvEnded(conn, end)),
+                Later::Read(conn) => self.read(conn, handle),
+            }
+        }
+        for i in 0..n as usize {
+            let event = self.events[i];
+            let (bits, token) = (event.events, event.u64);
+            match token {
+                LISTENER_TOKEN => {
+                    if let Some(listener) = self.listener {
+                        self.accept_all(listener, handle);
+                    }
+                }
+                SIGNAL_TOKEN => {
+                    if let Some(fd) = self.signal_fd {
+                        self.read_signals(fd, handle);
+                    }
+                }
+                token => {
+                    let conn = token as u32;
+                    let Some(c) = self.conns.get(conn as usize).copied() else { continue };
+                    if c.fd < 0 {
+                        continue;
+                    }
+                    if bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0
+                        && let Some((iov, count)) = c.pending_send
+                    {
+                        match Epoll::write(c.fd, iov, count) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            outcome => {
+                                self.conns[conn as usize].pending_send = None;
+                                handle(Event::Sent(conn, outcome));
+                            }
+                        }
+                    }
+                    if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                        self.read(conn, handle);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,375 @@
+//! The io_uring back end: one ring per core, driven directly (the io-uring
+//! crate) rather than through an async runtime.
+//!
+//! * Each connection has one multishot receive armed for its whole life;
+//!   data lands in a ring of provided buffers shared by all connections,
+//!   so an idle connection holds no buffer and no receive is re-armed per
+//!   message.
+//! * Sends are single writev operations on memory the server keeps alive
+//!   until their completion.
+//! * Everything an iteration queues is submitted by the one
+//!   `io_uring_enter` that also waits for the next completions.
+//! * The ring is single-issuer and completions are collected when the loop
+//!   enters the kernel (DEFER_TASKRUN where the kernel has it, else
+//!   COOP_TASKRUN) instead of interrupting it.
+//!
+//! Needs Linux 6.0 (multishot receive, provided buffer rings); the server
+//! uses epoll on older kernels or where io_uring is refused.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::io::{Event, Io, RecvEnd};
+
+/// Submission queue entries.
+const SQ_ENTRIES: u32 = 4096;
+/// Provided receive buffers, shared by all connections (a power of two).
+const RECV_BUFFERS: u16 = 512;
+/// Bytes per receive buffer.
+const RECV_BUFFER_BYTES: usize = 16 * 1024;
+/// The buffer group id of the receive buffers.
+const BUFFER_GROUP: u16 = 0;
+
+// What a completion belongs to, in the top byte of its user data; the low
+// 32 bits carry the connection.
+const KIND_SHIFT: u32 = 56;
+const ACCEPT: u64 = 1;
+const RECV: u64 = 2;
+const SEND: u64 = 3;
+const CANCEL: u64 = 4;
+const SIGNAL: u64 = 5;
+
+fn tag(kind: u64, conn: u32) -> u64 {
+    kind << KIND_SHIFT | u64::from(conn)
+}
+
+/// Bytes of one `signalfd_siginfo`.
+const SIGINFO_BYTES: usize = 128;
+
+pub struct Uring {
+    ring: IoUring,
+    buffers: BufferRing,
+    /// Per connection: its socket, and whether its receive is being
+    /// cancelled.
+    conns: Vec<(RawFd, bool)>,
+    listener: Option<RawFd>,
+    signal_fd: Option<RawFd>,
+    signal_buf: Box<[u8; SIGINFO_BYTES]>,
+    completions: Vec<cqueue::Entry>,
+    /// Entries that found the submission queue full while the completion
+    /// queue was full too; submitted after the next wait.
+    overflow: Vec<squeue::Entry>,
+}
+
+impl Uring {
+    pub fn new() -> io::Result<Uring> {
+        let release = crate::sys::uname().map(|u| u.release).unwrap_or_default();
+        if !kernel_at_least(&release, 6, 0) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("kernel {release} is older than 6.0")));
+        }
+        let ring = build_ring()?;
+        let buffers = BufferRing::new(&ring)?;
+        Ok(Uring {
+            ring,
+            buffers,
+            conns: Vec::new(),
+            listener: None,
+            signal_fd: None,
+            signal_buf: Box::new([0; SIGINFO_BYTES]),
+            completions: Vec::with_capacity(1024),
+            overflow: Vec::new(),
+        })
+    }
+
+    /// Queues an operation, submitting first if the queue is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // Safety: every buffer an entry points to is kept alive by the
+            // server or by this struct until its completion.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                assert!(e.raw_os_error() == Some(libc::EBUSY), "io_uring submit: {e}");
+                // The completion queue must be drained first: keep the
+                // entry for right after the next wait.
+                self.overflow.push(entry);
+                return;
+            }
+        }
+    }
+
+    fn accept_entry(listener: RawFd) -> squeue::Entry {
+        opcode::AcceptMulti::new(types::Fd(listener))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(tag(ACCEPT, 0))
+    }
+
+    fn read_signal(&mut self, fd: RawFd) {
+        let read = opcode::Read::new(types::Fd(fd), self.signal_buf.as_mut_ptr(), SIGINFO_BYTES as u32)
+            .build()
+            .user_data(tag(SIGNAL, 0));
+        self.push(read);
+    }
+
+    fn recv_entry(conn: u32, fd: RawFd) -> squeue::Entry {
+        opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP).build().user_data(tag(RECV, conn))
+    }
+
+    fn conn_mut(&mut self, conn: u32) -> &mut (RawFd, bool) {
+        let i = conn as usize;
+        if self.conns.len() <= i {
+            self.conns.resize(i + 1, (-1, false));
+        }
+        &mut self.conns[i]
+    }
+}
+
+impl Io for Uring {
+    fn accept(&mut self, listener: RawFd) {
+        self.listener = Some(listener);
+        self.push(Uring::accept_entry(listener));
+    }
+
+    fn watch_signals(&mut self, signal_fd: RawFd) {
+        self.signal_fd = Some(signal_fd);
+        self.read_signal(signal_fd);
+    }
+
+    fn recv(&mut self, conn: u32, fd: RawFd) {
+        *self.conn_mut(conn) = (fd, false);
+        self.push(Uring::recv_entry(conn, fd));
+    }
+
+    fn stop_recv(&mut self, conn: u32, _fd: RawFd) {
+        self.conn_mut(conn).1 = true;
+        let cancel = opcode::AsyncCancel::new(tag(RECV, conn)).build().user_data(tag(CANCEL, conn));
+        self.push(cancel);
+    }
+
+    unsafe fn send(&mut self, conn: u32, fd: RawFd, iov: *const libc::iovec, count: usize) {
+        let entry = if count == 1 {
+            // One buffer (the common case): a plain send skips the iovec
+            // import of writev.
+            // Safety: the caller keeps the iovec valid until the completion.
+            let iov = unsafe { &*iov };
+            opcode::Send::new(types::Fd(fd), iov.iov_base.cast(), iov.iov_len as u32).build()
+        } else {
+            opcode::Writev::new(types::Fd(fd), iov, count as u32).build()
+        };
+        self.push(entry.user_data(tag(SEND, conn)));
+    }
+
+    fn forget(&mut self, conn: u32, _fd: RawFd) {
+        *self.conn_mut(conn) = (-1, false);
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, handle: &mut dyn FnMut(Event<'_>)) -> io::Result<()> {
+        let submitted = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match submitted {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        for entry in std::mem::take(&mut self.overflow) {
+            self.push(entry);
+        }
+        self.completions.clear();
+        self.completions.extend(self.ring.completion());
+        let mut returned = false;
+        for i in 0..self.completions.len() {
+            let cqe = self.completions[i].clone();
+            let (data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+            let conn = data as u32;
+            let more = cqueue::more(flags);
+            match data >> KIND_SHIFT {
+                ACCEPT => {
+                    if res >= 0 {
+                        handle(Event::Accepted(res));
+                    } else {
+                        handle(Event::AcceptFailed(io::Error::from_raw_os_error(-res)));
+                    }
+                    if !more
+                        && res >= 0
+                        && let Some(listener) = self.listener
+                    {
+                        // Ended without an error (it can happen): restart.
+                        // After an error the server restarts it later.
+                        self.push(Uring::accept_entry(listener));
+                    }
+                }
+                RECV => {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if res > 0 {
+                            handle(Event::Data(conn, self.buffers.bytes(bid, res as usize)));
+                        }
+                        self.buffers.give_back(bid);
+                        returned = true;
+                    }
+                    if more {
+                        continue;
+                    }
+                    let (fd, stopping) = self.conns.get(conn as usize).copied().unwrap_or((-1, false));
+                    let end = match res {
+                        0 => Some(RecvEnd::Eof),
+                        _ if stopping => Some(RecvEnd::Stopped),
+                        // Out of buffers, or ended after data: arm again.
+                        r if r > 0 || r == -libc::ENOBUFS => None,
+                        r if r == -libc::ECANCELED => Some(RecvEnd::Stopped),
+                        _ => Some(RecvEnd::Error),
+                    };
+                    match end {
+                        Some(end) => handle(Event::RecvEnded(conn, end)),
+                        None => self.push(Uring::recv_entry(conn, fd)),
+                    }
+                }
+                SEND => {
+                    let outcome = if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) };
+                    handle(Event::Sent(conn, outcome));
+                }
+                SIGNAL => {
+                    if res as usize == SIGINFO_BYTES {
+                        let signo = u32::from_ne_bytes(self.signal_buf[..4].try_into().expect("four bytes"));
+                        handle(Event::Signal(signo as i32));
+                    }
+                    if let Some(fd) = self.signal_fd {
+                        self.read_signal(fd);
+                    }
+                }
+                _ => {} // CANCEL: the outcome shows on the receive itself.
+            }
+        }
+        if returned {
+            self.buffers.publish();
+        }
+        Ok(())
+    }
+}
+
+fn build_ring() -> io::Result<IoUring> {
+    let mut deferred = IoUring::builder();
+    deferred.setup_single_issuer().setup_defer_taskrun().setup_cqsize(SQ_ENTRIES * 2);
+    if let Ok(ring) = deferred.build(SQ_ENTRIES) {
+        return Ok(ring);
+    }
+    let mut cooperative = IoUring::builder();
+    cooperative.setup_single_issuer().setup_coop_taskrun().setup_cqsize(SQ_ENTRIES * 2);
+    cooperative.build(SQ_ENTRIES)
+}
+
+/// "6.18.44-generic" >= (6, 0)?
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+/// A ring of provided buffers registered with the kernel: the kernel takes
+/// buffers from it for multishot receives and the loop gives them back.
+struct BufferRing {
+    /// The ring entries, page aligned, shared with the kernel.
+    entries: *mut types::BufRingEntry,
+    entries_bytes: usize,
+    /// The buffers themselves.
+    data: Box<[u8]>,
+    tail: u16,
+}
+
+impl BufferRing {
+    fn new(ring: &IoUring) -> io::Result<BufferRing> {
+        let entries_bytes = usize::from(RECV_BUFFERS) * size_of::<types::BufRingEntry>();
+        // Safety: an anonymous private mapping; checked below.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                entries_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if mem == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ring_buffers = BufferRing {
+            entries: mem.cast(),
+            entries_bytes,
+            data: vec![0u8; usize::from(RECV_BUFFERS) * RECV_BUFFER_BYTES].into_boxed_slice(),
+            tail: 0,
+        };
+        // Safety: the entries live in the mapping above until drop, which
+        // unregisters them first.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(mem as u64, RECV_BUFFERS, BUFFER_GROUP, 0)?;
+        }
+        for bid in 0..RECV_BUFFERS {
+            ring_buffers.give_back(bid);
+        }
+        ring_buffers.publish();
+        Ok(ring_buffers)
+    }
+
+    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * RECV_BUFFER_BYTES;
+        &self.data[start..start + len.min(RECV_BUFFER_BYTES)]
+    }
+
+    /// Puts a buffer back at the tail (visible to the kernel on publish).
+    fn give_back(&mut self, bid: u16) {
+        let slot = self.tail & (RECV_BUFFERS - 1);
+        // Safety: `slot` is within the mapped entries; the kernel only reads
+        // entries between its head and the published tail.
+        unsafe {
+            let entry = &mut *self.entries.add(usize::from(slot));
+            entry.set_addr(self.data.as_ptr().add(usize::from(bid) * RECV_BUFFER_BYTES) as u64);
+            entry.set_len(RECV_BUFFER_BYTES as u32);
+            entry.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the buffers given back visible to the kernel.
+    fn publish(&self) {
+        // Safety: the tail field lives in the first entry of the mapping;
+        // the release store orders the entry writes before it.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufferRing {
+    fn drop(&mut self) {
+        // Safety: unmapping what new() mapped. The ring that used it is
+        // being dropped too (the ring field is declared first).
+        unsafe { libc::munmap(self.entries.cast(), self.entries_bytes) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert!(kernel_at_least("6.18.44", 6, 0));
+        assert!(kernel_at_least("6.0.0-rc1", 6, 0));
+        assert!(kernel_at_least("10.1", 6, 0));
+        assert!(!kernel_at_least("5.19.17-generic", 6, 0));
+        assert!(!kernel_at_least("", 6, 0));
+    }
+}
