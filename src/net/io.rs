@@ -32,7 +32,8 @@ pub enum RecvEnd {
 }
 
 pub enum Event<'a> {
-    /// A new connection, already non-blocking and close-on-exec.
+    /// A new connection (close-on-exec; non-blocking where the back end
+    /// needs it).
     Accepted(RawFd),
     /// Accepting stopped on an error (for example too many open files);
     /// the server starts it again after a pause.

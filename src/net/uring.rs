@@ -35,8 +35,11 @@ const RECV_BUFFER_BYTES: usize = 16 * 1024;
 const BUFFER_GROUP: u16 = 0;
 
 // What a completion belongs to, in the top byte of its user data; the low
-// 32 bits carry the connection.
+// 32 bits carry the connection and the bits between a generation, so that a
+// completion can never be mistaken for one of a later connection that
+// reuses the same slot.
 const KIND_SHIFT: u32 = 56;
+const GENERATION_SHIFT: u32 = 32;
 const ACCEPT: u64 = 1;
 const RECV: u64 = 2;
 const SEND: u64 = 3;
@@ -47,15 +50,27 @@ fn tag(kind: u64, conn: u32) -> u64 {
     kind << KIND_SHIFT | u64::from(conn)
 }
 
+fn tag_generation(kind: u64, conn: u32, generation: u16) -> u64 {
+    tag(kind, conn) | u64::from(generation) << GENERATION_SHIFT
+}
+
+/// What the back end knows of a connection.
+#[derive(Clone, Copy)]
+struct ConnSlot {
+    fd: RawFd,
+    /// A cancel of its receive was asked for.
+    stopping: bool,
+    /// Bumped for every receive started on the slot.
+    generation: u16,
+}
+
 /// Bytes of one `signalfd_siginfo`.
 const SIGINFO_BYTES: usize = 128;
 
 pub struct Uring {
     ring: IoUring,
     buffers: BufferRing,
-    /// Per connection: its socket, and whether its receive is being
-    /// cancelled.
-    conns: Vec<(RawFd, bool)>,
+    conns: Vec<ConnSlot>,
     listener: Option<RawFd>,
     signal_fd: Option<RawFd>,
     signal_buf: Box<[u8; SIGINFO_BYTES]>,
@@ -104,10 +119,9 @@ impl Uring {
     }
 
     fn accept_entry(listener: RawFd) -> squeue::Entry {
-        opcode::AcceptMulti::new(types::Fd(listener))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(tag(ACCEPT, 0))
+        // Accepted sockets stay blocking: io_uring never blocks on them (it
+        // polls when an operation cannot complete now).
+        opcode::AcceptMulti::new(types::Fd(listener)).flags(libc::SOCK_CLOEXEC).build().user_data(tag(ACCEPT, 0))
     }
 
     fn read_signal(&mut self, fd: RawFd) {
@@ -117,14 +131,18 @@ impl Uring {
         self.push(read);
     }
 
-    fn recv_entry(conn: u32, fd: RawFd) -> squeue::Entry {
-        opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP).build().user_data(tag(RECV, conn))
+    fn recv_entry(conn: u32, slot: ConnSlot) -> squeue::Entry {
+        opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(tag_generation(
+            RECV,
+            conn,
+            slot.generation,
+        ))
     }
 
-    fn conn_mut(&mut self, conn: u32) -> &mut (RawFd, bool) {
+    fn conn_mut(&mut self, conn: u32) -> &mut ConnSlot {
         let i = conn as usize;
         if self.conns.len() <= i {
-            self.conns.resize(i + 1, (-1, false));
+            self.conns.resize(i + 1, ConnSlot { fd: -1, stopping: false, generation: 0 });
         }
         &mut self.conns[i]
     }
@@ -142,13 +160,17 @@ impl Io for Uring {
     }
 
     fn recv(&mut self, conn: u32, fd: RawFd) {
-        *self.conn_mut(conn) = (fd, false);
-        self.push(Uring::recv_entry(conn, fd));
+        let slot = self.conn_mut(conn);
+        *slot = ConnSlot { fd, stopping: false, generation: slot.generation.wrapping_add(1) };
+        let slot = *slot;
+        self.push(Uring::recv_entry(conn, slot));
     }
 
     fn stop_recv(&mut self, conn: u32, _fd: RawFd) {
-        self.conn_mut(conn).1 = true;
-        let cancel = opcode::AsyncCancel::new(tag(RECV, conn)).build().user_data(tag(CANCEL, conn));
+        let slot = self.conn_mut(conn);
+        slot.stopping = true;
+        let target = tag_generation(RECV, conn, slot.generation);
+        let cancel = opcode::AsyncCancel::new(target).build().user_data(tag(CANCEL, conn));
         self.push(cancel);
     }
 
@@ -166,7 +188,9 @@ impl Io for Uring {
     }
 
     fn forget(&mut self, conn: u32, _fd: RawFd) {
-        *self.conn_mut(conn) = (-1, false);
+        let slot = self.conn_mut(conn);
+        slot.fd = -1;
+        slot.stopping = false;
     }
 
     fn wait(&mut self, timeout: Option<Duration>, handle: &mut dyn FnMut(Event<'_>)) -> io::Result<()> {
@@ -193,6 +217,7 @@ impl Io for Uring {
             let cqe = self.completions[i].clone();
             let (data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
             let conn = data as u32;
+            let generation = (data >> GENERATION_SHIFT) as u16;
             let more = cqueue::more(flags);
             match data >> KIND_SHIFT {
                 ACCEPT => {
@@ -211,17 +236,20 @@ impl Io for Uring {
                     }
                 }
                 RECV => {
+                    let slot = self.conns.get(conn as usize).copied();
+                    let current = slot.is_some_and(|s| s.fd >= 0 && s.generation == generation);
                     if let Some(bid) = cqueue::buffer_select(flags) {
-                        if res > 0 {
+                        if res > 0 && current {
                             handle(Event::Data(conn, self.buffers.bytes(bid, res as usize)));
                         }
                         self.buffers.give_back(bid);
                         returned = true;
                     }
-                    if more {
+                    if more || !current {
                         continue;
                     }
-                    let (fd, stopping) = self.conns.get(conn as usize).copied().unwrap_or((-1, false));
+                    let slot = slot.expect("checked by current");
+                    let stopping = slot.stopping;
                     let end = match res {
                         0 => Some(RecvEnd::Eof),
                         _ if stopping => Some(RecvEnd::Stopped),
@@ -232,7 +260,7 @@ impl Io for Uring {
                     };
                     match end {
                         Some(end) => handle(Event::RecvEnded(conn, end)),
-                        None => self.push(Uring::recv_entry(conn, fd)),
+                        None => self.push(Uring::recv_entry(conn, slot)),
                     }
                 }
                 SEND => {
