@@ -119,25 +119,36 @@ impl Conn {
     /// The next complete reply, if one has arrived.
     pub fn next_reply(&mut self) -> Option<Reply<'_>> {
         let start = self.in_start;
-        let buf = &self.inbuf[start..self.in_end];
-        let nl = memchr::memchr(b'\n', buf)?;
-        let line = &buf[..nl.saturating_sub(1)];
-        let word_len = memchr::memchr(b' ', line).unwrap_or(line.len());
-        let number = line.get(word_len + 1..).map_or(0, parse_u64);
-        let framed = matches!(&line[..word_len], b"RESERVED" | b"FOUND" | b"OK");
-        let (body_start, body_len, used) = if framed {
-            let size = line.rsplit(|&b| b == b' ').next().map_or(0, parse_u64) as usize;
-            if buf.len() < nl + 1 + size + 2 {
-                return None;
-            }
-            (nl + 1, size, nl + 1 + size + 2)
-        } else {
-            (0, 0, nl + 1)
-        };
-        self.in_start += used;
+        let parsed = parse_reply(&self.inbuf[start..self.in_end])?;
+        self.in_start += parsed.used;
         let buf = &self.inbuf[start..];
-        Some(Reply { word: &buf[..word_len], number, body: &buf[body_start..body_start + body_len] })
+        Some(Reply { word: &buf[..parsed.word_len], number: parsed.number, body: &buf[parsed.body] })
     }
+}
+
+/// Where the parts of one reply lie in a buffer.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed {
+    word_len: usize,
+    number: u64,
+    body: std::ops::Range<usize>,
+    /// Bytes the whole reply takes.
+    used: usize,
+}
+
+/// Finds the first complete reply at the start of `buf`: a CRLF-terminated
+/// line, followed for RESERVED, FOUND and OK by the announced bytes and CRLF.
+fn parse_reply(buf: &[u8]) -> Option<Parsed> {
+    let nl = memchr::memchr(b'\n', buf)?;
+    let line = &buf[..nl.saturating_sub(1)];
+    let word_len = memchr::memchr(b' ', line).unwrap_or(line.len());
+    let number = line.get(word_len + 1..).map_or(0, parse_u64);
+    if !matches!(&line[..word_len], b"RESERVED" | b"FOUND" | b"OK") {
+        return Some(Parsed { word_len, number, body: 0..0, used: nl + 1 });
+    }
+    let size = line.rsplit(|&b| b == b' ').next().map_or(0, parse_u64) as usize;
+    let used = nl + 1 + size + 2;
+    (buf.len() >= used).then_some(Parsed { word_len, number, body: nl + 1..nl + 1 + size, used })
 }
 
 fn parse_u64(digits: &[u8]) -> u64 {
@@ -201,5 +212,34 @@ impl EventLoop {
                 return Ok(true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_framed_by_line_and_byte_count() {
+        let p = parse_reply(b"INSERTED 42\r\nmore").unwrap();
+        assert_eq!((p.word_len, p.number, p.used), (8, 42, 13));
+        let buf = b"RESERVED 7 5\r\nhello\r\nDELETED\r\n";
+        let p = parse_reply(buf).unwrap();
+        assert_eq!((p.word_len, p.number, &buf[p.body.clone()], p.used), (8, 7, &b"hello"[..], 21));
+        assert_eq!(parse_reply(&buf[21..]).unwrap().word_len, 7);
+        // A body that has not fully arrived is not a reply yet.
+        assert_eq!(parse_reply(b"RESERVED 7 5\r\nhel"), None);
+        assert_eq!(parse_reply(b"TIMED_OU"), None);
+        let p = parse_reply(b"OK 3\r\n---\r\n").unwrap();
+        assert_eq!((p.body, p.used), (6..9, 11));
+    }
+
+    #[test]
+    fn numbers() {
+        let mut buf = Vec::new();
+        push_u64(&mut buf, 0);
+        push_u64(&mut buf, 18446744073709551615);
+        assert_eq!(buf, b"018446744073709551615");
+        assert_eq!(parse_u64(b"123 456"), 123);
     }
 }
