@@ -399,3 +399,48 @@ fn garbage_never_breaks_the_server() {
         assert_eq!(stat(&stats, "current-waiting"), "0");
     });
 }
+
+#[test]
+fn closed_connections_leave_no_descriptor_behind() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let fds = || std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap().count();
+        let mut probe = server.connect();
+        probe.ask(b"list-tube-used\r\n", 1);
+        let baseline = fds();
+        for round in 0..3 {
+            let mut clients: Vec<Client> = (0..100).map(|_| server.connect()).collect();
+            for (i, c) in clients.iter_mut().enumerate() {
+                // Leave each connection in a different state when it goes.
+                match i % 5 {
+                    0 => c.send(b"reserve\r\n"),
+                    1 => c.send(b"put 0 0 60 10\r\nhalf"),
+                    2 => c.send(&b"peek 1\r\n".repeat(50)),
+                    3 => {
+                        // A tube of its own, so the waiters above cannot take the job.
+                        c.ask(b"use own\r\nwatch own\r\nignore default\r\nput 0 0 60 1\r\nx\r\nreserve\r\n", 5);
+                    }
+                    _ => c.send(b"quit\r\n"),
+                }
+            }
+            if round == 1 {
+                // Half of them close their write side first.
+                for c in clients.iter().step_by(2) {
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                }
+            }
+            drop(clients);
+            let mut stats = String::new();
+            for _ in 0..200 {
+                stats = probe.ask(b"stats\r\n", 1);
+                if stat(&stats, "current-connections") == "1" && fds() == baseline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(stat(&stats, "current-connections"), "1", "round {round}");
+            assert_eq!(fds(), baseline, "round {round}: descriptors left open");
+            assert_eq!(stat(&stats, "current-jobs-reserved"), "0");
+        }
+    });
+}
