@@ -172,6 +172,9 @@ struct Server<I: Io> {
     /// When to start accepting again after an accept error.
     accept_again_at: Option<Instant>,
     stop: bool,
+    /// Events of the current turn other than data, kept between turns so
+    /// the loop does not allocate.
+    deferred: Vec<Deferred>,
 }
 
 impl<I: Io> Server<I> {
@@ -191,6 +194,7 @@ impl<I: Io> Server<I> {
             touched: Vec::new(),
             accept_again_at: None,
             stop: false,
+            deferred: Vec::new(),
         }
     }
 
@@ -200,36 +204,23 @@ impl<I: Io> Server<I> {
         self.io.accept(self.listener.as_raw_fd());
         while !self.stop {
             let timeout = self.timeout();
-            let mut events = Events {
-                shard: &mut self.shard,
-                clock: &self.clock,
-                accepted: Vec::new(),
-                failed_accept: None,
-                signals: Vec::new(),
-                recv_ended: Vec::new(),
-                sent: Vec::new(),
-            };
+            let mut deferred = std::mem::take(&mut self.deferred);
+            let mut events = Events { shard: &mut self.shard, clock: &self.clock, now: None, deferred: &mut deferred };
             self.io.wait(timeout, &mut |event| events.handle(event))?;
-            let Events { accepted, failed_accept, signals, recv_ended, sent, .. } = events;
-            for fd in accepted {
-                self.open(fd);
-            }
-            if let Some(e) = failed_accept {
-                eprintln!("runnerbean: accept(): {e}");
-                self.accept_again_at = Some(Instant::now() + ACCEPT_ERROR_PAUSE);
-            }
-            for (conn, end) in recv_ended {
-                self.recv_ended(conn, end);
-            }
-            for (conn, outcome) in sent {
-                self.sent(conn, outcome);
-            }
-            for signal in signals {
-                match signal {
-                    libc::SIGUSR1 => self.shard.set_draining(),
-                    _ => self.stop = true,
+            for event in deferred.drain(..) {
+                match event {
+                    Deferred::Accepted(fd) => self.open(fd),
+                    Deferred::AcceptFailed(e) => {
+                        eprintln!("runnerbean: accept(): {e}");
+                        self.accept_again_at = Some(Instant::now() + ACCEPT_ERROR_PAUSE);
+                    }
+                    Deferred::RecvEnded(conn, end) => self.recv_ended(conn, end),
+                    Deferred::Sent(conn, outcome) => self.sent(conn, outcome),
+                    Deferred::Signal(libc::SIGUSR1) => self.shard.set_draining(),
+                    Deferred::Signal(_) => self.stop = true,
                 }
             }
+            self.deferred = deferred;
             if self.accept_again_at.is_some_and(|at| Instant::now() >= at) {
                 self.accept_again_at = None;
                 self.io.accept(self.listener.as_raw_fd());
@@ -388,28 +379,40 @@ impl<I: Io> Server<I> {
     }
 }
 
-/// What one wait reported, gathered while the back end is borrowed; data
-/// goes to the shard at once, the rest is acted on right after.
+/// An event acted on once the back end's wait has returned.
+enum Deferred {
+    Accepted(RawFd),
+    AcceptFailed(std::io::Error),
+    RecvEnded(u32, RecvEnd),
+    Sent(u32, std::io::Result<usize>),
+    Signal(i32),
+}
+
+/// The handler of one wait: data goes to the shard at once (all data of
+/// one wait shares one reading of the clock), everything else is deferred,
+/// in arrival order, until the back end is free again.
 struct Events<'a> {
     shard: &'a mut Shard,
     clock: &'a Clock,
-    accepted: Vec<RawFd>,
-    failed_accept: Option<std::io::Error>,
-    signals: Vec<i32>,
-    recv_ended: Vec<(u32, RecvEnd)>,
-    sent: Vec<(u32, std::io::Result<usize>)>,
+    now: Option<Nanos>,
+    deferred: &'a mut Vec<Deferred>,
 }
 
 impl Events<'_> {
     fn handle(&mut self, event: Event<'_>) {
-        match event {
-            Event::Data(conn, bytes) => self.shard.input(ConnId(conn), bytes, self.clock.now()),
-            Event::Accepted(fd) => self.accepted.push(fd),
-            Event::AcceptFailed(e) => self.failed_accept = Some(e),
-            Event::RecvEnded(conn, end) => self.recv_ended.push((conn, end)),
-            Event::Sent(conn, outcome) => self.sent.push((conn, outcome)),
-            Event::Signal(signal) => self.signals.push(signal),
-        }
+        let deferred = match event {
+            Event::Data(conn, bytes) => {
+                let now = *self.now.get_or_insert_with(|| self.clock.now());
+                self.shard.input(ConnId(conn), bytes, now);
+                return;
+            }
+            Event::Accepted(fd) => Deferred::Accepted(fd),
+            Event::AcceptFailed(e) => Deferred::AcceptFailed(e),
+            Event::RecvEnded(conn, end) => Deferred::RecvEnded(conn, end),
+            Event::Sent(conn, outcome) => Deferred::Sent(conn, outcome),
+            Event::Signal(signal) => Deferred::Signal(signal),
+        };
+        self.deferred.push(deferred);
     }
 }
 
