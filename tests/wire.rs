@@ -444,3 +444,45 @@ fn closed_connections_leave_no_descriptor_behind() {
         }
     });
 }
+
+#[test]
+fn large_bodies_in_pieces_keep_their_framing() {
+    // Bodies of 16 KiB and more are received straight into the job's
+    // memory; what follows them must still be read as commands.
+    on_both(|backend| {
+        let server = Server::start(backend, &["-z", "1000000"]);
+        let body: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut c = server.connect();
+        c.send(b"put 0 0 60 300000\r\n");
+        for piece in body.chunks(70_000) {
+            c.send(piece);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(c.ask(b"\r\nlist-tube-used\r\n", 2), "INSERTED 1\r\nUSING default\r\n");
+        // A wrong trailer is still caught, and the next line still parses.
+        let mut bad = b"put 0 0 60 20000\r\n".to_vec();
+        bad.extend(std::iter::repeat_n(b'z', 20_000));
+        bad.extend_from_slice(b"XY\r\nlist-tube-used\r\n");
+        assert_eq!(c.ask(&bad, 3), "EXPECTED_CRLF\r\nUNKNOWN_COMMAND\r\nUSING default\r\n");
+        let reply = c.ask(b"peek 1\r\n", 1).into_bytes();
+        assert_eq!(&reply[..20], b"FOUND 1 300000\r\nabcd");
+        assert_eq!(&reply[16..16 + body.len()], &body[..]);
+        // A client that leaves in the middle of a large body loses the job
+        // and nothing else.
+        let mut d = server.connect();
+        d.send(b"put 0 0 60 100000\r\n");
+        d.send(&body[..30_000]);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(d);
+        let mut stats = String::new();
+        for _ in 0..100 {
+            stats = c.ask(b"stats\r\n", 1);
+            if stat(&stats, "current-connections") == "1" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stat(&stats, "current-connections"), "1");
+        assert_eq!(stat(&stats, "total-jobs"), "1");
+    });
+}

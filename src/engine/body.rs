@@ -171,6 +171,24 @@ impl BodyBuilder {
         self.remaining() == 0
     }
 
+    /// Where the missing bytes go, for a receive straight into the body:
+    /// the first unfilled byte and how many are missing.
+    pub fn spare(&mut self) -> (*mut u8, usize) {
+        // Safety: the offset stays within the allocation.
+        let ptr = unsafe { self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + self.filled) };
+        (ptr, self.remaining())
+    }
+
+    /// Records that `n` bytes were written at [`BodyBuilder::spare`].
+    ///
+    /// # Safety
+    /// Those `n` bytes must have been written, and `n` may not exceed
+    /// [`BodyBuilder::remaining`].
+    pub unsafe fn assume_filled(&mut self, n: usize) {
+        assert!(n <= self.remaining(), "filled past the end of a body");
+        self.filled += n;
+    }
+
     /// The finished body. Panics if bytes are missing.
     pub fn finish(self) -> Body {
         assert!(self.is_full(), "body finished before it was filled");
@@ -205,6 +223,20 @@ mod tests {
         drop(body);
         assert_eq!(copy.bytes(), b"hello");
         assert!(Body::from_slice(b"").is_empty());
+    }
+
+    #[test]
+    fn filled_in_place() {
+        let mut b = BodyBuilder::try_new(6).unwrap();
+        b.fill(b"ab");
+        let (ptr, len) = b.spare();
+        assert_eq!(len, 4);
+        // Safety: writing within the spare part, as a receive would.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b"cdef".as_ptr(), ptr, 4);
+            b.assume_filled(4);
+        }
+        assert_eq!(b.finish().bytes(), b"abcdef");
     }
 
     #[test]

@@ -34,6 +34,8 @@ struct Conn {
     reading: bool,
     /// A send waiting for the socket to become writable.
     pending_send: Option<(*const libc::iovec, usize)>,
+    /// A receive into the server's memory waiting for data.
+    pending_recv: Option<(*mut u8, usize)>,
 }
 
 enum Later {
@@ -41,6 +43,8 @@ enum Later {
     RecvEnded(u32, RecvEnd),
     /// Read what may have arrived while reading was paused or cut short.
     Read(u32),
+    /// Try a pending receive into the server's memory.
+    ReadInto(u32),
 }
 
 pub struct Epoll {
@@ -118,6 +122,31 @@ impl Epoll {
             };
             self.conns[conn as usize].reading = false;
             handle(Event::RecvEnded(conn, end));
+            return;
+        }
+    }
+
+    /// Tries a pending receive into the server's memory; reports it once
+    /// something (or the end of the stream, or an error) came.
+    fn read_into(&mut self, conn: u32, handle: &mut dyn FnMut(Event<'_>)) {
+        let c = self.conns[conn as usize];
+        let Some((buf, len)) = c.pending_recv else { return };
+        loop {
+            // Safety: the server keeps `buf` valid for `len` bytes until the
+            // ReceivedInto event.
+            let n = unsafe { libc::read(c.fd, buf.cast(), len) };
+            let outcome = if n >= 0 {
+                Ok(n as usize)
+            } else {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR) => continue,
+                    _ => Err(e),
+                }
+            };
+            self.conns[conn as usize].pending_recv = None;
+            handle(Event::ReceivedInto(conn, outcome));
             return;
         }
     }
@@ -203,7 +232,7 @@ impl Io for Epoll {
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let c = self.conn_mut(conn);
         let first = c.fd != fd;
-        *c = Conn { fd, reading: true, pending_send: c.pending_send.filter(|_| !first) };
+        *c = Conn { fd, reading: true, pending_send: c.pending_send.filter(|_| !first), pending_recv: None };
         if first {
             let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
             if self.ctl(libc::EPOLL_CTL_ADD, fd, events, u64::from(conn)).is_err() {
@@ -231,11 +260,16 @@ impl Io for Epoll {
         }
     }
 
+    unsafe fn recv_into(&mut self, conn: u32, _fd: RawFd, buf: *mut u8, len: usize) {
+        self.conn_mut(conn).pending_recv = Some((buf, len));
+        self.later.push_back(Later::ReadInto(conn));
+    }
+
     fn forget(&mut self, conn: u32, fd: RawFd) {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, u64::from(conn));
-        *self.conn_mut(conn) = Conn { fd: -1, reading: false, pending_send: None };
+        *self.conn_mut(conn) = Conn { fd: -1, reading: false, pending_send: None, pending_recv: None };
         self.later.retain(|l| match l {
-            Later::Sent(c, _) | Later::RecvEnded(c, _) | Later::Read(c) => *c != conn,
+            Later::Sent(c, _) | Later::RecvEnded(c, _) | Later::Read(c) | Later::ReadInto(c) => *c != conn,
         });
     }
 
@@ -257,6 +291,7 @@ impl Io for Epoll {
                 Later::Sent(conn, outcome) => handle(Event::Sent(conn, outcome)),
                 Later::RecvEnded(conn, end) => handle(Event::RecvEnded(conn, end)),
                 Later::Read(conn) => self.read(conn, handle),
+                Later::ReadInto(conn) => self.read_into(conn, handle),
             }
         }
         for i in 0..n as usize {
@@ -292,6 +327,7 @@ impl Io for Epoll {
                     }
                     if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                         self.read(conn, handle);
+                        self.read_into(conn, handle);
                     }
                 }
             }

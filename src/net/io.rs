@@ -12,7 +12,8 @@
 //! | accept           | multishot accept                 | readiness of the listener, accept4 |
 //! | receive          | multishot recv, shared buffers   | readiness, read into one buffer    |
 //! | stop receiving   | cancel the recv                  | stop reading                       |
-//! | send             | one writev                       | writev now, or when writable       |
+//! | send             | one send or writev               | writev now, or when writable       |
+//! | receive into     | one recv (MSG_WAITALL)           | read now, or when readable         |
 //! | signals          | read on a signalfd               | readiness of the signalfd          |
 //! | wait             | io_uring_enter with a timeout    | epoll_wait with a timeout          |
 
@@ -45,6 +46,9 @@ pub enum Event<'a> {
     RecvEnded(u32, RecvEnd),
     /// A send finished: bytes written, or the error.
     Sent(u32, io::Result<usize>),
+    /// A receive into the server's own memory finished: bytes received
+    /// (0 at end of stream), or the error.
+    ReceivedInto(u32, io::Result<usize>),
     /// A signal arrived (SIGUSR1, SIGTERM, SIGINT).
     Signal(i32),
 }
@@ -69,6 +73,14 @@ pub trait Io {
     /// The iovecs and the memory they point to must stay valid and
     /// unchanged until the `Sent` event for this connection.
     unsafe fn send(&mut self, conn: u32, fd: RawFd, iov: *const libc::iovec, count: usize);
+
+    /// Receives up to `len` bytes straight into `buf`, once the
+    /// connection's ordinary receive has ended; `ReceivedInto` follows.
+    ///
+    /// # Safety
+    /// `buf` must stay valid for `len` bytes, and unused by the server,
+    /// until the `ReceivedInto` event for this connection.
+    unsafe fn recv_into(&mut self, conn: u32, fd: RawFd, buf: *mut u8, len: usize);
 
     /// The server is about to close `fd`: nothing is in flight on it.
     fn forget(&mut self, conn: u32, fd: RawFd);

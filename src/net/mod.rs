@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Nanos;
 use crate::protocol::output::Segment;
-use crate::shard::{ConnId, ReadGate, Shard};
+use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
 use io::{Event, Io, RecvEnd};
 use listen::BoundListener;
 
@@ -115,6 +115,9 @@ enum Recv {
     Active,
     /// Asked to stop; `RecvEnded` will follow.
     Stopping,
+    /// Receiving a large put body straight into the job's memory;
+    /// `ReceivedInto` will follow.
+    Direct,
     /// Ended (end of stream, error, or stopped by us).
     Ended,
 }
@@ -156,6 +159,8 @@ struct Conn {
     sending: Option<Sending>,
     /// A spare for the next send, so sends do not allocate.
     spare: Sending,
+    /// The put body lent by the session while `Recv::Direct`.
+    body: Option<BodyLoan>,
 }
 
 /// One core: its shard, its connections and its back end.
@@ -216,6 +221,7 @@ impl<I: Io> Server<I> {
                     }
                     Deferred::RecvEnded(conn, end) => self.recv_ended(conn, end),
                     Deferred::Sent(conn, outcome) => self.sent(conn, outcome),
+                    Deferred::ReceivedInto(conn, outcome) => self.received_into(conn, outcome),
                     Deferred::Signal(libc::SIGUSR1) => self.shard.set_draining(),
                     Deferred::Signal(_) => self.stop = true,
                 }
@@ -272,8 +278,14 @@ impl<I: Io> Server<I> {
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, || None);
         }
-        self.conns[i] =
-            Some(Conn { fd, recv: Recv::Active, peer_done: false, sending: None, spare: Sending::default() });
+        self.conns[i] = Some(Conn {
+            fd,
+            recv: Recv::Active,
+            peer_done: false,
+            sending: None,
+            spare: Sending::default(),
+            body: None,
+        });
         self.io.recv(conn.0, fd);
     }
 
@@ -331,6 +343,46 @@ impl<I: Io> Server<I> {
         self.touched.push(ConnId(conn));
     }
 
+    /// A receive into a lent put body finished: the body goes back to the
+    /// session with what arrived.
+    fn received_into(&mut self, conn: u32, outcome: std::io::Result<usize>) {
+        let Some(c) = self.conns.get_mut(conn as usize).and_then(Option::as_mut) else { return };
+        let loan = c.body.take().expect("a receive into a body that was not lent");
+        c.recv = Recv::Ended;
+        let now = self.clock.now();
+        let id = ConnId(conn);
+        match outcome {
+            Ok(n) => {
+                // Safety: the kernel wrote `n` bytes at the loan's spare
+                // pointer.
+                unsafe { self.shard.return_body(id, loan, n, now) };
+                if n == 0 {
+                    c.peer_done = true;
+                    self.shard.eof(id, now);
+                }
+            }
+            Err(_) => {
+                // Safety: nothing was written.
+                unsafe { self.shard.return_body(id, loan, 0, now) };
+                c.peer_done = true;
+                self.shard.abort(id, now);
+            }
+        }
+        self.touched.push(id);
+    }
+
+    /// Starts a receive straight into the session's put body.
+    fn receive_body(&mut self, conn: ConnId) {
+        let c = self.conns[conn.0 as usize].as_mut().expect("connection exists");
+        let Some(mut loan) = self.shard.lend_body(conn) else { return };
+        let (buf, len) = loan.spare();
+        c.body = Some(loan);
+        c.recv = Recv::Direct;
+        // Safety: the loan, held in `c.body` until ReceivedInto, owns the
+        // memory, and the session takes no input meanwhile.
+        unsafe { self.io.recv_into(conn.0, c.fd, buf, len) };
+    }
+
     /// Brings one connection up to date with its session: send what it is
     /// owed, pause or resume receiving, close it when it is done.
     fn service(&mut self, conn: ConnId) {
@@ -351,10 +403,18 @@ impl<I: Io> Server<I> {
             // by `c.sending` until the Sent event.
             unsafe { self.io.send(conn.0, c.fd, iov, count) };
         }
+        let direct = self.shard.wants_direct_body(conn);
         match (self.shard.read_gate(conn), c.recv) {
+            (ReadGate::Read, Recv::Ended) if !c.peer_done && direct => return self.receive_body(conn),
             (ReadGate::Read, Recv::Ended) if !c.peer_done => {
                 c.recv = Recv::Active;
                 self.io.recv(conn.0, c.fd);
+            }
+            // A large body is coming: end the shared-buffer receive first
+            // (so no byte is left behind in it), then receive the body.
+            (ReadGate::Read, Recv::Active) if direct => {
+                c.recv = Recv::Stopping;
+                self.io.stop_recv(conn.0, c.fd);
             }
             (ReadGate::Wait | ReadGate::Stop, Recv::Active) => {
                 c.recv = Recv::Stopping;
@@ -385,6 +445,7 @@ enum Deferred {
     AcceptFailed(std::io::Error),
     RecvEnded(u32, RecvEnd),
     Sent(u32, std::io::Result<usize>),
+    ReceivedInto(u32, std::io::Result<usize>),
     Signal(i32),
 }
 
@@ -410,6 +471,7 @@ impl Events<'_> {
             Event::AcceptFailed(e) => Deferred::AcceptFailed(e),
             Event::RecvEnded(conn, end) => Deferred::RecvEnded(conn, end),
             Event::Sent(conn, outcome) => Deferred::Sent(conn, outcome),
+            Event::ReceivedInto(conn, outcome) => Deferred::ReceivedInto(conn, outcome),
             Event::Signal(signal) => Deferred::Signal(signal),
         };
         self.deferred.push(deferred);

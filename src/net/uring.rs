@@ -45,6 +45,7 @@ const RECV: u64 = 2;
 const SEND: u64 = 3;
 const CANCEL: u64 = 4;
 const SIGNAL: u64 = 5;
+const RECV_INTO: u64 = 6;
 
 fn tag(kind: u64, conn: u32) -> u64 {
     kind << KIND_SHIFT | u64::from(conn)
@@ -187,6 +188,16 @@ impl Io for Uring {
         self.push(entry.user_data(tag(SEND, conn)));
     }
 
+    unsafe fn recv_into(&mut self, conn: u32, fd: RawFd, buf: *mut u8, len: usize) {
+        // MSG_WAITALL: complete once the whole of `len` has come (or the
+        // stream ended), not at each segment.
+        let recv = opcode::Recv::new(types::Fd(fd), buf, len.min(u32::MAX as usize) as u32)
+            .flags(libc::MSG_WAITALL)
+            .build()
+            .user_data(tag(RECV_INTO, conn));
+        self.push(recv);
+    }
+
     fn forget(&mut self, conn: u32, _fd: RawFd) {
         let slot = self.conn_mut(conn);
         slot.fd = -1;
@@ -263,10 +274,8 @@ impl Io for Uring {
                         None => self.push(Uring::recv_entry(conn, slot)),
                     }
                 }
-                SEND => {
-                    let outcome = if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) };
-                    handle(Event::Sent(conn, outcome));
-                }
+                SEND => handle(Event::Sent(conn, outcome(res))),
+                RECV_INTO => handle(Event::ReceivedInto(conn, outcome(res))),
                 SIGNAL => {
                     if res as usize == SIGINFO_BYTES {
                         let signo = u32::from_ne_bytes(self.signal_buf[..4].try_into().expect("four bytes"));
@@ -284,6 +293,10 @@ impl Io for Uring {
         }
         Ok(())
     }
+}
+
+fn outcome(res: i32) -> io::Result<usize> {
+    if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) }
 }
 
 fn build_ring() -> io::Result<IoUring> {

@@ -38,6 +38,23 @@ pub const PENDING_BYTES_MAX: usize = 64 * 1024;
 /// its writer catches up.
 pub const OUTPUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 
+/// Put bodies with at least this many bytes still to come are received
+/// straight into the job's memory (see [`Shard::wants_direct_body`]).
+pub const DIRECT_BODY_BYTES_MIN: usize = 16 * 1024;
+
+/// A put body lent to the network layer while a receive writes into it.
+/// Dropping it (the connection went away) frees the body.
+pub struct BodyLoan {
+    builder: BodyBuilder,
+}
+
+impl BodyLoan {
+    /// The first byte still missing and how many are missing.
+    pub fn spare(&mut self) -> (*mut u8, usize) {
+        self.builder.spare()
+    }
+}
+
 /// A connection of this shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u32);
@@ -194,6 +211,45 @@ impl Shard {
         session.out = Output::default();
         self.close(conn, now);
         self.settle(now);
+    }
+
+    /// Whether the connection is inside a put body with at least
+    /// [`DIRECT_BODY_BYTES_MIN`] bytes still to come, which are better
+    /// received straight into the job's memory than through a buffer.
+    pub fn wants_direct_body(&self, conn: ConnId) -> bool {
+        let session = &self.sessions[conn.0 as usize];
+        match &session.mode {
+            Mode::Body(put) if session.runnable() && session.pending.is_empty() => {
+                put.body.as_ref().is_some_and(|b| b.remaining() >= DIRECT_BODY_BYTES_MIN)
+            }
+            _ => false,
+        }
+    }
+
+    /// Lends the body being received, for a receive straight into it; the
+    /// connection takes no other input until it comes back.
+    pub fn lend_body(&mut self, conn: ConnId) -> Option<BodyLoan> {
+        match &mut self.sessions[conn.0 as usize].mode {
+            Mode::Body(put) => put.body.take().map(|builder| BodyLoan { builder }),
+            _ => None,
+        }
+    }
+
+    /// Takes back a lent body after `filled` more bytes were written into
+    /// it (see [`BodyLoan::spare`]).
+    ///
+    /// # Safety
+    /// `filled` bytes must have been written at the loan's spare pointer.
+    pub unsafe fn return_body(&mut self, conn: ConnId, mut loan: BodyLoan, filled: usize, now: Nanos) {
+        // Safety: the caller wrote `filled` bytes there.
+        unsafe { loan.builder.assume_filled(filled) };
+        let session = &mut self.sessions[conn.0 as usize];
+        if let Mode::Body(put) = &mut session.mode {
+            put.body = Some(loan.builder);
+            // The body may be complete now, waiting only for its trailer.
+            self.run(conn.0, now);
+            self.settle(now);
+        }
     }
 
     /// Forgets a closed connection once its reader and writer are done.
@@ -356,7 +412,7 @@ impl Shard {
     }
 
     fn finish_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
-        let body = put.body.finish();
+        let body = put.body.expect("a complete put has its body").finish();
         let session = &mut self.sessions[conn as usize];
         if put.trailer != *b"\r\n" {
             session.out.push(reply::EXPECTED_CRLF);
@@ -411,8 +467,16 @@ impl Shard {
                     return;
                 };
                 let id = engine.allocate_id();
-                let put =
-                    PendingPut { id, created_at: now, pri, delay_s, ttr_s, body, trailer: [0; 2], trailer_len: 0 };
+                let put = PendingPut {
+                    id,
+                    created_at: now,
+                    pri,
+                    delay_s,
+                    ttr_s,
+                    body: Some(body),
+                    trailer: [0; 2],
+                    trailer_len: 0,
+                };
                 session.mode = Mode::Body(Box::new(put));
             }
             C::Peek(id) => {

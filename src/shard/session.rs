@@ -27,7 +27,8 @@ pub struct PendingPut {
     pub pri: u32,
     pub delay_s: u32,
     pub ttr_s: u32,
-    pub body: BodyBuilder,
+    /// The body; lent out (`None`) while a receive writes straight into it.
+    pub body: Option<BodyBuilder>,
     /// The two bytes after the body, which must be CRLF.
     pub trailer: [u8; 2],
     pub trailer_len: usize,
@@ -36,8 +37,11 @@ pub struct PendingPut {
 impl PendingPut {
     /// Takes body bytes, then the trailer; returns how many it used.
     pub fn fill(&mut self, input: &[u8]) -> usize {
-        let mut used = self.body.fill(input);
-        while used < input.len() && self.trailer_len < 2 {
+        let Some(body) = self.body.as_mut() else {
+            return 0;
+        };
+        let mut used = body.fill(input);
+        while used < input.len() && body.is_full() && self.trailer_len < 2 {
             self.trailer[self.trailer_len] = input[used];
             self.trailer_len += 1;
             used += 1;
@@ -46,7 +50,7 @@ impl PendingPut {
     }
 
     pub fn is_complete(&self) -> bool {
-        self.body.is_full() && self.trailer_len == 2
+        self.body.as_ref().is_some_and(BodyBuilder::is_full) && self.trailer_len == 2
     }
 }
 
