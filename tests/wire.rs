@@ -486,3 +486,27 @@ fn large_bodies_in_pieces_keep_their_framing() {
         assert_eq!(stat(&stats, "total-jobs"), "1");
     });
 }
+
+#[test]
+fn a_burst_on_many_connections_at_once_is_answered() {
+    // More connections than the io_uring back end has receive buffers, all
+    // sending at the same moment: receives that find no free buffer must
+    // be armed again, and nothing may be lost.
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut clients: Vec<Client> = (0..600).map(|_| server.connect()).collect();
+        let burst = b"put 0 0 60 5\r\nhello\r\n".repeat(3);
+        for c in clients.iter_mut() {
+            c.send(&burst);
+        }
+        let mut ids = std::collections::HashSet::new();
+        for c in clients.iter_mut() {
+            let replies = String::from_utf8(c.replies(3)).unwrap();
+            for line in replies.lines() {
+                let id: u64 = line.strip_prefix("INSERTED ").expect("INSERTED").parse().unwrap();
+                assert!(ids.insert(id));
+            }
+        }
+        assert_eq!(ids.len(), 1800);
+    });
+}

@@ -28,7 +28,7 @@ use super::io::{Event, Io, RecvEnd};
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
 /// Provided receive buffers, shared by all connections (a power of two).
-const RECV_BUFFERS: u16 = 512;
+const RECV_BUFFERS: u16 = 128;
 /// Bytes per receive buffer.
 const RECV_BUFFER_BYTES: usize = 16 * 1024;
 /// The buffer group id of the receive buffers.
@@ -83,12 +83,18 @@ pub struct Uring {
 
 impl Uring {
     pub fn new() -> io::Result<Uring> {
+        Uring::with_buffers(RECV_BUFFERS, RECV_BUFFER_BYTES)
+    }
+
+    /// A ring with `count` (a power of two) receive buffers of `bytes` each.
+    fn with_buffers(count: u16, bytes: usize) -> io::Result<Uring> {
+        assert!(count.is_power_of_two(), "buffer count must be a power of two");
         let release = crate::sys::uname().map(|u| u.release).unwrap_or_default();
         if !kernel_at_least(&release, 6, 0) {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("kernel {release} is older than 6.0")));
         }
         let ring = build_ring()?;
-        let buffers = BufferRing::new(&ring)?;
+        let buffers = BufferRing::new(&ring, count, bytes)?;
         Ok(Uring {
             ring,
             buffers,
@@ -323,14 +329,17 @@ struct BufferRing {
     /// The ring entries, page aligned, shared with the kernel.
     entries: *mut types::BufRingEntry,
     entries_bytes: usize,
+    count: u16,
+    /// Bytes per buffer.
+    size: usize,
     /// The buffers themselves.
     data: Box<[u8]>,
     tail: u16,
 }
 
 impl BufferRing {
-    fn new(ring: &IoUring) -> io::Result<BufferRing> {
-        let entries_bytes = usize::from(RECV_BUFFERS) * size_of::<types::BufRingEntry>();
+    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<BufferRing> {
+        let entries_bytes = usize::from(count) * size_of::<types::BufRingEntry>();
         // Safety: an anonymous private mapping; checked below.
         let mem = unsafe {
             libc::mmap(
@@ -348,15 +357,17 @@ impl BufferRing {
         let mut ring_buffers = BufferRing {
             entries: mem.cast(),
             entries_bytes,
-            data: vec![0u8; usize::from(RECV_BUFFERS) * RECV_BUFFER_BYTES].into_boxed_slice(),
+            count,
+            size,
+            data: vec![0u8; usize::from(count) * size].into_boxed_slice(),
             tail: 0,
         };
         // Safety: the entries live in the mapping above until drop, which
         // unregisters them first.
         unsafe {
-            ring.submitter().register_buf_ring_with_flags(mem as u64, RECV_BUFFERS, BUFFER_GROUP, 0)?;
+            ring.submitter().register_buf_ring_with_flags(mem as u64, count, BUFFER_GROUP, 0)?;
         }
-        for bid in 0..RECV_BUFFERS {
+        for bid in 0..count {
             ring_buffers.give_back(bid);
         }
         ring_buffers.publish();
@@ -364,19 +375,19 @@ impl BufferRing {
     }
 
     fn bytes(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * RECV_BUFFER_BYTES;
-        &self.data[start..start + len.min(RECV_BUFFER_BYTES)]
+        let start = usize::from(bid) * self.size;
+        &self.data[start..start + len.min(self.size)]
     }
 
     /// Puts a buffer back at the tail (visible to the kernel on publish).
     fn give_back(&mut self, bid: u16) {
-        let slot = self.tail & (RECV_BUFFERS - 1);
+        let slot = self.tail & (self.count - 1);
         // Safety: `slot` is within the mapped entries; the kernel only reads
         // entries between its head and the published tail.
         unsafe {
             let entry = &mut *self.entries.add(usize::from(slot));
-            entry.set_addr(self.data.as_ptr().add(usize::from(bid) * RECV_BUFFER_BYTES) as u64);
-            entry.set_len(RECV_BUFFER_BYTES as u32);
+            entry.set_addr(self.data.as_ptr().add(usize::from(bid) * self.size) as u64);
+            entry.set_len(self.size as u32);
             entry.set_bid(bid);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -404,6 +415,38 @@ impl Drop for BufferRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two 64-byte receive buffers for four connections with 300 bytes
+    /// each: receives run out of buffers again and again and must be armed
+    /// again, and every byte must arrive, in order.
+    #[test]
+    fn receives_survive_running_out_of_buffers() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_buffers(2, 64).expect("io_uring");
+        let pairs: Vec<_> = (0..4).map(|_| std::os::unix::net::UnixStream::pair().unwrap()).collect();
+        for (i, (ours, _)) in pairs.iter().enumerate() {
+            io.recv(i as u32, ours.as_raw_fd());
+        }
+        let sent: Vec<Vec<u8>> =
+            (0..4u8).map(|i| (0..300u16).map(|b| (b as u8).wrapping_mul(7) ^ i).collect()).collect();
+        for ((_, theirs), bytes) in pairs.iter().zip(&sent) {
+            (&*theirs).write_all(bytes).unwrap();
+        }
+        let mut got = vec![Vec::new(); 4];
+        for _ in 0..1000 {
+            if got.iter().map(Vec::len).sum::<usize>() == 1200 {
+                break;
+            }
+            io.wait(Some(Duration::from_millis(50)), &mut |event| {
+                if let Event::Data(conn, bytes) = event {
+                    got[conn as usize].extend_from_slice(bytes);
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(got, sent);
+    }
 
     #[test]
     fn kernel_versions() {
