@@ -269,10 +269,6 @@ impl Engine {
         self.wakes.drain(..)
     }
 
-    pub fn has_wakes(&self) -> bool {
-        !self.wakes.is_empty()
-    }
-
     // ----- counters and modes --------------------------------------------
 
     pub fn count(&mut self, op: Op) {

@@ -35,7 +35,7 @@ use session::{LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
 pub const PENDING_BYTES_MAX: usize = 64 * 1024;
 
 /// A connection with this many reply bytes unwritten is not read until
-/// its writer catches up.
+/// they have been sent.
 pub const OUTPUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 
 /// Put bodies with at least this many bytes still to come are received
@@ -76,7 +76,7 @@ pub struct ServerInfo {
     pub verbosity: u8,
 }
 
-/// What the reader of a connection should do next.
+/// Whether a connection's input should be received now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadGate {
     Read,
@@ -115,10 +115,6 @@ impl Shard {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    pub fn info(&self) -> &ServerInfo {
-        &self.info
     }
 
     /// A new connection; `label` names it in log lines.
@@ -252,7 +248,7 @@ impl Shard {
         }
     }
 
-    /// Forgets a closed connection once its reader and writer are done.
+    /// Forgets a closed connection once nothing is in flight on its socket.
     pub fn remove(&mut self, conn: ConnId) {
         let session = self.sessions.remove(conn.0 as usize);
         assert!(session.closing && session.client.is_none(), "removing a live session");
