@@ -387,7 +387,7 @@ impl Shard {
                         break;
                     }
                     let Mode::Body(put) = std::mem::replace(&mut session.mode, Mode::Line) else { unreachable!() };
-                    self.finish_put(conn, *put, now);
+                    self.finish_put(conn, put, now);
                 }
                 Mode::Discard { remaining, reply } => {
                     let n = (*remaining).min(rest.len() as u64);
@@ -473,7 +473,7 @@ impl Shard {
                     trailer: [0; 2],
                     trailer_len: 0,
                 };
-                session.mode = Mode::Body(Box::new(put));
+                session.mode = Mode::Body(put);
             }
             C::Peek(id) => {
                 engine.count(Op::Peek);

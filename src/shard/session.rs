@@ -54,13 +54,18 @@ impl PendingPut {
     }
 }
 
+/// What a session expects next.
+///
+/// A put is pending on every connection of a busy producer: keeping it inline
+/// saves an allocation and a free per put (the profile of 16-byte puts at depth
+/// 32 showed the box's free at 6% of the server's time).
 pub enum Mode {
     /// Expecting a command line.
     Line,
     /// Inside an overlong line: discard through its CRLF, then BAD_FORMAT.
     SkipLine,
     /// Receiving a put body.
-    Body(Box<PendingPut>),
+    Body(PendingPut),
     /// Throwing away `remaining` bytes, then sending `reply`.
     Discard { remaining: u64, reply: &'static [u8] },
 }
