@@ -34,6 +34,7 @@ pub mod arena;
 pub mod body;
 pub mod client;
 pub mod heap;
+mod ids;
 pub mod job;
 pub mod stats;
 pub mod time;
@@ -50,6 +51,7 @@ use arena::Arena;
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};
 use heap::{HeapOrder, IndexedHeap, NO_POS};
+use ids::IdMap;
 pub use job::JobState;
 use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
@@ -134,8 +136,8 @@ pub struct Engine {
     jobs: Arena<Job>,
     /// The rarely set fields of jobs that have any, by job key.
     extras: HashMap<u32, Extras, BuildHasherDefault<KeyHasher>>,
-    /// Job id → slab key. Holds keys only; ids are read from the slab.
-    ids: HashTable<u32>,
+    /// Job id → arena key.
+    ids: IdMap,
     tubes: Slab<Tube>,
     /// Tube name → slab key, hashed with a random key because names come
     /// from clients.
@@ -169,7 +171,7 @@ impl Engine {
             config,
             jobs: Arena::default(),
             extras: HashMap::default(),
-            ids: HashTable::new(),
+            ids: IdMap::new(first_id, u64::from(config.shards)),
             tubes: Slab::new(),
             tube_names: HashTable::new(),
             name_hasher: RandomState::new(),
@@ -1033,8 +1035,7 @@ impl Engine {
     }
 
     fn find_job(&self, id: u64) -> Option<u32> {
-        let jobs = &self.jobs;
-        self.ids.find(hash_id(id), |&k| jobs[k].id == id).copied()
+        self.ids.get(id)
     }
 
     fn insert_job(&mut self, job: Job) -> u32 {
@@ -1042,21 +1043,15 @@ impl Engine {
         debug_assert!(self.find_job(id).is_none(), "duplicate job id {id}");
         let k = self.jobs.insert(job);
         assert!(k < NIL, "too many jobs");
-        let jobs = &self.jobs;
-        self.ids.insert_unique(hash_id(id), k, |&k| hash_id(jobs[k].id));
+        self.ids.insert(id, k);
         k
     }
 
     /// Frees a detached job; its tube loses a reference.
     fn free_job(&mut self, k: u32) {
         let id = self.jobs[k].id;
-        let jobs = &self.jobs;
-        match self.ids.find_entry(hash_id(id), |&x| jobs[x].id == id) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => panic!("job {id} missing from the id index"),
-        }
+        let removed = self.ids.remove(id);
+        assert_eq!(removed, Some(k), "job {id} missing from the id index");
         let job = self.jobs.remove(k);
         self.extras.remove(&k);
         self.tubes[job.tube() as usize].jobs -= 1;
@@ -1200,8 +1195,9 @@ fn is_live(clients: &Slab<Client>, w: Waiter) -> bool {
     clients.get(w.client as usize).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
 }
 
-/// Hashes job slab keys for the extras table: keys are small integers
-/// chosen by the server, so one multiplication spreads them well enough.
+/// Hashes job slab keys (the extras table) and job ids (the id map's
+/// overflow): integers chosen by the server, not by clients, so one
+/// multiplication spreads them well enough.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -1217,15 +1213,9 @@ impl Hasher for KeyHasher {
     fn write_u32(&mut self, k: u32) {
         self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
-}
-
-/// Job ids are chosen by the server, so a fast mixer is enough (the
-/// finalizer of splitmix64).
-fn hash_id(id: u64) -> u64 {
-    let mut x = id;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ (id >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 struct ReadyOrder<'a>(&'a mut Arena<Job>);
