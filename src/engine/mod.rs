@@ -214,10 +214,14 @@ impl Engine {
     /// the order it reserved them (each may be handed to a waiter at once),
     /// and its tubes lose their references, in beanstalkd's order.
     pub fn disconnect(&mut self, c: ClientId, now: Nanos) {
-        self.advance(now);
+        // The wait ends first, so that the timers run below cannot answer a
+        // client that is leaving (say with DEADLINE_SOON); an answer not
+        // yet taken is dropped, and a job it handed over goes back below.
         if self.clients[c.index()].wait.is_some() {
             self.end_wait(c.0);
         }
+        self.wakes.retain(|(w, _)| *w != c);
+        self.advance(now);
         loop {
             let head = self.clients[c.index()].reserved.head;
             if head == NIL {
@@ -438,7 +442,11 @@ impl Engine {
             return ReserveOutcome::Reserved(self.job_ref(k));
         }
         if timeout_s == Some(0) {
-            return ReserveOutcome::TimedOut;
+            // beanstalkd lets the client wait zero seconds, and its next
+            // tick checks the margin before the timeout: a client inside
+            // it gets DEADLINE_SOON (reached here when the only ready jobs
+            // are in paused tubes).
+            return if self.deadline_soon(c.0, now) { ReserveOutcome::DeadlineSoon } else { ReserveOutcome::TimedOut };
         }
         self.start_wait(c.0, timeout_s.map(|s| now + secs(s)), now);
         ReserveOutcome::Waiting

@@ -192,13 +192,36 @@ fn deadline_soon() {
     assert_eq!(t.wakes(), vec![(c, Wake::DeadlineSoon)]);
     // Inside the margin it answers at once...
     assert_eq!(t.reserve(c, None, S + 1), ReserveOutcome::DeadlineSoon);
-    // ...unless a watched tube has a ready job, even a paused one.
+    // ...unless a watched tube has a ready job, even a paused one: then it
+    // waits, and the margin ends the wait at once.
     let p = t.e.connect();
     let id = t.put(p, 0, 0, 10, S + 2);
     assert!(t.e.pause_tube("default", 100, S + 2));
-    assert_eq!(t.reserve(c, Some(0), S + 3), ReserveOutcome::TimedOut);
-    assert!(t.e.delete(p, id, S + 4));
-    assert_eq!(t.reserve(c, Some(0), S + 5), ReserveOutcome::DeadlineSoon);
+    assert_eq!(t.reserve(c, None, S + 3), ReserveOutcome::Waiting);
+    t.e.advance(S + 3);
+    assert_eq!(t.wakes(), vec![(c, Wake::DeadlineSoon)]);
+    // With a zero timeout beanstalkd answers the same, not TIMED_OUT.
+    assert_eq!(t.reserve(c, Some(0), S + 4), ReserveOutcome::DeadlineSoon);
+    assert!(t.e.delete(p, id, S + 5));
+    assert_eq!(t.reserve(c, Some(0), S + 6), ReserveOutcome::DeadlineSoon);
+}
+
+#[test]
+fn a_leaving_client_is_never_answered() {
+    // Its reservation is inside the margin and the only ready job is in a
+    // paused tube, so its reserve waits for the next tick, which would
+    // answer DEADLINE_SOON; it disconnects before that tick.
+    let mut t = T::new();
+    let c = t.e.connect();
+    let id = t.put(c, 0, 0, 1, 0);
+    reserved_id(&t.reserve(c, None, 0));
+    t.put(c, 0, 0, 10, 0);
+    assert!(t.e.pause_tube("default", 10, 0));
+    assert_eq!(t.reserve(c, None, 0), ReserveOutcome::Waiting);
+    t.e.disconnect(c, 1);
+    assert_eq!(t.wakes(), vec![]);
+    assert_eq!(t.state(id, 1), "ready");
+    t.e.check_invariants(1);
 }
 
 #[test]
@@ -635,8 +658,8 @@ impl Model {
     }
 
     fn disconnect(&mut self, c: usize, now: Nanos) {
-        self.advance(now);
         self.clients.get_mut(&c).unwrap().wait = None;
+        self.advance(now);
         for id in self.clients[&c].reserved.clone() {
             self.unreserve(id);
             self.make_ready(id, now);
@@ -686,7 +709,8 @@ impl Model {
             return ReserveOutcome::Reserved(JobRef { id, body: Model::body_of(id) });
         }
         if timeout == Some(0) {
-            return ReserveOutcome::TimedOut;
+            let soon = self.deadline_soon(c, now);
+            return if soon { ReserveOutcome::DeadlineSoon } else { ReserveOutcome::TimedOut };
         }
         self.seq += 1;
         self.clients.get_mut(&c).unwrap().wait = Some((self.seq, timeout.map(|t| now + secs(t))));

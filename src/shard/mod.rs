@@ -97,6 +97,8 @@ pub struct Shard {
     dirty: Vec<ConnId>,
     wakes: Vec<(ClientId, Wake)>,
     scratch: Vec<u8>,
+    /// The latest instant the engine has been given; see [`Shard::command_time`].
+    clock: Nanos,
 }
 
 impl Shard {
@@ -110,6 +112,7 @@ impl Shard {
             dirty: Vec::new(),
             wakes: Vec::new(),
             scratch: Vec::new(),
+            clock: 0,
         }
     }
 
@@ -130,6 +133,7 @@ impl Shard {
 
     /// Bytes received on a connection.
     pub fn input(&mut self, conn: ConnId, data: &[u8], now: Nanos) {
+        let now = self.observe(now);
         self.engine.advance(now);
         self.settle(now);
         let k = conn.0 as usize;
@@ -153,6 +157,7 @@ impl Shard {
     /// reserve is answered TIMED_OUT, as beanstalkd does on a half-close;
     /// buffered commands still run; then the connection closes.
     pub fn eof(&mut self, conn: ConnId, now: Nanos) {
+        let now = self.observe(now);
         self.engine.advance(now);
         self.settle(now);
         let k = conn.0 as usize;
@@ -173,6 +178,7 @@ impl Shard {
 
     /// Timers: call at (or after) [`Shard::next_deadline`].
     pub fn tick(&mut self, now: Nanos) {
+        let now = self.observe(now);
         self.engine.advance(now);
         self.settle(now);
     }
@@ -189,6 +195,7 @@ impl Shard {
     /// Ends the connection's part in the queue: it stops waiting and its
     /// reserved jobs go back to ready. Its output may still be written.
     pub fn close(&mut self, conn: ConnId, now: Nanos) {
+        let now = self.observe(now);
         let session = &mut self.sessions[conn.0 as usize];
         session.closing = true;
         session.pending = Vec::new();
@@ -202,6 +209,7 @@ impl Shard {
 
     /// Writing failed: drop the output and close.
     pub fn abort(&mut self, conn: ConnId, now: Nanos) {
+        let now = self.observe(now);
         let session = &mut self.sessions[conn.0 as usize];
         session.dead = true;
         session.out = Output::default();
@@ -239,6 +247,7 @@ impl Shard {
     pub unsafe fn return_body(&mut self, conn: ConnId, mut loan: BodyLoan, filled: usize, now: Nanos) {
         // Safety: the caller wrote `filled` bytes there.
         unsafe { loan.builder.assume_filled(filled) };
+        let now = self.observe(now);
         let session = &mut self.sessions[conn.0 as usize];
         if let Mode::Body(put) = &mut session.mode {
             put.body = Some(loan.builder);
@@ -299,6 +308,25 @@ impl Shard {
         }
     }
 
+    /// `now` from the network, made never to go back behind a command
+    /// already run.
+    fn observe(&mut self, now: Nanos) -> Nanos {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
+    /// The instant a command runs at: at least a nanosecond after the one
+    /// before. The network reads the clock once per batch of input, where C
+    /// beanstalkd reads it for every command; without this step a deadline
+    /// set by one command and read by the next in the same batch would show
+    /// no time passing (`time-left: 100` where beanstalkd says 99), and two
+    /// delays set in one batch would tie and come out by id instead of in
+    /// the order they were set.
+    fn command_time(&mut self, now: Nanos) -> Nanos {
+        self.clock = now.max(self.clock + 1);
+        self.clock
+    }
+
     /// Delivers answers owed to waiting clients and runs the commands they
     /// had pipelined, until nothing is left to do.
     fn settle(&mut self, now: Nanos) {
@@ -309,6 +337,11 @@ impl Shard {
             }
             for (client, wake) in std::mem::take(&mut self.wakes) {
                 let conn = self.conn_of_client[client.index()];
+                if conn == u32::MAX {
+                    // The engine never answers a client that has left.
+                    debug_assert!(false, "wake for a closed connection");
+                    continue;
+                }
                 let session = &mut self.sessions[conn as usize];
                 debug_assert!(session.blocked, "wake for a session that is not blocked");
                 session.blocked = false;
@@ -408,6 +441,7 @@ impl Shard {
     }
 
     fn finish_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
+        let now = self.command_time(now);
         let body = put.body.expect("a complete put has its body").finish();
         let session = &mut self.sessions[conn as usize];
         if put.trailer != *b"\r\n" {
@@ -423,6 +457,7 @@ impl Shard {
 
     /// Runs one command line.
     fn command(&mut self, conn: u32, line: &[u8], now: Nanos) {
+        let now = self.command_time(now);
         let session = &mut self.sessions[conn as usize];
         let client = session.client.expect("running session without a client");
         let cmd = match command::parse(line) {

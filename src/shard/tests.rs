@@ -184,10 +184,11 @@ fn reserve_with_timeout_and_the_clock() {
     let w = c.open();
     assert_eq!(c.ask(w, b"reserve-with-timeout 0\r\n", 0), "TIMED_OUT\r\n");
     c.send(w, b"reserve-with-timeout 2\r\nlist-tube-used\r\n", 0);
-    assert_eq!(c.shard.next_deadline(), Some(2 * S));
-    c.shard.tick(2 * S - 1);
+    // Each command runs a nanosecond after the one before: this one at 2 ns.
+    assert_eq!(c.shard.next_deadline(), Some(2 * S + 2));
+    c.shard.tick(2 * S + 1);
     assert_eq!(c.out(w), b"");
-    c.shard.tick(2 * S);
+    c.shard.tick(2 * S + 2);
     assert_eq!(c.out(w), b"TIMED_OUT\r\nUSING default\r\n");
 }
 
@@ -195,14 +196,52 @@ fn reserve_with_timeout_and_the_clock() {
 fn ttr_margin_and_expiry() {
     let mut c = Conv::new();
     let w = c.open();
+    // The put line runs at 1 ns, its body completes at 2 ns, the reserve
+    // runs at 3 ns: the job's deadline is 2 s + 3 ns.
     c.send(w, b"put 0 0 2 1\r\nx\r\nreserve\r\n", 0);
     assert_eq!(c.out(w), b"INSERTED 1\r\nRESERVED 1 1\r\nx\r\n");
     c.send(w, b"reserve\r\n", 0);
-    c.shard.tick(S);
+    c.shard.tick(S + 2);
+    assert_eq!(c.out(w), b"");
+    c.shard.tick(S + 3);
     assert_eq!(c.out(w), b"DEADLINE_SOON\r\n");
-    c.shard.tick(2 * S + 1);
-    let stats = c.ask(w, b"stats-job 1\r\n", 2 * S + 1);
+    c.shard.tick(2 * S + 4);
+    let stats = c.ask(w, b"stats-job 1\r\n", 2 * S + 4);
     assert!(stats.contains("\nstate: ready\n") && stats.contains("\ntimeouts: 1\n"), "{stats}");
+}
+
+#[test]
+fn commands_in_one_batch_see_time_pass() {
+    let mut c = Conv::new();
+    let w = c.open();
+    // One read, one clock reading: beanstalkd reads the clock for each
+    // command, so the full delay is never left by the next command.
+    let stats = c.ask(w, b"put 0 100 30 1\r\nx\r\nstats-job 1\r\n", 5 * S);
+    assert!(stats.contains("\ntime-left: 99\n"), "{stats}");
+    let stats = c.ask(w, b"pause-tube default 100\r\nstats-tube default\r\n", 6 * S);
+    assert!(stats.contains("\npause-time-left: 99\n"), "{stats}");
+    // Two delays set in one batch keep the order they were set in, not
+    // the order of their ids.
+    c.ask(w, b"pause-tube default 0\r\nput 0 0 100 1\r\na\r\nput 0 0 100 1\r\nb\r\n", 7 * S);
+    c.ask(w, b"reserve\r\nreserve\r\n", 7 * S);
+    assert_eq!(
+        c.ask(w, b"release 3 0 10\r\nrelease 2 0 10\r\npeek-delayed\r\n", 8 * S),
+        "RELEASED\r\nRELEASED\r\nFOUND 3 1\r\nb\r\n"
+    );
+}
+
+#[test]
+fn a_failed_write_while_an_answer_is_due_closes_cleanly() {
+    let mut c = Conv::new();
+    let w = c.open();
+    // A reservation inside its last second, and the only ready job in a
+    // paused tube: the reserve waits for a tick that will say
+    // DEADLINE_SOON. The connection fails before that tick.
+    c.ask(w, b"put 0 0 1 1\r\nx\r\nreserve\r\nput 0 0 9 1\r\ny\r\npause-tube default 9\r\n", 0);
+    c.send(w, b"reserve\r\n", 0);
+    c.shard.abort(w, 10);
+    let p = c.open();
+    assert_eq!(c.ask(p, b"peek-ready\r\n", 20), "FOUND 1 1\r\nx\r\n");
 }
 
 #[test]
