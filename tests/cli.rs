@@ -94,6 +94,14 @@ fn removed_flags_warn_and_carry_on() {
 }
 
 #[test]
+fn binlog_size_beyond_a_c_int_shows_as_given() {
+    // beanstalkd 1.12 keeps -s in an int: it would show 1 here (COMPAT 13).
+    let server = Server::start("epoll", &["-s", "4294967297"]);
+    let stats = server.connect().ask(b"stats\r\n", 1);
+    assert_eq!(stat(&stats, "binlog-max-size"), "4294967297");
+}
+
+#[test]
 fn dash_u_drops_to_the_user_and_its_group_only() {
     // Needs root to change users; CI and the development machines run as
     // root. Elsewhere there is nothing to drop to, and the test says so.
