@@ -335,6 +335,79 @@ fn a_slow_reader_gets_every_byte() {
     });
 }
 
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Writes `bytes` until the server stops taking them for a moment;
+/// returns how many went.
+fn send_until_refused(c: &mut Client, bytes: &[u8]) -> usize {
+    c.stream.set_nonblocking(true).unwrap();
+    let (mut sent, mut refused) = (0, 0);
+    while sent < bytes.len() && refused < 20 {
+        match c.stream.write(&bytes[sent..]) {
+            Ok(n) => {
+                sent += n;
+                refused = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    c.stream.set_nonblocking(false).unwrap();
+    sent
+}
+
+#[test]
+fn a_client_that_never_reads_costs_bounded_memory() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut greedy = server.connect();
+        let mut other = server.connect();
+        assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        let before = rss_kib(server.pid());
+        // About 900 MB of replies asked for in 8 MB of commands, none read.
+        let sent = send_until_refused(&mut greedy, &b"stats\r\n".repeat(8 << 20 >> 3));
+        let grown = rss_kib(server.pid()).saturating_sub(before);
+        assert!(grown < 64 * 1024, "grew by {grown} KiB after {sent} bytes of commands");
+        // It stopped reading the greedy client; it still serves the others.
+        assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        // Commands piled up behind a reserve are bounded the same way.
+        let mut blocked = server.connect();
+        blocked.send(b"reserve\r\n");
+        let sent = send_until_refused(&mut blocked, &b"list-tube-used\r\n".repeat(1 << 20));
+        let grown = rss_kib(server.pid()).saturating_sub(before);
+        assert!(grown < 64 * 1024, "grew by {grown} KiB after {sent} bytes behind a reserve");
+        assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+    });
+}
+
+#[test]
+fn a_put_line_alone_does_not_commit_its_body() {
+    on_both(|backend| {
+        let server = Server::start(backend, &["-z", "1073741824"]);
+        let mut other = server.connect();
+        assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        let before = rss_kib(server.pid());
+        // Three announced gigabyte bodies, of which only the first 64 KiB
+        // arrive: memory follows what was sent.
+        let mut putters: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+        for p in &mut putters {
+            p.send(b"put 0 0 60 1000000000\r\n");
+            p.send(&[b'x'; 65536]);
+        }
+        assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        let grown = rss_kib(server.pid()).saturating_sub(before);
+        assert!(grown < 32 * 1024, "grew by {grown} KiB");
+    });
+}
+
 #[test]
 fn verbose_mode_logs_connections() {
     on_both(|backend| {

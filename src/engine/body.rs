@@ -116,9 +116,15 @@ impl std::fmt::Debug for Body {
     }
 }
 
-/// Bodies at least this large have their memory made resident in one
-/// system call before they are filled.
+/// A stretch of body at least this large has its memory made resident in
+/// one system call before it is written.
 const POPULATE_BYTES_MIN: usize = 16 * 1024;
+
+/// How far ahead of the bytes received a receive straight into a body may
+/// make memory resident. Memory follows what a client has sent, not what
+/// its put line announced: `put 0 0 1 1000000000` alone must not cost a
+/// gigabyte.
+const POPULATE_AHEAD_BYTES_MAX: usize = 64 * 1024;
 
 /// Asks the kernel to back the whole pages of `[start, start + len)` with
 /// memory now. Filling a fresh 64 KB body otherwise takes sixteen page
@@ -139,6 +145,8 @@ fn populate(start: *mut u8, len: usize) {
 pub struct BodyBuilder {
     ptr: NonNull<Header>,
     filled: usize,
+    /// Body bytes from the start whose memory was made resident.
+    populated: usize,
 }
 
 // Unique ownership of plain bytes.
@@ -156,10 +164,19 @@ impl BodyBuilder {
         let ptr = NonNull::new(raw)?;
         // Safety: freshly allocated, properly aligned for Header.
         unsafe { ptr.as_ptr().write(Header { refs: AtomicU32::new(1), len: len as u32 }) };
-        if len >= POPULATE_BYTES_MIN {
-            populate(raw.cast(), size_of::<Header>() + len);
+        Some(BodyBuilder { ptr, filled: 0, populated: 0 })
+    }
+
+    /// Makes the body's memory resident up to byte `end`, when what is
+    /// left to do is large enough to be worth a system call.
+    fn populate_to(&mut self, end: usize) {
+        let end = end.min(self.len());
+        if end >= self.populated + POPULATE_BYTES_MIN {
+            // Safety: the offset stays within the allocation.
+            let start = unsafe { self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + self.populated) };
+            populate(start, end - self.populated);
+            self.populated = end;
         }
-        Some(BodyBuilder { ptr, filled: 0 })
     }
 
     pub fn len(&self) -> usize {
@@ -179,6 +196,7 @@ impl BodyBuilder {
     /// Appends as much of `src` as fits; returns how much was taken.
     pub fn fill(&mut self, src: &[u8]) -> usize {
         let n = src.len().min(self.remaining());
+        self.populate_to(self.filled + n);
         // Safety: the destination range lies inside the allocation and is
         // not yet shared with anyone.
         unsafe {
@@ -196,6 +214,7 @@ impl BodyBuilder {
     /// Where the missing bytes go, for a receive straight into the body:
     /// the first unfilled byte and how many are missing.
     pub fn spare(&mut self) -> (*mut u8, usize) {
+        self.populate_to(self.filled + self.remaining().min(POPULATE_AHEAD_BYTES_MAX));
         // Safety: the offset stays within the allocation.
         let ptr = unsafe { self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + self.filled) };
         (ptr, self.remaining())

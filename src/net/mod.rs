@@ -330,10 +330,12 @@ impl<I: Io> Server<I> {
                         output.recycle(text);
                     }
                 }
+                self.shard.sent(ConnId(conn), self.clock.now());
             }
             Err(_) => {
                 sending.segments.clear();
                 self.shard.abort(ConnId(conn), self.clock.now());
+                self.shard.sent(ConnId(conn), self.clock.now());
             }
         }
         sending.iovecs.clear();
@@ -389,7 +391,7 @@ impl<I: Io> Server<I> {
         let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
         if c.sending.is_none() && !self.shard.output(conn).is_empty() && !self.shard.is_dead(conn) {
             let mut sending = std::mem::take(&mut c.spare);
-            self.shard.output(conn).take(&mut sending.segments);
+            self.shard.start_send(conn, &mut sending.segments);
             sending.iovecs.extend(
                 sending
                     .segments

@@ -25,7 +25,7 @@ use slab::Slab;
 
 use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
 use crate::protocol::command::{self, Command, ParseError};
-use crate::protocol::output::Output;
+use crate::protocol::output::{Output, Segment};
 use crate::protocol::reply;
 use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
 use session::{LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
@@ -34,8 +34,9 @@ use session::{LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
 /// many bytes; beyond it the connection is not read until it unblocks.
 pub const PENDING_BYTES_MAX: usize = 64 * 1024;
 
-/// A connection with this many reply bytes unwritten is not read until
-/// they have been sent.
+/// A connection owed this many reply bytes runs no further command and is
+/// not read until they have been sent, so a client that sends cheap
+/// commands with large replies and never reads costs at most this much.
 pub const OUTPUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 
 /// Put bodies with at least this many bytes still to come are received
@@ -151,6 +152,12 @@ impl Shard {
             self.run(conn.0, now);
         }
         self.settle(now);
+        // Input alone can close the read gate (commands piling up behind a
+        // reserve, or replies reaching the high mark): have the network
+        // look at this connection.
+        if self.read_gate(conn) != ReadGate::Read {
+            self.mark_dirty(conn.0);
+        }
     }
 
     /// The peer sent its last byte (or the connection failed). A blocked
@@ -171,6 +178,13 @@ impl Shard {
                 session.out.push(reply::TIMED_OUT);
             }
             self.run(conn.0, now);
+            if self.sessions[k].stalled {
+                // Commands are left to run once the replies owed are sent;
+                // see `Shard::sent`.
+                self.mark_dirty(conn.0);
+                self.settle(now);
+                return;
+            }
         }
         self.close(conn, now);
         self.settle(now);
@@ -265,9 +279,9 @@ impl Shard {
 
     pub fn read_gate(&self, conn: ConnId) -> ReadGate {
         let s = &self.sessions[conn.0 as usize];
-        if s.closing {
+        if s.closing || s.eof {
             ReadGate::Stop
-        } else if s.out.len() >= OUTPUT_BYTES_HIGH || s.pending.len() >= PENDING_BYTES_MAX {
+        } else if s.owed() >= OUTPUT_BYTES_HIGH || s.pending.len() >= PENDING_BYTES_MAX {
             ReadGate::Wait
         } else {
             ReadGate::Read
@@ -277,6 +291,36 @@ impl Shard {
     /// The replies owed to a connection.
     pub fn output(&mut self, conn: ConnId) -> &mut Output {
         &mut self.sessions[conn.0 as usize].out
+    }
+
+    /// Moves the replies owed into `into` for sending; they count against
+    /// [`OUTPUT_BYTES_HIGH`] until [`Shard::sent`].
+    pub fn start_send(&mut self, conn: ConnId, into: &mut Vec<Segment>) {
+        let session = &mut self.sessions[conn.0 as usize];
+        session.in_flight += session.out.len();
+        session.out.take(into);
+    }
+
+    /// Everything handed over by [`Shard::start_send`] has been written
+    /// (or dropped with a failed connection): commands held back by the
+    /// high mark run now, and a half-closed connection that was waiting
+    /// for them closes once they have.
+    pub fn sent(&mut self, conn: ConnId, now: Nanos) {
+        let now = self.observe(now);
+        let k = conn.0 as usize;
+        self.sessions[k].in_flight = 0;
+        if !self.sessions[k].stalled || self.sessions[k].closing {
+            return;
+        }
+        self.engine.advance(now);
+        self.run(conn.0, now);
+        self.settle(now);
+        let session = &self.sessions[k];
+        if session.eof && !session.stalled && !session.closing {
+            self.close(conn, now);
+            self.settle(now);
+        }
+        self.mark_dirty(conn.0);
     }
 
     /// Whether the connection is closing and has nothing left to write.
@@ -376,7 +420,13 @@ impl Shard {
             }
         } else {
             debug_assert!(session.pending.is_empty());
-            session.pending = input[used..].to_vec();
+            let mut input = input;
+            // Nothing used (blocked, or held back by the high mark) is the
+            // common case while input piles up: keep the buffer as it is.
+            if used > 0 {
+                input.drain(..used);
+            }
+            session.pending = input;
         }
     }
 
@@ -385,13 +435,19 @@ impl Shard {
     fn process(&mut self, conn: u32, input: &[u8], now: Nanos) -> usize {
         let mut pos = 0;
         let start_len = self.sessions[conn as usize].out.len();
+        self.sessions[conn as usize].stalled = false;
         loop {
             let session = &mut self.sessions[conn as usize];
             if !session.runnable() {
                 break;
             }
             let rest = &input[pos..];
+            let over_high_mark = session.owed() >= OUTPUT_BYTES_HIGH;
             match &mut session.mode {
+                Mode::Line if over_high_mark && !rest.is_empty() => {
+                    session.stalled = true;
+                    break;
+                }
                 Mode::Line => match scan_line(rest) {
                     LineScan::Line(len) => {
                         pos += len + 2;

@@ -78,6 +78,11 @@ pub struct Session {
     /// commands pipelined behind a blocked reserve.
     pub pending: Vec<u8>,
     pub out: Output,
+    /// Reply bytes handed to the network and not yet reported sent.
+    pub in_flight: usize,
+    /// Commands were left in `pending` because the replies owed reached
+    /// [`crate::shard::OUTPUT_BYTES_HIGH`]; they run once those are sent.
+    pub stalled: bool,
     /// Blocked in reserve: no further command runs until it is answered.
     pub blocked: bool,
     /// The peer will send nothing more.
@@ -100,6 +105,8 @@ impl Session {
             mode: Mode::Line,
             pending: Vec::new(),
             out: Output::default(),
+            in_flight: 0,
+            stalled: false,
             blocked: false,
             eof: false,
             closing: false,
@@ -112,6 +119,11 @@ impl Session {
     /// Whether commands may run now.
     pub fn runnable(&self) -> bool {
         !self.blocked && !self.closing
+    }
+
+    /// Reply bytes owed: waiting here or on their way out.
+    pub fn owed(&self) -> usize {
+        self.out.len() + self.in_flight
     }
 }
 

@@ -173,9 +173,75 @@ fn pipelining_behind_a_reserve_is_bounded() {
     let mut c = Conv::new();
     let w = c.open();
     c.send(w, b"reserve\r\n", 0);
+    let mut dirty = Vec::new();
+    c.shard.take_dirty(&mut dirty);
     let filler = b"list-tube-used\r\n".repeat(PENDING_BYTES_MAX / 16 + 1);
     c.send(w, &filler, 0);
     assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    // No reply came of it, but the network must hear that the gate shut.
+    c.shard.take_dirty(&mut dirty);
+    assert_eq!(dirty, vec![w]);
+}
+
+/// Sends everything owed, as the network would, and returns the bytes.
+fn send_all(c: &mut Conv, conn: ConnId, now: Nanos) -> Vec<u8> {
+    let mut segments = Vec::new();
+    c.shard.start_send(conn, &mut segments);
+    let bytes = segments.iter().flat_map(|s: &Segment| s.bytes().to_vec()).collect();
+    c.shard.sent(conn, now);
+    bytes
+}
+
+#[test]
+fn replies_owed_hold_back_further_commands() {
+    let mut c = Conv::new();
+    let w = c.open();
+    // Cheap commands with big replies, never read: the commands past the
+    // high mark wait in the input until the replies owed have been sent.
+    let n = 20_000;
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    c.send(w, &b"stats-tube default\r\n".repeat(n), 0);
+    let mut segments = Vec::new();
+    c.shard.start_send(w, &mut segments);
+    let first: usize = segments.iter().map(|s| s.bytes().len()).sum();
+    assert!((OUTPUT_BYTES_HIGH..OUTPUT_BYTES_HIGH + reply).contains(&first), "{first}");
+    assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    // More input now runs nothing: the first replies are still in flight.
+    c.send(w, b"list-tube-used\r\n", 0);
+    assert_eq!(c.shard.output(w).len(), 0);
+    c.shard.sent(w, 0);
+    let mut total = first;
+    loop {
+        let more = send_all(&mut c, w, 0);
+        if more.is_empty() {
+            break;
+        }
+        total += more.len();
+        if more.ends_with(b"USING default\r\n") {
+            break;
+        }
+    }
+    assert_eq!(total, n * reply + b"USING default\r\n".len());
+    assert_eq!(c.shard.read_gate(w), ReadGate::Read);
+}
+
+#[test]
+fn a_half_close_behind_the_high_mark_still_gets_every_reply() {
+    let mut c = Conv::new();
+    let w = c.open();
+    let n = 20_000;
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    c.send(w, &b"stats-tube default\r\n".repeat(n), 0);
+    c.send(w, b"list-tube-used\r\n", 0);
+    c.shard.eof(w, 0);
+    assert!(!c.shard.finished(w));
+    let mut total = 0;
+    while !c.shard.finished(w) {
+        let more = send_all(&mut c, w, 0);
+        assert!(!more.is_empty(), "stuck after {total} bytes");
+        total += more.len();
+    }
+    assert_eq!(total, n * reply + b"USING default\r\n".len());
 }
 
 #[test]
