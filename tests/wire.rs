@@ -409,6 +409,46 @@ fn a_put_line_alone_does_not_commit_its_body() {
 }
 
 #[test]
+fn memory_of_a_deleted_large_job_goes_back() {
+    on_both(|backend| {
+        let server = Server::start(backend, &["-z", "1073741824"]);
+        let mut c = server.connect();
+        assert_eq!(c.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        let before = rss_kib(server.pid());
+        let size = 32 << 20;
+        let mut put = format!("put 0 0 60 {size}\r\n").into_bytes();
+        put.resize(put.len() + size, b'q');
+        put.extend_from_slice(b"\r\n");
+        assert_eq!(c.ask(&put, 1), "INSERTED 1\r\n");
+        assert!(rss_kib(server.pid()) > before + 30 * 1024);
+        assert_eq!(c.ask(b"delete 1\r\n", 1), "DELETED\r\n");
+        let grown = rss_kib(server.pid()).saturating_sub(before);
+        assert!(grown < 4 * 1024, "still {grown} KiB larger");
+    });
+}
+
+#[test]
+fn out_of_descriptors_it_serves_on_and_logs_little() {
+    on_both(|backend| {
+        let server = Server::start_with_files_limit(backend, &[], 24);
+        let mut first = server.connect();
+        assert_eq!(first.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        // More connections than descriptors: the kernel queues them, and
+        // every accept fails while the table is full.
+        let extra: Vec<Client> = (0..40).map(|_| server.connect()).collect();
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(first.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        let log = server.log_text();
+        let lines = log.matches("accept(): ").count();
+        assert!((1..=3).contains(&lines), "{lines} accept error lines:\n{log}");
+        // Descriptors come back when clients leave, and the rest are served.
+        drop(extra);
+        let mut late = server.connect();
+        assert_eq!(late.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+    });
+}
+
+#[test]
 fn verbose_mode_logs_connections() {
     on_both(|backend| {
         let server = Server::start(backend, &[]);

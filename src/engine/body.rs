@@ -37,6 +37,41 @@ fn layout(len: usize) -> Layout {
     Layout::from_size_align(size_of::<Header>() + len, align_of::<Header>()).expect("body layout")
 }
 
+/// Bodies at least this large (with their header) get a mapping of their
+/// own from the kernel, which goes back to it when the body is freed. The
+/// allocator would keep the memory for reuse: after a 200 MB job was
+/// deleted, the server stayed 200 MB larger.
+const MAP_BYTES_MIN: usize = 1 << 20;
+
+/// Memory for the header and `len` bytes; null when there is none.
+fn allocate(len: usize) -> *mut Header {
+    let size = size_of::<Header>() + len;
+    if size < MAP_BYTES_MIN {
+        // Safety: the layout has a non-zero size (the header).
+        return unsafe { alloc(layout(len)) }.cast();
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // Safety: a new anonymous mapping, placed by the kernel.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), size, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() }
+}
+
+/// Frees what [`allocate`] gave for `len` bytes.
+///
+/// # Safety
+/// `ptr` came from `allocate(len)` and nothing refers to it any more.
+unsafe fn free(ptr: *mut Header, len: usize) {
+    let size = size_of::<Header>() + len;
+    if size < MAP_BYTES_MIN {
+        // Safety: allocated with this layout (the caller's promise).
+        unsafe { dealloc(ptr.cast(), layout(len)) };
+    } else {
+        // Safety: the whole mapping, unused from now on.
+        unsafe { libc::munmap(ptr.cast(), size) };
+    }
+}
+
 /// A job body (without the CRLF that follows it on the wire). Cloning
 /// shares it.
 pub struct Body {
@@ -98,7 +133,7 @@ impl Drop for Body {
         fence(Ordering::Acquire);
         let len = self.header().len as usize;
         // Safety: this was the last reference.
-        unsafe { dealloc(self.ptr.as_ptr().cast(), layout(len)) }
+        unsafe { free(self.ptr.as_ptr(), len) }
     }
 }
 
@@ -159,9 +194,7 @@ impl BodyBuilder {
         if len > BODY_BYTES_MAX {
             return None;
         }
-        // Safety: the layout has a non-zero size (the header).
-        let raw = unsafe { alloc(layout(len)) }.cast::<Header>();
-        let ptr = NonNull::new(raw)?;
+        let ptr = NonNull::new(allocate(len))?;
         // Safety: freshly allocated, properly aligned for Header.
         unsafe { ptr.as_ptr().write(Header { refs: AtomicU32::new(1), len: len as u32 }) };
         Some(BodyBuilder { ptr, filled: 0, populated: 0 })
@@ -243,7 +276,7 @@ impl Drop for BodyBuilder {
     fn drop(&mut self) {
         let len = self.len();
         // Safety: the builder owns the allocation alone.
-        unsafe { dealloc(self.ptr.as_ptr().cast(), layout(len)) }
+        unsafe { free(self.ptr.as_ptr(), len) }
     }
 }
 
@@ -278,6 +311,19 @@ mod tests {
             b.assume_filled(4);
         }
         assert_eq!(b.finish().bytes(), b"abcdef");
+    }
+
+    #[test]
+    fn large_bodies_have_their_own_mapping() {
+        let bytes: Vec<u8> = (0..3 << 20).map(|i| i as u8).collect();
+        let body = Body::from_slice(&bytes);
+        assert_eq!(body.bytes(), &bytes[..]);
+        let copy = body.clone();
+        drop(body);
+        assert_eq!(copy.len(), bytes.len());
+        let mut unfinished = BodyBuilder::try_new(MAP_BYTES_MIN).unwrap();
+        assert_eq!(unfinished.fill(&bytes), MAP_BYTES_MIN);
+        drop(unfinished);
     }
 
     #[test]

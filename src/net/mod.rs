@@ -31,6 +31,9 @@ use listen::BoundListener;
 /// How long to pause accepting after an accept error such as EMFILE, so a
 /// full descriptor table does not turn the loop into a spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// While accepting keeps failing (out of descriptors), one log line per
+/// this long, with a count of the failures in between.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most iovecs handed to one writev (the kernel's IOV_MAX).
 const IOVECS_PER_SEND_MAX: usize = 1024;
@@ -176,6 +179,9 @@ struct Server<I: Io> {
     touched: Vec<ConnId>,
     /// When to start accepting again after an accept error.
     accept_again_at: Option<Instant>,
+    /// When an accept failure was last logged, and failures since.
+    accept_error_logged: Option<Instant>,
+    accept_errors_unlogged: u64,
     stop: bool,
     /// Events of the current turn other than data, kept between turns so
     /// the loop does not allocate.
@@ -198,6 +204,8 @@ impl<I: Io> Server<I> {
             conns: Vec::new(),
             touched: Vec::new(),
             accept_again_at: None,
+            accept_error_logged: None,
+            accept_errors_unlogged: 0,
             stop: false,
             deferred: Vec::new(),
         }
@@ -216,8 +224,17 @@ impl<I: Io> Server<I> {
                 match event {
                     Deferred::Accepted(fd) => self.open(fd),
                     Deferred::AcceptFailed(e) => {
-                        eprintln!("runnerbean: accept(): {e}");
-                        self.accept_again_at = Some(Instant::now() + ACCEPT_ERROR_PAUSE);
+                        let now = Instant::now();
+                        if self.accept_error_logged.is_none_or(|at| now - at >= ACCEPT_ERROR_LOG_INTERVAL) {
+                            match std::mem::take(&mut self.accept_errors_unlogged) {
+                                0 => eprintln!("runnerbean: accept(): {e}"),
+                                n => eprintln!("runnerbean: accept(): {e} (and {n} more failures)"),
+                            }
+                            self.accept_error_logged = Some(now);
+                        } else {
+                            self.accept_errors_unlogged += 1;
+                        }
+                        self.accept_again_at = Some(now + ACCEPT_ERROR_PAUSE);
                     }
                     Deferred::RecvEnded(conn, end) => self.recv_ended(conn, end),
                     Deferred::Sent(conn, outcome) => self.sent(conn, outcome),

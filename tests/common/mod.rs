@@ -29,15 +29,41 @@ pub struct Server {
 impl Server {
     /// Starts `runnerbean -l 127.0.0.1 -p 0 -V <args>` on a back end.
     pub fn start(backend: &'static str, args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        Server::spawn(Server::command(backend, args), backend)
+    }
+
+    /// The same, allowed at most `files` open descriptors.
+    pub fn start_with_files_limit(backend: &'static str, args: &[&str], files: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = Server::command(backend, args);
+        // Safety: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Server::spawn(command, backend)
+    }
+
+    fn command(backend: &'static str, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .args(["-l", "127.0.0.1", "-p", "0", "-V"])
             .args(args)
             .env("RUNNERBEAN_IO", backend)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start runnerbean");
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn spawn(mut command: Command, backend: &'static str) -> Server {
+        let mut child = command.spawn().expect("start runnerbean");
         let log = Arc::new(Mutex::new(String::new()));
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut port = None;
