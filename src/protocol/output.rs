@@ -40,6 +40,8 @@ impl Segment {
 pub struct Output {
     sealed: VecDeque<Segment>,
     sealed_bytes: usize,
+    /// The part of `sealed_bytes` in text buffers (not bodies by reference).
+    sealed_text_bytes: usize,
     open: Vec<u8>,
     spare: Vec<Vec<u8>>,
 }
@@ -76,11 +78,18 @@ impl Output {
         self.len() == 0
     }
 
+    /// Bytes waiting in text buffers: what this queue costs in memory of
+    /// its own (bodies sent by reference belong to their jobs).
+    pub fn text_len(&self) -> usize {
+        self.sealed_text_bytes + self.open.len()
+    }
+
     /// Moves every pending segment to the end of `into`.
     pub fn take(&mut self, into: &mut Vec<Segment>) {
         self.seal();
         into.extend(self.sealed.drain(..));
         self.sealed_bytes = 0;
+        self.sealed_text_bytes = 0;
     }
 
     /// Returns a written text buffer for reuse.
@@ -98,6 +107,7 @@ impl Output {
         let fresh = self.spare.pop().unwrap_or_default();
         let text = std::mem::replace(&mut self.open, fresh);
         self.sealed_bytes += text.len();
+        self.sealed_text_bytes += text.len();
         self.sealed.push_back(Segment::Text(text));
     }
 }
@@ -124,6 +134,7 @@ mod tests {
         out.body(&big);
         out.push(b"C\r\n");
         assert_eq!(out.len(), 3 + 7 + 3 + big_bytes.len() + 2 + 3);
+        assert_eq!(out.text_len(), 3 + 7 + 3 + 2 + 3);
         let mut segs = Vec::new();
         out.take(&mut segs);
         assert_eq!(segs.len(), 3);

@@ -39,6 +39,13 @@ pub const PENDING_BYTES_MAX: usize = 64 * 1024;
 /// commands with large replies and never reads costs at most this much.
 pub const OUTPUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 
+/// The same for the part of those replies the session holds in text
+/// buffers of its own (lines, documents, small bodies), which is what a
+/// connection's backlog costs in memory; large bodies are sent from their
+/// jobs. A client that floods `stats` and never reads costs this much here,
+/// besides what the kernel's socket buffers hold (as with beanstalkd).
+pub const OUTPUT_TEXT_BYTES_HIGH: usize = 256 * 1024;
+
 /// Put bodies with at least this many bytes still to come are received
 /// straight into the job's memory (see [`Shard::wants_direct_body`]).
 pub const DIRECT_BODY_BYTES_MIN: usize = 16 * 1024;
@@ -281,7 +288,7 @@ impl Shard {
         let s = &self.sessions[conn.0 as usize];
         if s.closing || s.eof {
             ReadGate::Stop
-        } else if s.owed() >= OUTPUT_BYTES_HIGH || s.pending.len() >= PENDING_BYTES_MAX {
+        } else if s.over_high_mark() || s.pending.len() >= PENDING_BYTES_MAX {
             ReadGate::Wait
         } else {
             ReadGate::Read
@@ -294,10 +301,11 @@ impl Shard {
     }
 
     /// Moves the replies owed into `into` for sending; they count against
-    /// [`OUTPUT_BYTES_HIGH`] until [`Shard::sent`].
+    /// the high marks until [`Shard::sent`].
     pub fn start_send(&mut self, conn: ConnId, into: &mut Vec<Segment>) {
         let session = &mut self.sessions[conn.0 as usize];
         session.in_flight += session.out.len();
+        session.in_flight_text += session.out.text_len();
         session.out.take(into);
     }
 
@@ -309,6 +317,7 @@ impl Shard {
         let now = self.observe(now);
         let k = conn.0 as usize;
         self.sessions[k].in_flight = 0;
+        self.sessions[k].in_flight_text = 0;
         if !self.sessions[k].stalled || self.sessions[k].closing {
             return;
         }
@@ -442,7 +451,7 @@ impl Shard {
                 break;
             }
             let rest = &input[pos..];
-            let over_high_mark = session.owed() >= OUTPUT_BYTES_HIGH;
+            let over_high_mark = session.over_high_mark();
             match &mut session.mode {
                 Mode::Line if over_high_mark && !rest.is_empty() => {
                     session.stalled = true;

@@ -19,6 +19,7 @@ use memchr::memchr_iter;
 use crate::engine::{BodyBuilder, ClientId, Nanos};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
+use crate::shard::{OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BYTES_HIGH};
 
 /// A put line accepted, its body still arriving.
 pub struct PendingPut {
@@ -80,8 +81,11 @@ pub struct Session {
     pub out: Output,
     /// Reply bytes handed to the network and not yet reported sent.
     pub in_flight: usize,
+    /// The part of `in_flight` in text buffers.
+    pub in_flight_text: usize,
     /// Commands were left in `pending` because the replies owed reached
-    /// [`crate::shard::OUTPUT_BYTES_HIGH`]; they run once those are sent.
+    /// a high mark ([`Session::over_high_mark`]); they run once those are
+    /// sent.
     pub stalled: bool,
     /// Blocked in reserve: no further command runs until it is answered.
     pub blocked: bool,
@@ -106,6 +110,7 @@ impl Session {
             pending: Vec::new(),
             out: Output::default(),
             in_flight: 0,
+            in_flight_text: 0,
             stalled: false,
             blocked: false,
             eof: false,
@@ -121,9 +126,11 @@ impl Session {
         !self.blocked && !self.closing
     }
 
-    /// Reply bytes owed: waiting here or on their way out.
-    pub fn owed(&self) -> usize {
-        self.out.len() + self.in_flight
+    /// Whether the replies owed (waiting here or on their way out) are
+    /// enough that no further command should run nor input be read.
+    pub fn over_high_mark(&self) -> bool {
+        self.out.len() + self.in_flight >= OUTPUT_BYTES_HIGH
+            || self.out.text_len() + self.in_flight_text >= OUTPUT_TEXT_BYTES_HIGH
     }
 }
 

@@ -204,7 +204,7 @@ fn replies_owed_hold_back_further_commands() {
     let mut segments = Vec::new();
     c.shard.start_send(w, &mut segments);
     let first: usize = segments.iter().map(|s| s.bytes().len()).sum();
-    assert!((OUTPUT_BYTES_HIGH..OUTPUT_BYTES_HIGH + reply).contains(&first), "{first}");
+    assert!((OUTPUT_TEXT_BYTES_HIGH..OUTPUT_TEXT_BYTES_HIGH + reply).contains(&first), "{first}");
     assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
     // More input now runs nothing: the first replies are still in flight.
     c.send(w, b"list-tube-used\r\n", 0);
@@ -223,6 +223,31 @@ fn replies_owed_hold_back_further_commands() {
     }
     assert_eq!(total, n * reply + b"USING default\r\n".len());
     assert_eq!(c.shard.read_gate(w), ReadGate::Read);
+}
+
+#[test]
+fn bodies_sent_by_reference_count_against_the_larger_mark() {
+    let mut c = Conv::new();
+    let w = c.open();
+    let mut put = b"put 0 0 10 60000\r\n".to_vec();
+    put.resize(put.len() + 60_000, b'b');
+    put.extend_from_slice(b"\r\n");
+    assert_eq!(c.ask(w, &put, 0), "INSERTED 1\r\n");
+    c.send(w, &b"peek 1\r\n".repeat(200), 0);
+    let mut segments = Vec::new();
+    c.shard.start_send(w, &mut segments);
+    let first: usize = segments.iter().map(|s| s.bytes().len()).sum();
+    let reply = "FOUND 1 60000\r\n".len() + 60_002;
+    assert!((OUTPUT_BYTES_HIGH..OUTPUT_BYTES_HIGH + reply).contains(&first), "{first}");
+    assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    c.shard.sent(w, 0);
+    let mut total = first;
+    while total < 200 * reply {
+        let more = send_all(&mut c, w, 0);
+        assert!(!more.is_empty(), "stuck after {total} bytes");
+        total += more.len();
+    }
+    assert_eq!(total, 200 * reply);
 }
 
 #[test]
