@@ -373,17 +373,21 @@ fn a_client_that_never_reads_costs_bounded_memory() {
         assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
         let before = rss_kib(server.pid());
         // About 900 MB of replies asked for in 8 MB of commands, none read.
-        let sent = send_until_refused(&mut greedy, &b"stats\r\n".repeat(8 << 20 >> 3));
+        let flood = b"stats\r\n".repeat(8 << 20 >> 3);
+        let sent = send_until_refused(&mut greedy, &flood);
+        assert!(sent < flood.len(), "the server read all {sent} bytes");
         let grown = rss_kib(server.pid()).saturating_sub(before);
-        assert!(grown < 16 * 1024, "grew by {grown} KiB after {sent} bytes of commands");
+        assert!(grown < 4 * 1024, "grew by {grown} KiB after {sent} bytes of commands");
         // It stopped reading the greedy client; it still serves the others.
         assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
         // Commands piled up behind a reserve are bounded the same way.
         let mut blocked = server.connect();
         blocked.send(b"reserve\r\n");
-        let sent = send_until_refused(&mut blocked, &b"list-tube-used\r\n".repeat(1 << 20));
+        let flood = b"list-tube-used\r\n".repeat(1 << 20);
+        let sent = send_until_refused(&mut blocked, &flood);
+        assert!(sent < flood.len(), "the server read all {sent} bytes");
         let grown = rss_kib(server.pid()).saturating_sub(before);
-        assert!(grown < 16 * 1024, "grew by {grown} KiB after {sent} bytes behind a reserve");
+        assert!(grown < 8 * 1024, "grew by {grown} KiB after {sent} bytes behind a reserve");
         assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
     });
 }
@@ -402,7 +406,12 @@ fn a_put_line_alone_does_not_commit_its_body() {
             p.send(b"put 0 0 60 1000000000\r\n");
             p.send(&[b'x'; 65536]);
         }
-        assert_eq!(other.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        // The three put lines have been read (the bodies follow them).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stat(&other.ask(b"stats\r\n", 1), "cmd-put") != "3" {
+            assert!(std::time::Instant::now() < deadline, "the put lines were not read");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let grown = rss_kib(server.pid()).saturating_sub(before);
         assert!(grown < 32 * 1024, "grew by {grown} KiB");
     });
@@ -413,15 +422,21 @@ fn memory_of_a_deleted_large_job_goes_back() {
     on_both(|backend| {
         let server = Server::start(backend, &["-z", "1073741824"]);
         let mut c = server.connect();
-        assert_eq!(c.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        // A first large put and delete touch the receive buffers, which
+        // stay resident.
+        let mut warm = b"put 0 0 60 4194304\r\n".to_vec();
+        warm.resize(warm.len() + (4 << 20), b'w');
+        warm.extend_from_slice(b"\r\n");
+        assert_eq!(c.ask(&warm, 1), "INSERTED 1\r\n");
+        assert_eq!(c.ask(b"delete 1\r\n", 1), "DELETED\r\n");
         let before = rss_kib(server.pid());
         let size = 32 << 20;
         let mut put = format!("put 0 0 60 {size}\r\n").into_bytes();
         put.resize(put.len() + size, b'q');
         put.extend_from_slice(b"\r\n");
-        assert_eq!(c.ask(&put, 1), "INSERTED 1\r\n");
+        assert_eq!(c.ask(&put, 1), "INSERTED 2\r\n");
         assert!(rss_kib(server.pid()) > before + 30 * 1024);
-        assert_eq!(c.ask(b"delete 1\r\n", 1), "DELETED\r\n");
+        assert_eq!(c.ask(b"delete 2\r\n", 1), "DELETED\r\n");
         let grown = rss_kib(server.pid()).saturating_sub(before);
         assert!(grown < 4 * 1024, "still {grown} KiB larger");
     });
@@ -436,11 +451,12 @@ fn out_of_descriptors_it_serves_on_and_logs_little() {
         // More connections than descriptors: the kernel queues them, and
         // every accept fails while the table is full.
         let extra: Vec<Client> = (0..40).map(|_| server.connect()).collect();
-        std::thread::sleep(Duration::from_millis(1200));
+        // The old server logged every failure, a hundred a second.
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(first.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
         let log = server.log_text();
         let lines = log.matches("accept(): ").count();
-        assert!((1..=3).contains(&lines), "{lines} accept error lines:\n{log}");
+        assert!((1..=2).contains(&lines), "{lines} accept error lines:\n{log}");
         // Descriptors come back when clients leave, and the rest are served.
         drop(extra);
         let mut late = server.connect();

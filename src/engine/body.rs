@@ -162,17 +162,20 @@ const POPULATE_BYTES_MIN: usize = 16 * 1024;
 /// one system call for all of a 64 KB body costs less than four.
 const POPULATE_AHEAD_BYTES_MAX: usize = 64 * 1024;
 
-/// Asks the kernel to back the whole pages of `[start, start + len)` with
-/// memory now. Filling a fresh 64 KB body otherwise takes sixteen page
-/// faults from user space, which cost more than the copy itself. Failure
-/// (an older kernel) only means the faults happen as before.
+/// Asks the kernel to back every page holding a byte of
+/// `[start, start + len)` with memory now. Filling a fresh 64 KB body
+/// otherwise takes sixteen page faults from user space, which cost more
+/// than the copy itself. Failure (an older kernel) only means the faults
+/// happen as before.
 fn populate(start: *mut u8, len: usize) {
     const PAGE: usize = 4096;
-    let first = (start as usize).div_ceil(PAGE) * PAGE;
-    let end = (start as usize + len) / PAGE * PAGE;
-    if end > first {
-        // Safety: the range lies within one live allocation of ours;
-        // MADV_POPULATE_WRITE only faults pages in, it changes no contents.
+    let first = start as usize / PAGE * PAGE;
+    let end = (start as usize + len).div_ceil(PAGE) * PAGE;
+    if len > 0 {
+        // Safety: every page in the range holds bytes of one live
+        // allocation of ours, so it is mapped; MADV_POPULATE_WRITE only
+        // faults pages in, it changes no contents (not even of other
+        // allocations sharing the first or last page).
         unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_POPULATE_WRITE) };
     }
 }
@@ -317,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn large_bodies_have_their_own_mapping() {
+    fn large_bodies_round_trip() {
         let bytes: Vec<u8> = (0..3 << 20).map(|i| i as u8).collect();
         let body = Body::from_slice(&bytes);
         assert_eq!(body.bytes(), &bytes[..]);

@@ -1,36 +1,40 @@
 //! Job id → arena key.
 //!
 //! A shard hands out its ids as one arithmetic sequence (`first`,
-//! `first + step`, …), so its live jobs sit in a window of sequence numbers
-//! that slides forward as jobs come and go. The window is cut into pages of
-//! [`PAGE`] slots holding arena keys: finding a job is two indexings and no
-//! hashing, and adding one never rehashes. (A hash table of a million jobs
-//! stalled every connection for tens of milliseconds each time it doubled.)
-//! A full page costs 4 bytes per job.
+//! `first + step`, …), so its live jobs cluster in runs of consecutive
+//! sequence numbers. The sequence is cut into pages of [`PAGE_SLOTS`] slots
+//! holding arena keys, found through a small directory keyed by page number
+//! (one entry per 1024 ids): finding a job is a lookup in that directory and
+//! an index, and adding one never rehashes anything large. (A hash table of
+//! a million jobs stalled every connection for tens of milliseconds each
+//! time it doubled.) A full page costs 4 bytes per job, and ids that never
+//! became jobs, or jobs long gone, cost nothing.
 //!
 //! Jobs that outlive their neighbours would keep whole pages alive, so a
-//! page left with fewer than [`SPARSE`] jobs hands them to a small hash
-//! table, the overflow, and is freed; and when the window is mostly holes,
-//! the oldest page goes to the overflow as well. Memory therefore follows
-//! the live jobs, never the number of ids issued. A put whose body arrives
-//! after its page is gone also lands in the overflow.
+//! page other than the newest left with fewer than [`PAGE_LIVE_MIN`] jobs
+//! hands them to a small hash table, the overflow, and is freed. A put
+//! whose body arrives after its page is gone also lands in the overflow,
+//! and the overflow gives its memory back as it empties. Memory therefore
+//! follows the live jobs, never the number of ids issued.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use super::KeyHasher;
 
 const PAGE_BITS: u32 = 10;
 /// Slots per page.
-const PAGE: usize = 1 << PAGE_BITS;
+const PAGE_SLOTS: usize = 1 << PAGE_BITS;
 /// A page other than the newest with fewer live jobs than this moves them
-/// to the overflow. At PAGE / 8 a kept page costs at most 32 bytes per job.
-const SPARSE: u32 = (PAGE / 8) as u32;
-/// Holes allowed in the window beyond one per page.
-const HOLES_SLACK: usize = 16;
+/// to the overflow. At PAGE_SLOTS / 8 a kept page costs at most 32 bytes
+/// per job.
+const PAGE_LIVE_MIN: u32 = (PAGE_SLOTS / 8) as u32;
+/// The overflow shrinks when it is less than a quarter full and larger
+/// than this many entries.
+const OVERFLOW_SHRINK_MIN: usize = 64;
 const VACANT: u32 = u32::MAX;
 
-type Slots = Box<[u32; PAGE]>;
+type Slots = Box<[u32; PAGE_SLOTS]>;
 
 struct Page {
     keys: Slots,
@@ -40,12 +44,10 @@ struct Page {
 pub struct IdMap {
     first: u64,
     step: u64,
-    /// Page number of `pages[0]`.
-    base: u64,
-    /// The window; `None` is a page freed or handed to the overflow.
-    pages: VecDeque<Option<Page>>,
-    /// How many of `pages` are `Some`.
-    present: usize,
+    /// Page number → page.
+    pages: HashMap<u64, Page, BuildHasherDefault<KeyHasher>>,
+    /// The page of the highest id inserted so far, where new ids land.
+    newest: Option<u64>,
     overflow: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
     /// A freed page, all vacant, kept for the next one needed.
     spare: Option<Slots>,
@@ -59,9 +61,8 @@ impl IdMap {
         IdMap {
             first,
             step,
-            base: 0,
-            pages: VecDeque::new(),
-            present: 0,
+            pages: HashMap::default(),
+            newest: None,
             overflow: HashMap::default(),
             spare: None,
             len: 0,
@@ -83,96 +84,84 @@ impl IdMap {
         } else {
             return None;
         };
-        Some((seq >> PAGE_BITS, seq as usize & (PAGE - 1)))
-    }
-
-    /// The index in `pages` of page `p`, if it is inside the window.
-    fn index(&self, p: u64) -> Option<usize> {
-        let i = usize::try_from(p.checked_sub(self.base)?).ok()?;
-        (i < self.pages.len()).then_some(i)
+        Some((seq >> PAGE_BITS, seq as usize & (PAGE_SLOTS - 1)))
     }
 
     pub fn get(&self, id: u64) -> Option<u32> {
         let (p, slot) = self.locate(id)?;
-        if let Some(Some(page)) = self.index(p).map(|i| &self.pages[i]) {
-            let key = page.keys[slot];
-            if key != VACANT {
-                return Some(key);
-            }
+        match self.pages.get(&p) {
+            // An id is never both in a page and in the overflow.
+            Some(page) => Some(page.keys[slot]).filter(|&k| k != VACANT),
+            None => self.overflow.get(&id).copied(),
         }
-        self.overflow.get(&id).copied()
     }
 
     /// Records `id` → `key`; `id` must be absent.
     pub fn insert(&mut self, id: u64, key: u32) {
         debug_assert_ne!(key, VACANT);
-        debug_assert!(self.get(id).is_none(), "id {id} is already mapped");
         let (p, slot) = self.locate(id).expect("an id of this shard's sequence");
-        if self.pages.is_empty() && p >= self.base {
-            self.base = p;
-        }
-        let end = self.base + self.pages.len() as u64;
-        if p >= end {
-            // Ids only grow, so this is the newest page (after the holes
-            // left by ids that never became jobs). The page that was newest
-            // is now judged like the others.
-            if let Some(Some(last)) = self.pages.back()
-                && last.live < SPARSE
+        if !self.pages.contains_key(&p) && self.newest.is_none_or(|n| p > n) {
+            // Ids only grow, so this is the new newest page; the one that
+            // was newest is now judged like the others.
+            if let Some(old) = self.newest
+                && self.pages.get(&old).is_some_and(|page| page.live < PAGE_LIVE_MIN)
             {
-                self.evict(self.pages.len() - 1);
+                self.evict(old);
             }
-            for _ in end..p {
-                self.pages.push_back(None);
-            }
-            let keys = self.spare.take().unwrap_or_else(|| Box::new([VACANT; PAGE]));
-            self.pages.push_back(Some(Page { keys, live: 0 }));
-            self.present += 1;
+            let keys = self.spare.take().unwrap_or_else(|| Box::new([VACANT; PAGE_SLOTS]));
+            self.pages.insert(p, Page { keys, live: 0 });
+            self.newest = Some(p);
         }
-        let page = self.index(p).and_then(|i| self.pages[i].as_mut());
-        match page {
+        match self.pages.get_mut(&p) {
             Some(page) => {
+                assert_eq!(page.keys[slot], VACANT, "id {id} is already mapped");
                 page.keys[slot] = key;
                 page.live += 1;
             }
             None => {
-                self.overflow.insert(id, key);
+                let old = self.overflow.insert(id, key);
+                assert!(old.is_none(), "id {id} is already mapped");
             }
         }
         self.len += 1;
-        self.trim();
     }
 
     /// Forgets `id`; returns its key if it was there.
     pub fn remove(&mut self, id: u64) -> Option<u32> {
         let (p, slot) = self.locate(id)?;
-        if let Some(i) = self.index(p)
-            && let Some(page) = self.pages[i].as_mut()
-            && page.keys[slot] != VACANT
-        {
-            let key = std::mem::replace(&mut page.keys[slot], VACANT);
-            page.live -= 1;
-            let live = page.live;
-            self.len -= 1;
-            // The newest page stays, even empty: new ids land there.
-            if live < SPARSE && i + 1 < self.pages.len() {
-                self.evict(i);
-                self.trim();
+        let key = match self.pages.get_mut(&p) {
+            Some(page) => {
+                let key = std::mem::replace(&mut page.keys[slot], VACANT);
+                if key == VACANT {
+                    return None;
+                }
+                page.live -= 1;
+                // The newest page stays, even empty: new ids land there.
+                if page.live < PAGE_LIVE_MIN && self.newest != Some(p) {
+                    self.evict(p);
+                }
+                key
             }
-            return Some(key);
-        }
-        let key = self.overflow.remove(&id)?;
+            None => {
+                let key = self.overflow.remove(&id)?;
+                let capacity = self.overflow.capacity();
+                if capacity > OVERFLOW_SHRINK_MIN && self.overflow.len() < capacity / 4 {
+                    self.overflow.shrink_to(self.overflow.len() * 2);
+                }
+                key
+            }
+        };
         self.len -= 1;
         Some(key)
     }
 
-    /// Moves the live jobs of page `pages[i]` to the overflow and frees it.
-    fn evict(&mut self, i: usize) {
-        let Some(mut page) = self.pages[i].take() else {
+    /// Moves the live jobs of page `p` to the overflow and frees it.
+    fn evict(&mut self, p: u64) {
+        let Some(mut page) = self.pages.remove(&p) else {
             return;
         };
-        self.present -= 1;
         if page.live > 0 {
-            let first_seq = (self.base + i as u64) << PAGE_BITS;
+            let first_seq = p << PAGE_BITS;
             for (slot, key) in page.keys.iter_mut().enumerate() {
                 if *key != VACANT {
                     let id = self.first + (first_seq + slot as u64) * self.step;
@@ -183,39 +172,20 @@ impl IdMap {
         self.spare = Some(page.keys);
     }
 
-    /// Drops leading holes, and evicts the oldest pages while the window is
-    /// mostly holes.
-    fn trim(&mut self) {
-        loop {
-            match self.pages.front() {
-                Some(None) => {
-                    self.pages.pop_front();
-                    self.base += 1;
-                }
-                Some(Some(_)) if self.pages.len() > 2 * self.present + HOLES_SLACK => self.evict(0),
-                _ => break,
-            }
-        }
-        if self.pages.capacity() > 64 && self.pages.len() < self.pages.capacity() / 4 {
-            self.pages.shrink_to(self.pages.len() * 2);
-        }
-    }
-
     /// Checks the bookkeeping; for tests.
     #[cfg(test)]
     pub fn check(&self) {
         let mut live = 0;
-        for (i, page) in self.pages.iter().enumerate() {
-            if let Some(page) = page {
-                let n = page.keys.iter().filter(|&&k| k != VACANT).count();
-                assert_eq!(n, page.live as usize);
-                assert!(page.live >= SPARSE || i + 1 == self.pages.len(), "a sparse page is kept");
-                live += n;
-            }
+        for (&p, page) in &self.pages {
+            let n = page.keys.iter().filter(|&&k| k != VACANT).count();
+            assert_eq!(n, page.live as usize);
+            assert!(page.live >= PAGE_LIVE_MIN || self.newest == Some(p), "a sparse page is kept");
+            live += n;
         }
-        assert_eq!(self.present, self.pages.iter().filter(|p| p.is_some()).count());
-        assert!(!matches!(self.pages.front(), Some(None)), "a leading hole");
-        assert!(self.pages.len() <= 2 * self.present + HOLES_SLACK + 1, "too many holes");
+        for &id in self.overflow.keys() {
+            let (p, _) = self.locate(id).expect("an overflow id of this sequence");
+            assert!(!self.pages.contains_key(&p), "id {id} in the overflow and its page present");
+        }
         assert_eq!(live + self.overflow.len(), self.len);
     }
 }
@@ -266,21 +236,61 @@ mod tests {
         let mut oldest = 2;
         for id in 2..2_000_000u64 {
             m.insert(id, 1);
-            if id - oldest >= PAGE as u64 {
+            if id - oldest >= PAGE_SLOTS as u64 {
                 assert_eq!(m.remove(oldest), Some(1));
                 oldest += 1;
             }
         }
         m.check();
-        assert!(m.pages.len() <= 4, "window of {} pages", m.pages.len());
-        assert!(m.overflow.len() < 2 * PAGE);
+        assert!(m.pages.len() <= 3, "{} pages", m.pages.len());
+        assert!(m.overflow.len() < 2 * PAGE_SLOTS);
         assert_eq!(m.get(1), Some(0));
+    }
+
+    #[test]
+    fn a_backlog_stays_in_its_pages_while_traffic_passes() {
+        let mut m = IdMap::new(1, 1);
+        let backlog = 20 * PAGE_SLOTS as u64;
+        for id in 1..=backlog {
+            m.insert(id, 0);
+        }
+        // Short-lived jobs, one at a time, for ten times as many ids.
+        for id in backlog + 1..=11 * backlog {
+            m.insert(id, 1);
+            assert_eq!(m.remove(id), Some(1));
+        }
+        // A jump (ids used up by failed puts) changes nothing either.
+        m.insert(1000 * backlog, 2);
+        m.check();
+        assert_eq!(m.len(), backlog as usize + 1);
+        assert!(m.overflow.is_empty(), "{} jobs moved to the overflow", m.overflow.len());
+        assert_eq!(m.pages.len(), 21);
+    }
+
+    #[test]
+    fn the_overflow_gives_memory_back() {
+        let mut m = IdMap::new(1, 1);
+        let n = 50 * PAGE_SLOTS as u64;
+        for id in 1..=n {
+            m.insert(id, 0);
+        }
+        // Nine in ten go: every page but the newest turns sparse.
+        for id in (1..=n).filter(|id| id % 10 != 0) {
+            m.remove(id);
+        }
+        assert!(m.overflow.len() > 4 * PAGE_SLOTS);
+        for id in (1..=n).filter(|id| id % 10 == 0) {
+            m.remove(id);
+        }
+        m.check();
+        assert_eq!(m.len(), 0);
+        assert!(m.overflow.capacity() <= OVERFLOW_SHRINK_MIN * 2, "{}", m.overflow.capacity());
     }
 
     #[test]
     fn a_late_body_lands_in_the_overflow() {
         let mut m = IdMap::new(1, 1);
-        for id in 2..=(10 * PAGE as u64) {
+        for id in 2..=(10 * PAGE_SLOTS as u64) {
             m.insert(id, 1);
             m.remove(id);
         }

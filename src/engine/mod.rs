@@ -1048,7 +1048,6 @@ impl Engine {
 
     fn insert_job(&mut self, job: Job) -> u32 {
         let id = job.id;
-        debug_assert!(self.find_job(id).is_none(), "duplicate job id {id}");
         let k = self.jobs.insert(job);
         assert!(k < NIL, "too many jobs");
         self.ids.insert(id, k);
@@ -1133,6 +1132,8 @@ impl Engine {
     /// one. Slow: for tests.
     #[doc(hidden)]
     pub fn check_invariants(&self, now: Nanos) {
+        #[cfg(test)]
+        self.ids.check();
         let mut counts = Counts::default();
         let mut waiting_clients = 0u64;
         for (k, job) in self.jobs.iter() {
@@ -1221,8 +1222,12 @@ impl Hasher for KeyHasher {
     fn write_u32(&mut self, k: u32) {
         self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
-    fn write_u64(&mut self, id: u64) {
-        self.0 = (id ^ (id >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    fn write_u64(&mut self, n: u64) {
+        // The high half of the product folded down: the low bits, which
+        // pick the bucket, then depend on every bit of `n` (ids of one of
+        // several shards share their low bits).
+        let x = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
     }
 }
 

@@ -222,20 +222,11 @@ impl<I: Io> Server<I> {
             self.io.wait(timeout, &mut |event| events.handle(event))?;
             for event in deferred.drain(..) {
                 match event {
-                    Deferred::Accepted(fd) => self.open(fd),
-                    Deferred::AcceptFailed(e) => {
-                        let now = Instant::now();
-                        if self.accept_error_logged.is_none_or(|at| now - at >= ACCEPT_ERROR_LOG_INTERVAL) {
-                            match std::mem::take(&mut self.accept_errors_unlogged) {
-                                0 => eprintln!("runnerbean: accept(): {e}"),
-                                n => eprintln!("runnerbean: accept(): {e} (and {n} more failures)"),
-                            }
-                            self.accept_error_logged = Some(now);
-                        } else {
-                            self.accept_errors_unlogged += 1;
-                        }
-                        self.accept_again_at = Some(now + ACCEPT_ERROR_PAUSE);
+                    Deferred::Accepted(fd) => {
+                        self.accept_recovered();
+                        self.open(fd);
                     }
+                    Deferred::AcceptFailed(e) => self.accept_failed(&e),
                     Deferred::RecvEnded(conn, end) => self.recv_ended(conn, end),
                     Deferred::Sent(conn, outcome) => self.sent(conn, outcome),
                     Deferred::ReceivedInto(conn, outcome) => self.received_into(conn, outcome),
@@ -258,6 +249,29 @@ impl<I: Io> Server<I> {
             self.touched.clear();
         }
         Ok(())
+    }
+
+    /// Logs an accept failure, at most once per ACCEPT_ERROR_LOG_INTERVAL
+    /// (the failures in between are counted), and pauses accepting.
+    fn accept_failed(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        if self.accept_error_logged.is_none_or(|at| now - at >= ACCEPT_ERROR_LOG_INTERVAL) {
+            eprintln!("runnerbean: accept(): {e}");
+            self.accept_error_logged = Some(now);
+        } else {
+            self.accept_errors_unlogged += 1;
+        }
+        self.accept_again_at = Some(now + ACCEPT_ERROR_PAUSE);
+    }
+
+    /// An accept worked: report how many failures went unlogged.
+    fn accept_recovered(&mut self) {
+        if self.accept_error_logged.take().is_some() {
+            match std::mem::take(&mut self.accept_errors_unlogged) {
+                0 => {}
+                n => eprintln!("runnerbean: accept() works again, after {n} more failures"),
+            }
+        }
     }
 
     /// How long the back end may wait: until the shard's next deadline or

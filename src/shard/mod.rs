@@ -169,7 +169,9 @@ impl Shard {
 
     /// The peer sent its last byte (or the connection failed). A blocked
     /// reserve is answered TIMED_OUT, as beanstalkd does on a half-close;
-    /// buffered commands still run; then the connection closes.
+    /// buffered commands still run; then the connection closes, or, when
+    /// commands are held back by a high mark, once they have run (see
+    /// [`Shard::sent`]).
     pub fn eof(&mut self, conn: ConnId, now: Nanos) {
         let now = self.observe(now);
         self.engine.advance(now);
@@ -390,11 +392,8 @@ impl Shard {
             }
             for (client, wake) in std::mem::take(&mut self.wakes) {
                 let conn = self.conn_of_client[client.index()];
-                if conn == u32::MAX {
-                    // The engine never answers a client that has left.
-                    debug_assert!(false, "wake for a closed connection");
-                    continue;
-                }
+                // The engine never answers a client that has left.
+                assert_ne!(conn, u32::MAX, "wake for a closed connection");
                 let session = &mut self.sessions[conn as usize];
                 debug_assert!(session.blocked, "wake for a session that is not blocked");
                 session.blocked = false;

@@ -251,6 +251,24 @@ fn bodies_sent_by_reference_count_against_the_larger_mark() {
 }
 
 #[test]
+fn a_quit_behind_the_high_mark_answers_what_came_before_it() {
+    let mut c = Conv::new();
+    let w = c.open();
+    let n = 20_000;
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    let mut input = b"stats-tube default\r\n".repeat(n);
+    input.extend_from_slice(b"quit\r\nlist-tube-used\r\n");
+    c.send(w, &input, 0);
+    let mut total = 0;
+    while !c.shard.finished(w) {
+        let more = send_all(&mut c, w, 0);
+        assert!(!more.is_empty(), "stuck after {total} bytes");
+        total += more.len();
+    }
+    assert_eq!(total, n * reply);
+}
+
+#[test]
 fn a_half_close_behind_the_high_mark_still_gets_every_reply() {
     let mut c = Conv::new();
     let w = c.open();

@@ -91,7 +91,7 @@ impl Conn {
             pos += nl + 1;
             let words = line.strip_suffix(b"\r\n").unwrap_or(line);
             if let Some(rest) = words.strip_prefix(b"put ") {
-                self.skip = body_bytes(rest).map_or(0, |n| n + 2);
+                self.skip = body_bytes(rest).map_or(0, |n| n.saturating_add(2));
                 self.out.extend_from_slice(b"INSERTED ");
                 push_decimal(&mut self.out, self.next_id);
                 self.out.extend_from_slice(b"\r\n");
@@ -191,7 +191,10 @@ fn serve(addr: SocketAddr) -> io::Result<()> {
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        // Out of descriptors and the like: try again on the next event.
+                        // Out of descriptors and the like. Edge-triggered, the
+                        // connections already queued wait for the next one to
+                        // arrive; the harness never runs this server out of
+                        // descriptors.
                         Err(_) => break,
                     }
                 }
