@@ -195,6 +195,10 @@ async function client(port) {
 async function flow(port, expect) {
   const p = await client(port);   // producer
   const w = await client(port);   // worker
+  // A server counts a connection once it has accepted it, which a reply
+  // proves; connect() alone does not.
+  await p.listTubesWatched();
+  await w.listTubesWatched();
 
   step = 'stats';
   const s0 = await p.stats();
@@ -341,7 +345,7 @@ async function flow(port, expect) {
     'cmd-put': 7, 'cmd-peek': 3, 'cmd-peek-ready': 3, 'cmd-peek-delayed': 1, 'cmd-peek-buried': 2,
     'cmd-reserve': 3, 'cmd-reserve-with-timeout': 9, 'cmd-delete': 7, 'cmd-release': 3,
     'cmd-use': 2, 'cmd-watch': 3, 'cmd-ignore': 3, 'cmd-bury': 2, 'cmd-kick': 3, 'cmd-touch': 2,
-    'cmd-stats': 2, 'cmd-list-tubes': 1, 'cmd-list-tube-used': 2, 'cmd-list-tubes-watched': 2,
+    'cmd-stats': 2, 'cmd-list-tubes': 1, 'cmd-list-tube-used': 2, 'cmd-list-tubes-watched': 4,
     'cmd-pause-tube': 2, 'job-timeouts': 0, 'total-jobs': 6, 'current-tubes': 3,
     'current-connections': 2, 'current-producers': 1, 'current-workers': 1, 'current-waiting': 0,
     'total-connections': 2,
