@@ -155,21 +155,6 @@ fn parse_u64(digits: &[u8]) -> u64 {
     digits.iter().take_while(|b| b.is_ascii_digit()).fold(0, |v, &b| v * 10 + u64::from(b - b'0'))
 }
 
-/// Appends the decimal digits of `n`.
-pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
-
 /// An event loop over a set of connections: calls `handle(Some(index),
 /// now)` for every connection with an event and `handle(None, now)` once
 /// per turn, until the handler says the run is over or `limit` passes.
@@ -236,10 +221,6 @@ mod tests {
 
     #[test]
     fn numbers() {
-        let mut buf = Vec::new();
-        push_u64(&mut buf, 0);
-        push_u64(&mut buf, 18446744073709551615);
-        assert_eq!(buf, b"018446744073709551615");
         assert_eq!(parse_u64(b"123 456"), 123);
     }
 }

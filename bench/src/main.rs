@@ -18,6 +18,7 @@
 //! to all of them, not hidden.
 
 mod conn;
+mod decimal;
 mod drain;
 mod pc;
 mod probe;

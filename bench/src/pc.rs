@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use mio::Token;
 
-use crate::conn::{Conn, EventLoop, push_u64};
+use crate::conn::{Conn, EventLoop};
+use crate::decimal::push_u64;
 use crate::put::wait_for_reply;
 use crate::{Opts, Report, histogram};
 

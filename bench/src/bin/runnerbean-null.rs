@@ -21,6 +21,10 @@ use std::process::ExitCode;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+#[path = "../decimal.rs"]
+mod decimal;
+use decimal::push_u64;
+
 const LISTENER: Token = Token(usize::MAX);
 const READ_BYTES: usize = 64 * 1024;
 /// Longest command line accepted, as in beanstalkd.
@@ -93,7 +97,7 @@ impl Conn {
             if let Some(rest) = words.strip_prefix(b"put ") {
                 self.skip = body_bytes(rest).map_or(0, |n| n.saturating_add(2));
                 self.out.extend_from_slice(b"INSERTED ");
-                push_decimal(&mut self.out, self.next_id);
+                push_u64(&mut self.out, self.next_id);
                 self.out.extend_from_slice(b"\r\n");
                 self.next_id += 1;
             } else if let Some(tube) = words.strip_prefix(b"use ") {
@@ -124,21 +128,6 @@ impl Conn {
         self.out_pos = 0;
         true
     }
-}
-
-/// Appends `n` in decimal without allocating.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// The last word of `put <pri> <delay> <ttr> <bytes>`.
@@ -229,21 +218,11 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{body_bytes, push_decimal};
+    use super::body_bytes;
 
     #[test]
     fn body_size_is_the_last_word() {
         assert_eq!(body_bytes(b"0 0 120 16"), Some(16));
         assert_eq!(body_bytes(b"0 0 120 x"), None);
-    }
-
-    #[test]
-    fn decimal() {
-        let mut out = Vec::new();
-        for n in [0, 7, 10, 4_294_967_295, u64::MAX] {
-            out.clear();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
     }
 }
