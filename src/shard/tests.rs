@@ -183,13 +183,25 @@ fn pipelining_behind_a_reserve_is_bounded() {
     assert_eq!(dirty, vec![w]);
 }
 
-/// Sends everything owed, as the network would, and returns the bytes.
-fn send_all(c: &mut Conv, conn: ConnId, now: Nanos) -> Vec<u8> {
+/// Starts a send of everything owed, as the network would, and returns
+/// its size; it stays in flight until `sent`.
+fn start_send(c: &mut Conv, conn: ConnId) -> usize {
     let mut segments = Vec::new();
     c.shard.start_send(conn, &mut segments);
-    let bytes = segments.iter().flat_map(|s: &Segment| s.bytes().to_vec()).collect();
-    c.shard.sent(conn, now);
-    bytes
+    segments.iter().map(|s| s.bytes().len()).sum()
+}
+
+/// Sends, one complete send after another, until `done` says so given the
+/// bytes sent (counting from `total`); returns that count. Fails if a send
+/// is empty before then.
+fn send_until(c: &mut Conv, conn: ConnId, mut total: usize, done: impl Fn(&Shard, usize) -> bool) -> usize {
+    while !done(&c.shard, total) {
+        let sent = start_send(c, conn);
+        c.shard.sent(conn, 0);
+        assert!(sent > 0, "stuck after {total} bytes");
+        total += sent;
+    }
+    total
 }
 
 #[test]
@@ -201,27 +213,16 @@ fn replies_owed_hold_back_further_commands() {
     let n = 20_000;
     let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
     c.send(w, &b"stats-tube default\r\n".repeat(n), 0);
-    let mut segments = Vec::new();
-    c.shard.start_send(w, &mut segments);
-    let first: usize = segments.iter().map(|s| s.bytes().len()).sum();
+    let first = start_send(&mut c, w);
     assert!((OUTPUT_TEXT_BYTES_HIGH..OUTPUT_TEXT_BYTES_HIGH + reply).contains(&first), "{first}");
     assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
     // More input now runs nothing: the first replies are still in flight.
     c.send(w, b"list-tube-used\r\n", 0);
     assert_eq!(c.shard.output(w).len(), 0);
     c.shard.sent(w, 0);
-    let mut total = first;
-    loop {
-        let more = send_all(&mut c, w, 0);
-        if more.is_empty() {
-            break;
-        }
-        total += more.len();
-        if more.ends_with(b"USING default\r\n") {
-            break;
-        }
-    }
-    assert_eq!(total, n * reply + b"USING default\r\n".len());
+    let expected = n * reply + b"USING default\r\n".len();
+    assert_eq!(send_until(&mut c, w, first, |_, total| total >= expected), expected);
+    assert_eq!(c.shard.read_gate(w), ReadGate::Read);
     assert_eq!(c.shard.read_gate(w), ReadGate::Read);
 }
 
@@ -234,20 +235,12 @@ fn bodies_sent_by_reference_count_against_the_larger_mark() {
     put.extend_from_slice(b"\r\n");
     assert_eq!(c.ask(w, &put, 0), "INSERTED 1\r\n");
     c.send(w, &b"peek 1\r\n".repeat(200), 0);
-    let mut segments = Vec::new();
-    c.shard.start_send(w, &mut segments);
-    let first: usize = segments.iter().map(|s| s.bytes().len()).sum();
+    let first = start_send(&mut c, w);
     let reply = "FOUND 1 60000\r\n".len() + 60_002;
     assert!((OUTPUT_BYTES_HIGH..OUTPUT_BYTES_HIGH + reply).contains(&first), "{first}");
     assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
     c.shard.sent(w, 0);
-    let mut total = first;
-    while total < 200 * reply {
-        let more = send_all(&mut c, w, 0);
-        assert!(!more.is_empty(), "stuck after {total} bytes");
-        total += more.len();
-    }
-    assert_eq!(total, 200 * reply);
+    assert_eq!(send_until(&mut c, w, first, |_, total| total >= 200 * reply), 200 * reply);
 }
 
 #[test]
@@ -259,13 +252,7 @@ fn a_quit_behind_the_high_mark_answers_what_came_before_it() {
     let mut input = b"stats-tube default\r\n".repeat(n);
     input.extend_from_slice(b"quit\r\nlist-tube-used\r\n");
     c.send(w, &input, 0);
-    let mut total = 0;
-    while !c.shard.finished(w) {
-        let more = send_all(&mut c, w, 0);
-        assert!(!more.is_empty(), "stuck after {total} bytes");
-        total += more.len();
-    }
-    assert_eq!(total, n * reply);
+    assert_eq!(send_until(&mut c, w, 0, |shard, _| shard.finished(w)), n * reply);
 }
 
 #[test]
@@ -278,12 +265,7 @@ fn a_half_close_behind_the_high_mark_still_gets_every_reply() {
     c.send(w, b"list-tube-used\r\n", 0);
     c.shard.eof(w, 0);
     assert!(!c.shard.finished(w));
-    let mut total = 0;
-    while !c.shard.finished(w) {
-        let more = send_all(&mut c, w, 0);
-        assert!(!more.is_empty(), "stuck after {total} bytes");
-        total += more.len();
-    }
+    let total = send_until(&mut c, w, 0, |shard, _| shard.finished(w));
     assert_eq!(total, n * reply + b"USING default\r\n".len());
 }
 
