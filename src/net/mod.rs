@@ -365,8 +365,11 @@ impl<I: Io> Server<I> {
             }
             Err(_) => {
                 sending.segments.clear();
-                self.shard.abort(ConnId(conn), self.clock.now());
-                self.shard.sent(ConnId(conn), self.clock.now());
+                let now = self.clock.now();
+                self.shard.abort(ConnId(conn), now);
+                // The session is closing: this only clears its count of
+                // bytes in flight.
+                self.shard.sent(ConnId(conn), now);
             }
         }
         sending.iovecs.clear();
