@@ -9,6 +9,8 @@
 //!   still without I/O, and the routing of commands to shards.
 //! * [`net`] — listeners, connections and the core's event loop, on
 //!   io_uring or on epoll; the only place with sockets.
+//! * [`wal`] — the write-ahead log of `-b DIR`: record formats, recovery,
+//!   and C beanstalkd's binlog for migration both ways.
 //! * [`config`] — beanstalkd-compatible command-line flags.
 //! * [`sys`] — facts about the process and host (`uname`, `getrusage`,
 //!   privileges, signals).
@@ -19,3 +21,4 @@ pub mod net;
 pub mod protocol;
 pub mod shard;
 pub mod sys;
+pub mod wal;

@@ -1,0 +1,15 @@
+//! The write-ahead log: what `-b DIR` keeps on disk so that jobs survive a
+//! restart or a crash.
+//!
+//! # Layout
+//! * [`image`] — a job as the log and recovery see it ([`JobImage`]): every
+//!   field recovery restores, independent of the engine's memory layout.
+//!
+//! # What it must never do
+//! Replay garbage as a job. Every byte read from disk is checked (lengths,
+//! checksums, field ranges) before it becomes a job; a record that fails a
+//! check cuts the file there, with a log line saying what was cut.
+
+pub mod image;
+
+pub use image::{Counters, ImageState, JobImage};
