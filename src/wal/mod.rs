@@ -2,6 +2,10 @@
 //! restart or a crash.
 //!
 //! # Layout
+//! * [`files`] — the log directory on disk: its lock, making and removing
+//!   segment files.
+//! * [`flush`] — getting batches to the disk: writes and syncs as a state
+//!   machine the event loop drives on its back end.
 //! * [`image`] — a job as the log and recovery see it ([`JobImage`]): every
 //!   field recovery restores, independent of the engine's memory layout.
 //!
@@ -10,6 +14,15 @@
 //! checksums, field ranges) before it becomes a job; a record that fails a
 //! check cuts the file there, with a log line saying what was cut.
 
+pub mod files;
+pub mod flush;
 pub mod image;
+pub mod log;
+pub mod record;
+pub mod recover;
+pub mod segment;
 
 pub use image::{Counters, ImageState, JobImage};
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,354 @@
+//! Getting batches to the disk: the writes and syncs of one shard's log as
+//! a state machine that asks for one file operation at a time and is told
+//! when it completes. The event loop carries the operations out on its back
+//! end (io_uring operations, or the epoll back end's I/O thread), so the
+//! loop never waits for the disk.
+//!
+//! One batch is in flight at a time: its writes in order, then, with `-f0`,
+//! a sync of every file it wrote (and of the directory when it started a
+//! new file), and only then is it done. Meanwhile the next batch fills, so
+//! the records of everything that happened during a sync go out together
+//! (group commit). With `-f MS` a batch is done once written, and a sync of
+//! the files written since the last one follows within MS even when
+//! nothing else happens (beanstalkd syncs only on its next write, so its
+//! last records can stay unsynced forever). With `-F` nothing is synced
+//! until the server stops.
+//!
+//! # Faults
+//! A write or sync that fails is logged and tried again after
+//! [`RETRY_NS`]; the replies that wait for it wait too, and nothing is
+//! acknowledged that is not on disk. (A failed sync is retried as a sync;
+//! on Linux the pages it failed to write may already be marked clean, so
+//! an operator should treat a logged sync failure as a disk fault.)
+//!
+//! # What it must never do
+//! Drop the memory of an operation in flight: the batch (and the bodies it
+//! refers to) and its iovecs live here until the operation's completion has
+//! been reported.
+
+use super::log::{Batch, FileRef, SyncPolicy, Write};
+
+/// A failed write or sync is tried again after this long.
+pub const RETRY_NS: u64 = 1_000_000_000;
+
+/// Most iovecs in one vectored write (the kernel's IOV_MAX).
+const IOVECS_PER_WRITE_MAX: usize = 1024;
+
+/// A file operation to start now. The iovecs it points to stay valid
+/// until [`Flush::complete`] is called for it.
+#[derive(Clone, Copy, Debug)]
+pub enum Request {
+    Write {
+        fd: i32,
+        iov: *const libc::iovec,
+        count: usize,
+        offset: u64,
+    },
+    /// `fdatasync` of a segment file, or `fsync` of the log directory (for
+    /// the entries of files made in it).
+    Sync {
+        fd: i32,
+    },
+}
+
+/// What a completion finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every batch up to this one is written.
+    pub written: Option<u64>,
+    /// Every batch up to this one is synced.
+    pub synced: Option<u64>,
+}
+
+enum Phase {
+    /// Writing `writes[write]`: its iovecs from `first` on are still to go
+    /// (the first of them trimmed by what a short write took), `offset`
+    /// is where they go in the file.
+    Writing { write: usize, first: usize, offset: u64 },
+    /// Syncing `targets[next]` (`-f0`).
+    Syncing { next: usize },
+}
+
+struct InFlight {
+    number: u64,
+    writes: Vec<Write>,
+    /// One iovec list per write.
+    iovecs: Vec<Vec<libc::iovec>>,
+    /// The files the batch wrote, each once.
+    files: Vec<FileRef>,
+    /// What a `-f0` batch syncs: its files, then the directory if it
+    /// started a file.
+    targets: Vec<i32>,
+    phase: Phase,
+}
+
+/// A sync started by the `-f MS` timer or at stop: what it syncs and the
+/// last batch it covers.
+struct TimedSync {
+    targets: Vec<i32>,
+    next: usize,
+    upto: u64,
+}
+
+pub struct Flush {
+    policy: SyncPolicy,
+    dir_fd: i32,
+    batch: Option<InFlight>,
+    timed: Option<TimedSync>,
+    /// Files written since the last sync, and the last batch written.
+    unsynced: Vec<FileRef>,
+    unsynced_upto: u64,
+    unsynced_dir: bool,
+    /// An operation is in flight.
+    busy: bool,
+    last_sync_at: u64,
+    /// After a failure, nothing is tried before this time.
+    retry_at: Option<u64>,
+    /// Sync everything now, whatever the policy (the server is stopping).
+    final_sync: bool,
+}
+
+impl Flush {
+    pub fn new(policy: SyncPolicy, dir_fd: i32, now: u64) -> Flush {
+        Flush {
+            policy,
+            dir_fd,
+            batch: None,
+            timed: None,
+            unsynced: Vec::new(),
+            unsynced_upto: 0,
+            unsynced_dir: false,
+            busy: false,
+            last_sync_at: now,
+            retry_at: None,
+            final_sync: false,
+        }
+    }
+
+    /// Whether a new batch can start: nothing is in flight, and no timed
+    /// sync is due (it goes first, or a steady stream of batches would
+    /// keep it from ever running).
+    pub fn can_start(&self, now: u64) -> bool {
+        self.batch.is_none() && self.timed.is_none() && (self.unsynced.is_empty() || !self.sync_due(now))
+    }
+
+    /// Whether nothing is in flight and nothing waits to be synced.
+    pub fn is_idle(&self) -> bool {
+        self.batch.is_none() && self.timed.is_none() && !self.busy && self.unsynced.is_empty()
+    }
+
+    /// Whether an operation is in flight (the loop must wait for it).
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// From now on, sync what is written as soon as possible, whatever the
+    /// policy: the server is stopping.
+    pub fn sync_all(&mut self) {
+        self.final_sync = true;
+        self.retry_at = None;
+    }
+
+    pub fn start(&mut self, batch: Batch) {
+        assert!(self.batch.is_none(), "a batch is already in flight");
+        let iovecs = batch
+            .writes
+            .iter()
+            .map(|w| {
+                w.parts
+                    .iter()
+                    .map(|p| libc::iovec { iov_base: p.bytes().as_ptr().cast_mut().cast(), iov_len: p.bytes().len() })
+                    .collect()
+            })
+            .collect();
+        let mut files: Vec<FileRef> = Vec::new();
+        for w in &batch.writes {
+            if !files.contains(&w.file) {
+                files.push(w.file);
+            }
+        }
+        let mut targets: Vec<i32> = files.iter().map(|f| f.0).collect();
+        if batch.new_file || self.unsynced_dir {
+            targets.push(self.dir_fd);
+        }
+        let offset = batch.writes.first().map_or(0, |w| w.offset);
+        self.batch = Some(InFlight {
+            number: batch.number,
+            writes: batch.writes,
+            iovecs,
+            files,
+            targets,
+            phase: Phase::Writing { write: 0, first: 0, offset },
+        });
+        if let Some(b) = self.batch.as_mut()
+            && b.writes.is_empty()
+        {
+            b.phase = Phase::Syncing { next: 0 };
+        }
+    }
+
+    /// The operation to start now, if any; at most one is in flight.
+    pub fn request(&mut self, now: u64) -> Option<Request> {
+        if self.busy || self.retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        self.retry_at = None;
+        let request = match self.batch.as_ref() {
+            Some(b) => match b.phase {
+                Phase::Writing { write, first, offset } => {
+                    let iov = &b.iovecs[write][first..];
+                    Request::Write {
+                        fd: b.writes[write].file.0,
+                        iov: iov.as_ptr(),
+                        count: iov.len().min(IOVECS_PER_WRITE_MAX),
+                        offset,
+                    }
+                }
+                Phase::Syncing { next } => Request::Sync { fd: b.targets[next] },
+            },
+            None => {
+                if self.timed.is_none() && !self.unsynced.is_empty() && self.sync_due(now) {
+                    let mut targets: Vec<i32> = self.unsynced.drain(..).map(|f| f.0).collect();
+                    if std::mem::take(&mut self.unsynced_dir) {
+                        targets.push(self.dir_fd);
+                    }
+                    self.timed = Some(TimedSync { targets, next: 0, upto: self.unsynced_upto });
+                }
+                let t = self.timed.as_ref()?;
+                Request::Sync { fd: t.targets[t.next] }
+            }
+        };
+        self.busy = true;
+        Some(request)
+    }
+
+    fn sync_due(&self, now: u64) -> bool {
+        if self.final_sync {
+            return true;
+        }
+        match self.policy {
+            SyncPolicy::EveryMs(ms) => now >= self.last_sync_at.saturating_add(ms * 1_000_000),
+            SyncPolicy::Always | SyncPolicy::Never => false,
+        }
+    }
+
+    /// When [`Flush::request`] will next have something to start without
+    /// anything else happening (a timed sync, or a retry).
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.busy {
+            return None;
+        }
+        if let Some(at) = self.retry_at {
+            return Some(at);
+        }
+        match self.policy {
+            SyncPolicy::EveryMs(ms) if self.batch.is_none() && !self.unsynced.is_empty() => {
+                Some(self.last_sync_at.saturating_add(ms * 1_000_000))
+            }
+            _ => None,
+        }
+    }
+
+    /// The operation started by the last [`Flush::request`] completed with
+    /// `result` (bytes written, or 0 for a sync). Returns what is now done,
+    /// or the error to log (the operation is tried again later).
+    pub fn complete(&mut self, result: std::io::Result<usize>, now: u64) -> Result<Progress, String> {
+        assert!(self.busy, "a completion with nothing in flight");
+        self.busy = false;
+        let n = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.retry_at = Some(now + RETRY_NS);
+                let what = match self.batch.as_ref().map(|b| &b.phase) {
+                    Some(Phase::Writing { .. }) => "write",
+                    _ => "sync",
+                };
+                return Err(format!("log {what} failed: {e}; trying again in a second"));
+            }
+        };
+        let Some(b) = self.batch.as_mut() else {
+            let t = self.timed.as_mut().expect("a completion with nothing in flight");
+            t.next += 1;
+            if t.next < t.targets.len() {
+                return Ok(Progress::default());
+            }
+            let upto = t.upto;
+            self.timed = None;
+            self.last_sync_at = now;
+            return Ok(Progress { written: None, synced: Some(upto) });
+        };
+        match b.phase {
+            Phase::Writing { write, first, offset } => {
+                if n == 0 {
+                    self.retry_at = Some(now + RETRY_NS);
+                    return Err("log write wrote nothing; trying again in a second".to_string());
+                }
+                let iov = &mut b.iovecs[write];
+                let first = advance(iov, first, n);
+                if first < iov.len() {
+                    b.phase = Phase::Writing { write, first, offset: offset + n as u64 };
+                    return Ok(Progress::default());
+                }
+                if write + 1 < b.writes.len() {
+                    b.phase = Phase::Writing { write: write + 1, first: 0, offset: b.writes[write + 1].offset };
+                    return Ok(Progress::default());
+                }
+                if self.policy == SyncPolicy::Always || self.final_sync {
+                    b.phase = Phase::Syncing { next: 0 };
+                    return Ok(Progress { written: Some(b.number), synced: None });
+                }
+                let b = self.batch.take().expect("checked above");
+                for f in b.files {
+                    if !self.unsynced.contains(&f) {
+                        self.unsynced.push(f);
+                    }
+                }
+                self.unsynced_upto = b.number;
+                self.unsynced_dir |= b.targets.last() == Some(&self.dir_fd);
+                Ok(Progress { written: Some(b.number), synced: None })
+            }
+            Phase::Syncing { next } => {
+                if next + 1 < b.targets.len() {
+                    b.phase = Phase::Syncing { next: next + 1 };
+                    return Ok(Progress::default());
+                }
+                let b = self.batch.take().expect("checked above");
+                if b.targets.last() == Some(&self.dir_fd) {
+                    self.unsynced_dir = false;
+                }
+                // Files written by earlier batches and not synced yet stay
+                // listed unless this batch synced them too; the batch counts
+                // as synced only when nothing earlier is left.
+                self.unsynced.retain(|f| !b.files.contains(f));
+                self.last_sync_at = now;
+                let synced = if self.unsynced.is_empty() { Some(b.number) } else { None };
+                if synced.is_none() {
+                    self.unsynced_upto = b.number;
+                }
+                Ok(Progress { written: Some(b.number), synced })
+            }
+        }
+    }
+}
+
+/// Accounts for `n` bytes written from `iov[first..]`, trimming the iovec
+/// a short write ended in; returns the first iovec not completely written.
+fn advance(iov: &mut [libc::iovec], mut first: usize, mut n: usize) -> usize {
+    while n > 0 && first < iov.len() {
+        let v = &mut iov[first];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            first += 1;
+        } else {
+            // Safety: advancing within the same live buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    // Empty iovecs at the end (none are made, but be exact).
+    while first < iov.len() && iov[first].iov_len == 0 {
+        first += 1;
+    }
+    first
+}
