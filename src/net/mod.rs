@@ -15,6 +15,7 @@
 //! receive, send and wait differ (see [`io`]).
 
 pub mod epoll;
+pub mod filethread;
 pub mod io;
 pub mod listen;
 pub mod uring;

@@ -48,6 +48,7 @@ pub enum Request {
     /// the entries of files made in it).
     Sync {
         fd: i32,
+        data_only: bool,
     },
 }
 
@@ -204,7 +205,10 @@ impl Flush {
                         offset,
                     }
                 }
-                Phase::Syncing { next } => Request::Sync { fd: b.targets[next] },
+                Phase::Syncing { next } => {
+                    let fd = b.targets[next];
+                    Request::Sync { fd, data_only: fd != self.dir_fd }
+                }
             },
             None => {
                 if self.timed.is_none() && !self.unsynced.is_empty() && self.sync_due(now) {
@@ -215,7 +219,8 @@ impl Flush {
                     self.timed = Some(TimedSync { targets, next: 0, upto: self.unsynced_upto });
                 }
                 let t = self.timed.as_ref()?;
-                Request::Sync { fd: t.targets[t.next] }
+                let fd = t.targets[t.next];
+                Request::Sync { fd, data_only: fd != self.dir_fd }
             }
         };
         self.busy = true;
