@@ -39,6 +39,7 @@ pub mod job;
 pub mod stats;
 pub mod time;
 pub mod tube;
+mod wal;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -56,6 +57,7 @@ pub use job::JobState;
 use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
 pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN, secs};
+pub use wal::NoLogSpace;
 use tube::{Pause, Tube, Waiter};
 
 /// The name of the tube every client starts with; it is never destroyed.
@@ -100,6 +102,24 @@ pub enum Wake {
 pub enum PutOutcome {
     Inserted,
     Draining,
+    /// The log has no room for the job (a full disk): OUT_OF_MEMORY, as
+    /// beanstalkd answers.
+    NoLogSpace,
+}
+
+/// The outcome of a command that changes one job and may need the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Done,
+    NotFound,
+    /// The change could not be recorded (a full disk); nothing changed.
+    NoLogSpace,
+}
+
+impl From<bool> for Change {
+    fn from(done: bool) -> Change {
+        if done { Change::Done } else { Change::NotFound }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -161,6 +181,14 @@ pub struct Engine {
     ops: OpCounts,
     draining: bool,
     wakes: Vec<(ClientId, Wake)>,
+    /// The write-ahead log, with `-b`.
+    wal: Option<Box<crate::wal::log::Log>>,
+    /// Where each job's records are, while there is a log.
+    wal_pos: wal::WalPositions,
+    /// The order of the next bury: a buried job keeps it in its `deadline`
+    /// (unused while buried), so the log can say in which order buried jobs
+    /// were buried.
+    bury_seq: u64,
 }
 
 impl Engine {
@@ -188,6 +216,9 @@ impl Engine {
             ops: OpCounts::default(),
             draining: false,
             wakes: Vec::new(),
+            wal: None,
+            wal_pos: wal::WalPositions::default(),
+            bury_seq: 0,
         };
         engine.default_tube = engine.tube_for_name(DEFAULT_TUBE);
         engine
@@ -384,6 +415,9 @@ impl Engine {
     pub fn allocate_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += u64::from(self.config.shards);
+        if let Some(log) = self.wal.as_deref_mut() {
+            log.note_next_id(self.next_id);
+        }
         id
     }
 
@@ -407,6 +441,9 @@ impl Engine {
             return PutOutcome::Draining;
         }
         let t = self.clients[c.index()].used;
+        if self.reserve_put_record(t, body.len()).is_err() {
+            return PutOutcome::NoLogSpace;
+        }
         // A TTR below one second is raised to one second.
         let job = Job::new(id, created_at, pri, ttr_s.max(1), t, body);
         let k = self.insert_job(job);
@@ -417,10 +454,15 @@ impl Engine {
         tube.jobs += 1;
         tube.total_jobs += 1;
         self.counts.total_jobs += 1;
+        // Recorded as put: ready or delayed (a waiter that takes it at once
+        // is not recorded, like any reserve).
         if delay_s > 0 {
             self.enqueue_delayed(k, now + secs(delay_s));
+            self.log_job(k, false);
         } else {
-            self.enqueue_ready(k, now);
+            let t = self.push_ready(k);
+            self.log_job(k, false);
+            self.serve_tube(t, now);
         }
         PutOutcome::Inserted
     }
@@ -490,15 +532,27 @@ impl Engine {
         self.detach(k);
         let t = self.jobs[k].tube();
         self.tubes[t as usize].deletes += 1;
+        // The delete's record was reserved with the put: it never fails.
+        self.log_delete(k);
         self.free_job(k);
         true
     }
 
-    pub fn release(&mut self, c: ClientId, id: u64, pri: u32, delay_s: u32, now: Nanos) -> bool {
+    /// `release`: a job reserved by this client goes back, ready or delayed,
+    /// with a new priority. With a log and no room in it, a delayed release
+    /// is refused (OUT_OF_MEMORY, as beanstalkd answers) and the job stays
+    /// reserved; a release without delay goes ahead unrecorded, losing
+    /// only the priority change on a restart (which is what beanstalkd
+    /// always does).
+    pub fn release(&mut self, c: ClientId, id: u64, pri: u32, delay_s: u32, now: Nanos) -> Change {
         self.advance(now);
         let Some(k) = self.reserved_by(c, id) else {
-            return false;
+            return Change::NotFound;
         };
+        let logged = self.reserve_state_record().is_ok();
+        if !logged && delay_s > 0 {
+            return Change::NoLogSpace;
+        }
         self.detach(k);
         self.jobs[k].pri = pri;
         let extras = self.extras_mut(k);
@@ -506,22 +560,33 @@ impl Engine {
         extras.releases += 1;
         if delay_s > 0 {
             self.enqueue_delayed(k, now + secs(delay_s));
+            self.log_state(k);
         } else {
-            self.enqueue_ready(k, now);
+            let t = self.push_ready(k);
+            if logged {
+                self.log_state(k);
+            }
+            self.serve_tube(t, now);
         }
-        true
+        Change::Done
     }
 
-    pub fn bury(&mut self, c: ClientId, id: u64, pri: u32, now: Nanos) -> bool {
+    /// `bury`: with a log and no room in it, refused (INTERNAL_ERROR, as
+    /// beanstalkd answers) and the job stays reserved.
+    pub fn bury(&mut self, c: ClientId, id: u64, pri: u32, now: Nanos) -> Change {
         self.advance(now);
         let Some(k) = self.reserved_by(c, id) else {
-            return false;
+            return Change::NotFound;
         };
+        if self.reserve_state_record().is_err() {
+            return Change::NoLogSpace;
+        }
         self.detach(k);
         self.jobs[k].pri = pri;
         self.extras_mut(k).buries += 1;
         self.enqueue_buried(k);
-        true
+        self.log_state(k);
+        Change::Done
     }
 
     pub fn touch(&mut self, c: ClientId, id: u64, now: Nanos) -> bool {
@@ -548,7 +613,10 @@ impl Engine {
         while kicked < bound {
             let tube = &self.tubes[t];
             let next = if from_buried { tube.buried.head } else { tube.delayed.peek().unwrap_or(NIL) };
-            if next == NIL {
+            // With a log and no room in it, the kick stops: the reply counts
+            // the jobs really kicked (beanstalkd counts the ones it failed
+            // to kick too).
+            if next == NIL || self.reserve_state_record().is_err() {
                 break;
             }
             self.kick_one(next, now);
@@ -566,14 +634,21 @@ impl Engine {
         if !matches!(self.jobs[k].state(), JobState::Buried | JobState::Delayed) {
             return false;
         }
+        // With a log and no room in it: NOT_FOUND, as beanstalkd answers.
+        if self.reserve_state_record().is_err() {
+            return false;
+        }
         self.kick_one(k, now);
         true
     }
 
+    /// Kicks one buried or delayed job whose state record has room.
     fn kick_one(&mut self, k: u32, now: Nanos) {
         self.detach(k);
         self.extras_mut(k).kicks += 1;
-        self.enqueue_ready(k, now);
+        let t = self.push_ready(k);
+        self.log_state(k);
+        self.serve_tube(t, now);
     }
 
     // ----- peeks and stats -------------------------------------------------
@@ -840,6 +915,8 @@ impl Engine {
     fn enqueue_buried(&mut self, k: u32) {
         let job = &mut self.jobs[k];
         job.set_state(JobState::Buried);
+        job.deadline = self.bury_seq;
+        self.bury_seq += 1;
         let t = job.tube() as usize;
         self.tubes[t].buried.push_back(&mut self.jobs, k);
         self.counts.buried += 1;
@@ -1026,6 +1103,11 @@ impl Engine {
     }
 
     // ----- bookkeeping -------------------------------------------------------
+
+    /// Job `k`'s rarely set fields (all zero when it has none).
+    fn extras_of(&self, k: u32) -> Extras {
+        self.extras.get(&k).copied().unwrap_or_default()
+    }
 
     fn extras_mut(&mut self, k: u32) -> &mut Extras {
         self.extras.entry(k).or_default()

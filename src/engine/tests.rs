@@ -175,7 +175,7 @@ fn ttr_expiry_returns_the_job_to_ready_strictly_after_the_deadline() {
     assert_eq!((stats.timeouts, stats.reserves), (1, 1));
     assert_eq!(t.e.stats().job_timeouts, 1);
     // The old holder may no longer release it, but may delete it.
-    assert!(!t.e.release(c, id, 0, 0, 3 * S));
+    assert_eq!(t.e.release(c, id, 0, 0, 3 * S), Change::NotFound);
     assert!(t.e.delete(c, id, 3 * S));
 }
 
@@ -259,7 +259,7 @@ fn kick_takes_buried_first_and_never_both() {
         .map(|_| {
             let id = t.put(c, 0, 0, 10, 0);
             assert_eq!(reserved_id(&t.reserve(c, None, 0)), id);
-            assert!(t.e.bury(c, id, 0, 0));
+            assert_eq!(t.e.bury(c, id, 0, 0), Change::Done);
             id
         })
         .collect();
@@ -1058,13 +1058,13 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
             }
             Step::Release { c, id, pri, delay_s } => {
                 if let Some(cl) = slot_of(c) {
-                    outcome = format!("{}", e.release(cl, id, pri, delay_s, now));
+                    outcome = format!("{}", e.release(cl, id, pri, delay_s, now) == Change::Done);
                     model_outcome = format!("{}", m.release(cl.index(), id, pri, delay_s, now));
                 }
             }
             Step::Bury { c, id, pri } => {
                 if let Some(cl) = slot_of(c) {
-                    outcome = format!("{}", e.bury(cl, id, pri, now));
+                    outcome = format!("{}", e.bury(cl, id, pri, now) == Change::Done);
                     model_outcome = format!("{}", m.bury(cl.index(), id, pri, now));
                 }
             }

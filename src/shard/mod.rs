@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 
 use slab::Slab;
 
-use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
+use crate::engine::{BodyBuilder, Change, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
 use crate::protocol::command::{self, Command, ParseError};
 use crate::protocol::output::{Output, Segment};
 use crate::protocol::reply;
@@ -516,6 +516,7 @@ impl Shard {
         match self.engine.put(client, put.id, put.created_at, put.pri, put.delay_s, put.ttr_s, body, now) {
             PutOutcome::Inserted => reply::number_line(&mut session.out, b"INSERTED", put.id),
             PutOutcome::Draining => session.out.push(reply::DRAINING),
+            PutOutcome::NoLogSpace => session.out.push(reply::OUT_OF_MEMORY),
         }
     }
 
@@ -630,11 +631,11 @@ impl Shard {
             }
             C::Release { id, pri, delay_s } => {
                 engine.count(Op::Release);
-                yes_or_not_found(out, engine.release(client, id, pri, delay_s, now), reply::RELEASED);
+                changed(out, engine.release(client, id, pri, delay_s, now), reply::RELEASED, reply::OUT_OF_MEMORY);
             }
             C::Bury { id, pri } => {
                 engine.count(Op::Bury);
-                yes_or_not_found(out, engine.bury(client, id, pri, now), reply::BURIED);
+                changed(out, engine.bury(client, id, pri, now), reply::BURIED, reply::INTERNAL_ERROR);
             }
             C::Kick(bound) => {
                 engine.count(Op::Kick);
@@ -746,6 +747,16 @@ fn found_or_not(out: &mut Output, job: Option<crate::engine::JobRef>) {
 
 fn yes_or_not_found(out: &mut Output, ok: bool, yes: &'static [u8]) {
     out.push(if ok { yes } else { reply::NOT_FOUND });
+}
+
+/// The reply to a change of one job: `yes`, NOT_FOUND, or `no_room` when
+/// the log had no room for it.
+fn changed(out: &mut Output, change: Change, yes: &'static [u8], no_room: &'static [u8]) {
+    out.push(match change {
+        Change::Done => yes,
+        Change::NotFound => reply::NOT_FOUND,
+        Change::NoLogSpace => no_room,
+    });
 }
 
 #[cfg(test)]

@@ -240,6 +240,9 @@ pub struct Log {
     make_error: Option<String>,
     /// The time the shard last gave, for file headers.
     now: u64,
+    /// Bytes appended to batches since the log was opened (headers and
+    /// records), for tests that cut the log at a byte.
+    appended: u64,
 }
 
 impl Log {
@@ -269,6 +272,7 @@ impl Log {
             make_after: 0,
             make_error: None,
             now,
+            appended: 0,
         };
         for s in recovered.segments.iter().filter(|s| s.id.shard == config.shard) {
             log.next_seq = log.next_seq.max(s.id.seq + 1);
@@ -317,6 +321,11 @@ impl Log {
 
     pub fn records_written(&self) -> u64 {
         self.records_written
+    }
+
+    /// Bytes appended to batches since the log was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended
     }
 
     pub fn stats(&self) -> LogStats {
@@ -471,6 +480,7 @@ impl Log {
             len: HEADER_BYTES as u64,
         });
         self.used = HEADER_BYTES as u64;
+        self.appended += HEADER_BYTES as u64;
         self.new_file = true;
         self.compact_cursor = 0;
         Ok(())
@@ -503,6 +513,7 @@ impl Log {
         let (id, file) = (seg.id, seg.file.expect("the current segment is open"));
         let offset = self.used;
         self.used += bytes;
+        self.appended += bytes;
         self.turn_bytes += bytes;
         self.records_written += 1;
         let extend = self.writes.last().is_some_and(|w| w.segment == id && w.offset + w.len == offset);

@@ -14,10 +14,20 @@ use super::recover::{Recovered, SegmentId, recover};
 use super::segment;
 use crate::engine::body::Body;
 
+/// What happened to the files, in order, so that the disk as it was at
+/// any byte of the writes can be rebuilt (a crash at that byte).
+#[derive(Clone, Debug)]
+pub enum DiskEvent {
+    Create(SegmentId, u64),
+    Write(SegmentId, u64, Vec<u8>),
+    Remove(SegmentId),
+}
+
 /// Segment files in memory.
 #[derive(Default)]
 pub struct Disk {
     pub files: HashMap<SegmentId, Vec<u8>>,
+    pub journal: Vec<DiskEvent>,
     /// Creating a file fails while this is set (a full disk).
     pub full: bool,
     next_fd: i32,
@@ -35,6 +45,7 @@ impl SegmentFiles for MemFiles {
         }
         assert!(!d.files.contains_key(&id), "segment {id:?} made twice");
         d.files.insert(id, vec![0; bytes as usize]);
+        d.journal.push(DiskEvent::Create(id, bytes));
         d.next_fd += 1;
         let fd = d.next_fd;
         d.fds.insert(fd, id);
@@ -51,6 +62,7 @@ impl SegmentFiles for MemFiles {
             d.fds.remove(&file.0);
         }
         assert!(d.files.remove(&id).is_some(), "removing a segment that is not there");
+        d.journal.push(DiskEvent::Remove(id));
         Ok(())
     }
 }
@@ -64,20 +76,57 @@ impl MemFiles {
             assert_eq!(id, w.segment);
             let file = d.files.get_mut(&id).expect("written file exists");
             let mut at = w.offset as usize;
+            let mut all = Vec::new();
             for p in &w.parts {
                 let bytes = p.bytes();
                 assert!(at + bytes.len() <= file.len(), "a write past the end of a preallocated file");
                 file[at..at + bytes.len()].copy_from_slice(bytes);
                 at += bytes.len();
+                all.extend_from_slice(bytes);
             }
             assert_eq!(at - w.offset as usize, w.len as usize);
+            d.journal.push(DiskEvent::Write(id, w.offset, all));
         }
+    }
+
+    /// The files as they were when `cut` bytes of writes had reached them
+    /// (the write that byte falls in only partly), as after a crash then.
+    pub fn at_cut(&self, cut: u64) -> HashMap<SegmentId, Vec<u8>> {
+        let mut files: HashMap<SegmentId, Vec<u8>> = HashMap::new();
+        let mut left = cut;
+        for event in &self.0.borrow().journal {
+            match event {
+                DiskEvent::Create(id, bytes) => {
+                    files.insert(*id, vec![0; *bytes as usize]);
+                }
+                DiskEvent::Remove(id) => {
+                    files.remove(id);
+                }
+                DiskEvent::Write(id, offset, bytes) => {
+                    let n = (bytes.len() as u64).min(left) as usize;
+                    let file = files.get_mut(id).expect("written file exists");
+                    file[*offset as usize..*offset as usize + n].copy_from_slice(&bytes[..n]);
+                    left -= n as u64;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        files
     }
 
     /// Writes the files out to a fresh directory and reads it back.
     pub fn recover(&self) -> Recovered {
+        recover_files(&self.0.borrow().files)
+    }
+}
+
+/// Writes files out to a fresh directory and reads it back.
+pub fn recover_files(files: &HashMap<SegmentId, Vec<u8>>) -> Recovered {
+    {
         let dir = temp_dir();
-        for (id, bytes) in &self.0.borrow().files {
+        for (id, bytes) in files {
             std::fs::write(dir.join(segment::file_name(id.shard, id.seq)), bytes).unwrap();
         }
         let recovered = recover(&dir).unwrap();
