@@ -135,8 +135,9 @@ pub struct Import {
     /// The files opened and read, in ascending N: the ones to move aside.
     pub files: Vec<PathBuf>,
     /// One more than the largest id of a full record that created a job
-    /// (deleted and skipped jobs included), 1 if none: the id C would hand
-    /// out next, had it read every job.
+    /// (deleted and skipped jobs included, and a new job whose body the end
+    /// of its file cut), 1 if none: the id C would hand out next, had it read
+    /// every job.
     pub next_id: u64,
     pub records: RecordCounts,
 }
@@ -712,11 +713,11 @@ impl Recovery {
             }
             Some(_) => {}
             None if body_bytes > self.max_job_bytes => {
+                self.next_id = self.next_id.max(rec.id.saturating_add(1));
                 if src.left() < size {
                     return Err(Problem::Torn { needed: needed + size, left }.into());
                 }
                 src.skip(size).map_err(|e| io_problem(e, needed + size, left))?;
-                self.next_id = self.next_id.max(rec.id.saturating_add(1));
                 let skipped = SkippedJob {
                     id: rec.id,
                     tube: tube.to_string(),
@@ -736,7 +737,10 @@ impl Recovery {
             None => {}
         }
         if src.left() < size {
-            // Torn: the job, if known, keeps what earlier records said.
+            // Torn: the job, if known, keeps what earlier records said. A new
+            // one's id still counts, as in C (which creates the job before it
+            // reads the body): its put may have been answered before the crash.
+            self.next_id = self.next_id.max(rec.id.saturating_add(1));
             return Err(Problem::Torn { needed: needed + size, left }.into());
         }
         // The size passed the limit (or equals a body already held) and fits

@@ -454,6 +454,23 @@ fn a_torn_record_is_cut_and_the_job_keeps_its_earlier_records() {
 }
 
 #[test]
+fn a_size_beyond_the_end_of_the_file_is_torn_and_its_id_still_counts() {
+    // 2 GiB claimed, a few bytes present: reported without reading (or allocating) the body.
+    let mut bad = full("t", rec(9, STATE_READY), b"nine");
+    bad[4 + 1 + 32..4 + 1 + 36].copy_from_slice(&i32::MAX.to_le_bytes());
+    let good = file(7, &[full("t", rec(1, STATE_READY), b"one")]);
+    let mut bytes = good.clone();
+    bytes.extend_from_slice(&bad);
+    for limit in [u64::MAX, 10] {
+        let import = read(&[&bytes], limit);
+        let torn = Problem::Torn { needed: (4 + 1 + 80) + i32::MAX as u64, left: bad.len() as u64 };
+        assert_eq!(problems(&import), [(Some(good.len() as u64), &torn)], "limit {limit}");
+        assert_eq!((ids(&import), import.next_id), (vec![1], 10), "limit {limit}");
+        assert!(import.skipped.is_empty());
+    }
+}
+
+#[test]
 fn a_cut_at_any_byte_gives_the_jobs_of_the_complete_records() {
     let records = [
         full("alpha", rec(1, STATE_READY), b"one"),
