@@ -20,8 +20,8 @@
 //! file and the record's offset, and the next file is read.
 //!
 //! # Deliberate differences from C's reader
-//! Each one exists because C would lose or damage a job, or because C's
-//! behaviour depends on memory it should not touch:
+//! Each one keeps a job, an id or a count that C would lose, damage or
+//! inflate (docs/COMPAT.md lists every divergence of the project):
 //! 1. A body longer than `-z` is skipped and reported in [`Import::skipped`]
 //!    (id, size), and reading goes on. C stops reading the file there and
 //!    loses every later record in it.
@@ -66,7 +66,8 @@
 //!   at start: the file then says what C's own files say (the count as of
 //!   the last record), a job never buried cannot be compensated, and a trip
 //!   runnerbean → C → runnerbean that did not touch the job keeps the right
-//!   count. C shows one more until it logs the job again (docs/COMPAT.md).
+//!   count. C shows one more from its start on, as after each of its own
+//!   restarts, and writes that count with the job's next record.
 //! * C refuses, when it reads the file, a body whose size with CRLF exceeds
 //!   its `-z` ([`Written::c_job_size_min`] says which `-z` it needs).
 //! * The file is created new (an existing file is never overwritten) with
@@ -173,6 +174,8 @@ pub struct Warning {
     pub problem: Problem,
 }
 
+/// What a [`Warning`] is about; the variants that end a file say so when
+/// displayed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Problem {
     /// The numbers `first..=last` lie between the smallest and the largest
