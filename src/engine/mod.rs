@@ -57,8 +57,8 @@ pub use job::JobState;
 use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
 pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN, secs};
-pub use wal::NoLogSpace;
 use tube::{Pause, Tube, Waiter};
+pub use wal::NoLogSpace;
 
 /// The name of the tube every client starts with; it is never destroyed.
 pub const DEFAULT_TUBE: &str = "default";

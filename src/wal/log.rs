@@ -383,29 +383,53 @@ impl Log {
         // A reserved delete may find the end of a segment too short for it:
         // count one delete's worth of waste per segment it may land in.
         let waste = record::DELETE_RECORD_BYTES as u64;
-        loop {
+        let usable = |s: &Spare| s.bytes - HEADER_BYTES as u64;
+        // Each round adds a spare; with a tiny `-s`, a few may be needed.
+        for _ in 0..=SPARES_MAX {
             let cur_free = self.segs.back().map_or(0, |s| s.bytes - self.used);
-            let spare_free: u64 = self.spares.iter().map(|s| s.bytes - HEADER_BYTES as u64).sum();
-            let fits_here = bytes <= cur_free;
-            let after = if fits_here {
-                cur_free - bytes + spare_free
-            } else {
-                match self.spares.front() {
-                    Some(s) if s.bytes - HEADER_BYTES as u64 >= bytes => spare_free - bytes,
-                    _ => 0,
-                }
-            };
-            let possible = fits_here || self.spares.front().is_some_and(|s| s.bytes - HEADER_BYTES as u64 >= bytes);
+            let spare_free: u64 = self.spares.iter().map(usable).sum();
             let wasted = waste * (self.spares.len() as u64 + 1);
-            if possible && after >= self.reserved + more + wasted {
+            let need = self.reserved + more + wasted;
+            let after = if bytes <= cur_free {
+                cur_free - bytes + spare_free
+            } else if self.spares.front().is_some_and(|s| usable(s) >= bytes) {
+                // Moving on to the next spare leaves the rest of the current
+                // one unused.
+                spare_free - bytes
+            } else if bytes + HEADER_BYTES as u64 > self.config.segment_bytes {
+                return self.make_oversize(bytes, need);
+            } else {
+                0
+            };
+            if after >= need {
                 return true;
             }
-            // Not enough: make one more spare, big enough for this record.
-            let want = self.config.segment_bytes.max(bytes + HEADER_BYTES as u64);
-            if !self.make_spare(want) {
+            if !self.make_spare(self.config.segment_bytes) {
                 return false;
             }
         }
+        false
+    }
+
+    /// Makes a segment of its own for a record larger than a segment, with
+    /// room after it for `need` more bytes. Spares are used in the order
+    /// they were made, so that seqs follow the order of the records: the
+    /// unused spares made before it are removed (a rare case, a record
+    /// larger than `-s`; spares of the usual size are made again later).
+    fn make_oversize(&mut self, bytes: u64, need: u64) -> bool {
+        if !self.make_spare(bytes + HEADER_BYTES as u64 + need) {
+            return false;
+        }
+        while self.spares.len() > 1 {
+            let spare = self.spares.pop_front().expect("more than one");
+            if let Err(e) = self.files.remove(spare.id, Some(spare.file)) {
+                // The file stays as an unused spare, which the next start
+                // removes.
+                self.make_error = Some(format!("cannot remove unused log segment {}: {e}", spare.id.seq));
+            }
+            self.disk_bytes -= spare.bytes;
+        }
+        true
     }
 
     /// Makes one spare segment of `bytes`; false (and the error kept) if
@@ -442,19 +466,27 @@ impl Log {
     /// filled up), which must have room for `bytes`.
     fn start_segment(&mut self, bytes: u64) -> io::Result<()> {
         let fits = |s: &Spare| s.bytes - HEADER_BYTES as u64 >= bytes;
-        if !self.spares.front().is_some_and(fits) {
+        if self.spares.is_empty() {
+            // Only when the log is opened: later, reservations have made
+            // sure a spare is there.
             let want = self.config.segment_bytes.max(bytes + HEADER_BYTES as u64);
             self.make_after = 0;
             if !self.make_spare(want) {
                 return Err(io::Error::other(self.make_error.clone().unwrap_or_default()));
             }
-            // A spare made just now is at the back; use it next.
-            if !self.spares.front().is_some_and(fits) {
-                let spare = self.spares.pop_back().expect("made above");
-                self.spares.push_front(spare);
-            }
         }
-        let spare = self.spares.pop_front().expect("checked above");
+        // Spares are used in the order they were made, so that seqs follow
+        // the order of the records; the reservation made sure the first one
+        // fits (or made one that does and removed those before it).
+        let spare = self.spares.pop_front().expect("a spare exists");
+        assert!(fits(&spare), "the next spare is too small for a reserved record");
+        self.activate(spare);
+        Ok(())
+    }
+
+    /// Makes a spare the current segment, its header first in the batch.
+    fn activate(&mut self, spare: Spare) {
+        assert!(self.segs.back().is_none_or(|s| s.id.seq < spare.id.seq), "segments out of order");
         self.retire_current();
         self.segs.push_back(Seg {
             id: spare.id,
@@ -482,8 +514,6 @@ impl Log {
         self.used = HEADER_BYTES as u64;
         self.appended += HEADER_BYTES as u64;
         self.new_file = true;
-        self.compact_cursor = 0;
-        Ok(())
     }
 
     /// The current segment stops being written: its file closes once its

@@ -116,12 +116,7 @@ impl Run {
             // Nothing recorded since: the state a restart sees is the same.
             self.snaps.pop();
         }
-        self.snaps.push(Snapshot {
-            appended,
-            jobs: self.e.kept(),
-            buried: self.e.buried_order(),
-            max_id: self.max_id,
-        });
+        self.snaps.push(Snapshot { appended, jobs: self.e.kept(), buried: self.e.buried_order(), max_id: self.max_id });
     }
 
     fn client(&self, c: usize) -> Option<ClientId> {
