@@ -215,6 +215,18 @@ impl Engine {
         }
     }
 
+    /// Writes a job record for every job (the jobs just imported from C
+    /// beanstalkd's files, which are not in the log yet).
+    pub fn record_all(&mut self) -> Result<(), NoLogSpace> {
+        let keys: Vec<u32> = self.jobs.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let (tube, len) = (self.jobs[k].tube(), self.jobs[k].body.len());
+            self.reserve_put_record(tube, len)?;
+            self.log_job(k, false);
+        }
+        Ok(())
+    }
+
     /// Puts back the jobs read from the log at start-up, before any client
     /// connects: ready ones ready, delayed ones delayed until their
     /// deadline (ready at once if it has passed), buried ones buried in

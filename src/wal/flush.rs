@@ -357,3 +357,35 @@ fn advance(iov: &mut [libc::iovec], mut first: usize, mut n: usize) -> usize {
     }
     first
 }
+
+/// Writes and syncs a batch at once, blocking: for start-up (an import
+/// must be durable before the C files move aside), before the loop runs.
+pub fn write_blocking(batch: &Batch, dir_fd: i32) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut files: Vec<i32> = Vec::new();
+    for w in &batch.writes {
+        // Safety: the descriptor belongs to the log and stays open while
+        // the batch exists; ManuallyDrop keeps this File from closing it.
+        let file =
+            std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(w.file.0) });
+        let mut at = w.offset;
+        for p in &w.parts {
+            file.write_all_at(p.bytes(), at)?;
+            at += p.bytes().len() as u64;
+        }
+        if !files.contains(&w.file.0) {
+            files.push(w.file.0);
+        }
+    }
+    for fd in files {
+        // Safety: fdatasync on the log's own descriptor.
+        if unsafe { libc::fdatasync(fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // Safety: fsync on the directory's descriptor.
+    if unsafe { libc::fsync(dir_fd) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -14,6 +14,8 @@
 //! * [`log`] — one shard's log as the engine writes it: placement of records
 //!   in segments, space reservations, batches for group commit, which
 //!   segments are still needed, and the pace of compaction.
+//! * [`open`] — opening a directory at start-up (its lock, C files imported
+//!   safely, the log read back) and the export to C's format.
 //! * [`record`] — the records of runnerbean's own log: framing, checksums,
 //!   encoding and checked decoding.
 //! * [`recover`] — reading a directory's segments back into jobs.
@@ -30,6 +32,7 @@ pub mod files;
 pub mod flush;
 pub mod image;
 pub mod log;
+pub mod open;
 pub mod record;
 pub mod recover;
 pub mod segment;

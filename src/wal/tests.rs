@@ -380,3 +380,157 @@ fn old_jobs_and_repeated_state_changes_never_pin_old_segments() {
     assert!(worst <= 6 * segment, "worst {worst}");
     jobs.check_recovers();
 }
+
+mod opening {
+    use std::path::{Path, PathBuf};
+
+    use super::temp_dir;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::wal::cbinlog;
+    use crate::wal::files::{self, DirFiles};
+    use crate::wal::log::{Log, LogConfig, SyncPolicy};
+    use crate::wal::open::{self, IMPORT_MARKER, OpenError, Opened};
+    use crate::wal::recover::{self, Recovered};
+
+    const NOW: u64 = 1_800_000_000_000_000_000;
+
+    fn fixture(case: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cbinlog").join(case).join("binlog")
+    }
+
+    /// A fresh directory holding a copy of a fixture's C files.
+    fn with_c_files(case: &str) -> PathBuf {
+        let dir = temp_dir();
+        for entry in std::fs::read_dir(fixture(case)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    fn config() -> LogConfig {
+        LogConfig { shard: 0, shards: 1, segment_bytes: 1 << 20, sync: SyncPolicy::Always }
+    }
+
+    /// What main does with an opened directory, up to the point where the
+    /// loop would start; `finish` false stops short of finishing an import
+    /// (a crash before the C files moved).
+    fn start(dir: &Path, finish: bool) -> (Engine, Opened) {
+        let Ok(mut opened) = open::open(dir, 65535, NOW) else { panic!("open failed") };
+        let importing = opened.import.is_some();
+        let empty = Recovered::default();
+        let log =
+            Log::open(config(), Box::new(DirFiles::new(dir)), if importing { &empty } else { &opened.recovered }, NOW)
+                .unwrap();
+        let mut e = Engine::new(EngineConfig::default());
+        e.attach_log(log);
+        let jobs = std::mem::take(&mut opened.recovered.jobs);
+        e.restore(jobs, opened.recovered.next_id, NOW).unwrap();
+        if importing {
+            e.record_all().unwrap();
+            let batch = e.log_mut().unwrap().take_batch().unwrap();
+            let dir_fd = files::open_dir(dir).unwrap();
+            use std::os::fd::AsRawFd;
+            crate::wal::flush::write_blocking(&batch, dir_fd.as_raw_fd()).unwrap();
+            if finish {
+                let line = open::finish_import(opened.import.take().unwrap()).unwrap();
+                assert!(line.starts_with("imported "), "{line}");
+            }
+        }
+        (e, opened)
+    }
+
+    fn ids(e: &Engine) -> Vec<u64> {
+        e.kept().keys().copied().collect()
+    }
+
+    #[test]
+    fn c_files_are_imported_then_moved_aside_never_deleted() {
+        let dir = with_c_files("lifecycle");
+        let c = cbinlog::read_dir(&fixture("lifecycle"), 65535).unwrap();
+        let mut want: Vec<u64> = c.jobs.iter().map(|j| j.id).collect();
+        want.sort_unstable();
+        let (e, opened) = start(&dir, true);
+        assert_eq!(ids(&e), want);
+        drop((e, opened));
+        // The C files are all in the subdirectory, byte for byte.
+        let sub = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(open::IMPORTED_DIR_PREFIX))
+            .expect("the subdirectory");
+        for entry in std::fs::read_dir(fixture("lifecycle")).unwrap() {
+            let entry = entry.unwrap();
+            assert_eq!(std::fs::read(sub.join(entry.file_name())).unwrap(), std::fs::read(entry.path()).unwrap());
+            assert!(!dir.join(entry.file_name()).exists());
+        }
+        assert!(!dir.join(IMPORT_MARKER).exists());
+        // A restart reads runnerbean's own log and finds the same jobs.
+        let (e, _) = start(&dir, true);
+        assert_eq!(ids(&e), want);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_import_starts_again() {
+        let dir = with_c_files("files");
+        let (e, opened) = start(&dir, false);
+        let want = ids(&e);
+        drop((e, opened));
+        // Interrupted after the log was written: the C files are still there.
+        assert!(dir.join(IMPORT_MARKER).exists());
+        // Interrupted halfway through moving them, too.
+        let c_file = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("binlog."))
+            .unwrap();
+        let sub = dir.join(std::fs::read_to_string(dir.join(IMPORT_MARKER)).unwrap());
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::rename(&c_file, sub.join(c_file.file_name().unwrap())).unwrap();
+        let (e, _) = start(&dir, true);
+        assert_eq!(ids(&e), want);
+        assert!(!dir.join(IMPORT_MARKER).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_export_is_what_c_reads_back() {
+        let dir = with_c_files("lifecycle");
+        let (e, opened) = start(&dir, true);
+        let kept = e.kept();
+        drop((e, opened));
+        let out = temp_dir();
+        let Ok(exported) = open::export(&dir, &out) else { panic!("export failed") };
+        assert_eq!(exported.jobs as usize, kept.len());
+        let back = cbinlog::read_dir(&out, 65535).unwrap();
+        assert!(back.warnings.is_empty(), "{:?}", back.warnings);
+        for image in &back.jobs {
+            let k = &kept[&image.id];
+            assert_eq!((&image.tube, image.pri, &image.body), (&k.tube, k.pri, &k.body), "job {}", image.id);
+        }
+        assert_eq!(back.jobs.len(), kept.len());
+        // Exporting again into the same place is refused: nothing is
+        // overwritten.
+        assert!(matches!(open::export(&dir, &out), Err(OpenError::Failed(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_held_lock_or_both_kinds_of_file_refuse_to_open() {
+        let dir = temp_dir();
+        let first = open::open(&dir, 65535, NOW);
+        assert!(first.is_ok());
+        // fcntl locks are per process: a second process is needed to see
+        // the lock held (the wire tests do that); here, both kinds of file.
+        drop(first);
+        let dir2 = with_c_files("basic");
+        std::fs::write(dir2.join(crate::wal::segment::file_name(0, 1)), [0u8; 64]).unwrap();
+        assert!(matches!(open::open(&dir2, 65535, NOW), Err(OpenError::Failed(m)) if m.contains("both")));
+        let r = recover::recover(&dir).unwrap();
+        assert!(r.jobs.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir2).unwrap();
+    }
+}
