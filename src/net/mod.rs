@@ -335,9 +335,6 @@ impl<I: Io> Server<I> {
             if self.accept_again_at.is_some_and(|at| Instant::now() >= at) {
                 self.accept_again_at = None;
             }
-            if self.stop.is_some() {
-                self.stop_step();
-            }
             let now = self.clock.now();
             self.shard.tick(now);
             self.service_dirty();
@@ -350,6 +347,10 @@ impl<I: Io> Server<I> {
                 self.service_dirty();
             }
             self.steer_accept();
+            // Last, so that it sees the connections closed in this turn.
+            if self.stop.is_some() {
+                self.stop_step();
+            }
         }
     }
 
@@ -391,9 +392,9 @@ impl<I: Io> Server<I> {
         }
     }
 
-    /// Once per turn during a stop: cancels the sends still in flight when
-    /// the grace has ended, and stops reading signals once every
-    /// connection is gone.
+    /// At the end of every turn during a stop: cancels the sends still in
+    /// flight when the grace has ended, and stops reading signals once
+    /// every connection is gone.
     fn stop_step(&mut self) {
         let stop = self.stop.as_mut().expect("stopping");
         if !stop.sends_cancelled && Instant::now() >= stop.grace_ends_at {
