@@ -6,7 +6,10 @@
 //! readable socket is read into one buffer shared by every connection (the
 //! server consumes the bytes before the next read), at most
 //! [`READ_BYTES_PER_TURN`] per connection per turn so one busy connection
-//! cannot starve the others. A send is attempted at once with writev and,
+//! cannot starve the others. Stopping an operation (`stop_accept`,
+//! `stop_recv_into`, `cancel_send`) only forgets it, since nothing is in
+//! the kernel's hands; its end is reported by the next `wait` like any
+//! other completion. A send is attempted at once with writev and,
 //! if the socket is full, again when it reports writable. Completions that
 //! happen inside `send` or `stop_recv` are queued and reported by the next
 //! `wait`, which then does not sleep.

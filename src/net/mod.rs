@@ -5,11 +5,19 @@
 //! for events, hand received bytes and the time to the shard, then, once
 //! per turn, start a send for every connection that has replies and no
 //! send in flight, close the connections that are done, and go back to
-//! waiting with a timeout set by the shard's next deadline. There is no
-//! async runtime and no task per connection; all state is owned by the
-//! loop, so no operation can be dropped while the kernel still uses its
-//! memory: a connection is closed only when its receive has ended and its
-//! send has completed.
+//! waiting with a timeout set by the shard's next deadline (or none at all
+//! while the shard carries input over from one turn to the next, see
+//! `shard` on turns). There is no async runtime and no task per
+//! connection; all state is owned by the loop, so no operation can be
+//! dropped while the kernel still uses its memory: a connection is closed
+//! only when its receive has ended and its send has completed, and the
+//! loop returns only when the back end has nothing in flight.
+//!
+//! It also owns accepting: at most `Settings::connections_max` connections
+//! are served, and accepting pauses (the listener stays open) at the limit
+//! and for a moment after an accept error. SIGTERM and SIGINT start an
+//! orderly stop (`Server::begin_stop`, `StopWait`), after which `serve`
+//! returns and the process exits 0.
 //!
 //! Both back ends run this same code; only the mechanics of accept,
 //! receive, send and wait differ (see [`io`]).
@@ -103,7 +111,7 @@ impl Driver {
     }
 
     /// Serves until SIGTERM or SIGINT, then stops in order (see
-    /// [`Server::begin_stop`]) and returns. An error is a fault of the back
+    /// `Server::begin_stop`) and returns. An error is a fault of the back
     /// end itself, after which the server cannot go on.
     pub fn serve(
         self,

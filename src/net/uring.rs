@@ -9,6 +9,13 @@
 //!   until their completion.
 //! * Everything an iteration queues is submitted by the one
 //!   `io_uring_enter` that also waits for the next completions.
+//! * A kernel's "not now" to a submit (EBUSY, EAGAIN, EINTR) is never an
+//!   error: the entry waits in the ordered `unqueued` queue. Any other
+//!   failure of the ring is recorded by `Uring::fault`, the one place
+//!   that does so, and returned by the next wait; nothing here panics on
+//!   an errno.
+//! * Every operation pushed is counted until its last completion is
+//!   reaped ([`Io::idle`]), so the server can exit with nothing in flight.
 //! * The ring is single-issuer and completions are collected when the loop
 //!   enters the kernel (DEFER_TASKRUN where the kernel has it, else
 //!   COOP_TASKRUN) instead of interrupting it.
