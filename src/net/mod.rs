@@ -48,6 +48,15 @@ const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Most iovecs handed to one writev (the kernel's IOV_MAX).
 const IOVECS_PER_SEND_MAX: usize = 1024;
 
+/// A connection with input carried over to the next turn (it pipelines
+/// more than a turn's budget) is sent its replies once this many bytes of
+/// them are waiting, or when its carried input has run, rather than every
+/// turn: a send costs the kernel about as much as running 20 commands, so
+/// sending a flooder its 64 replies each turn took 40% off the throughput
+/// of four connections keeping 1,000 puts in flight. A client that waits
+/// for each reply is never carried and never waits for this.
+const CARRIED_SEND_BYTES_MIN: usize = 16 * 1024;
+
 /// How long an orderly stop waits for clients to take the replies they are
 /// owed before it cancels the sends still in flight. A client that reads
 /// takes megabytes in milliseconds, so this only bounds what a client that
@@ -715,7 +724,9 @@ impl<I: Io> Server<I> {
     fn service(&mut self, conn: ConnId) {
         let cancelled = self.sends_cancelled();
         let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
-        if c.sending.is_none() && !self.shard.output(conn).is_empty() && !self.shard.is_dead(conn) {
+        let owed = self.shard.output(conn).len();
+        let hold = self.shard.is_carried(conn) && owed < CARRIED_SEND_BYTES_MIN;
+        if c.sending.is_none() && owed > 0 && !hold && !self.shard.is_dead(conn) {
             if cancelled {
                 // The stop's grace is over: what is owed now is dropped.
                 self.shard.abort(conn, self.clock.now());

@@ -85,6 +85,9 @@ struct ConnSlot {
     stopping: bool,
     /// Bumped for every receive started on the slot.
     generation: u16,
+    /// Receive one buffer at a time instead of multishot: see
+    /// [`Uring::recv_entry`].
+    one_at_a_time: bool,
 }
 
 /// Bytes of one `signalfd_siginfo`.
@@ -223,12 +226,25 @@ impl Uring {
         self.push(read);
     }
 
-    fn recv_entry(conn: u32, slot: ConnSlot) -> squeue::Entry {
-        opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(tag_generation(
-            RECV,
-            conn,
-            slot.generation,
-        ))
+    /// The receive of a connection: multishot, except after the server
+    /// stopped a receive for back-pressure (its input piling up), when it
+    /// takes one buffer per receive until a receive finds less than a
+    /// buffer waiting. A multishot receive armed on a socket full of data
+    /// takes up to 32 buffers at once (the kernel's retry limit), which
+    /// made a turn that re-armed a few flooding connections copy megabytes;
+    /// one buffer at a time bounds what a busy connection brings into one
+    /// turn, as the epoll back end's one read per turn does.
+    fn recv_entry(&self, conn: u32, slot: ConnSlot) -> squeue::Entry {
+        let data = tag_generation(RECV, conn, slot.generation);
+        if slot.one_at_a_time {
+            opcode::Recv::new(types::Fd(slot.fd), std::ptr::null_mut(), self.buffers.size as u32)
+                .buf_group(BUFFER_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(data)
+        } else {
+            opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(data)
+        }
     }
 
     fn cancel(&mut self, target: u64, conn: u32) {
@@ -239,7 +255,7 @@ impl Uring {
     fn conn_mut(&mut self, conn: u32) -> &mut ConnSlot {
         let i = conn as usize;
         if self.conns.len() <= i {
-            self.conns.resize(i + 1, ConnSlot { fd: -1, stopping: false, generation: 0 });
+            self.conns.resize(i + 1, ConnSlot { fd: -1, stopping: false, generation: 0, one_at_a_time: false });
         }
         &mut self.conns[i]
     }
@@ -286,7 +302,7 @@ impl Uring {
                 if more || !current {
                     return;
                 }
-                let slot = slot.expect("checked by current");
+                let mut slot = slot.expect("checked by current");
                 let end = match res {
                     0 => Some(RecvEnd::Eof),
                     _ if slot.stopping => Some(RecvEnd::Stopped),
@@ -296,8 +312,21 @@ impl Uring {
                     r => Some(RecvEnd::Error(io::Error::from_raw_os_error(-r))),
                 };
                 match end {
-                    Some(end) => handle(Event::RecvEnded(conn, end)),
-                    None => self.push(Uring::recv_entry(conn, slot)),
+                    Some(end) => {
+                        if matches!(end, RecvEnd::Stopped) {
+                            self.conns[conn as usize].one_at_a_time = true;
+                        }
+                        handle(Event::RecvEnded(conn, end));
+                    }
+                    None => {
+                        if slot.one_at_a_time && res >= 0 && (res as usize) < self.buffers.size {
+                            // Less than a buffer was waiting: the burst is over.
+                            slot.one_at_a_time = false;
+                            self.conns[conn as usize].one_at_a_time = false;
+                        }
+                        let entry = self.recv_entry(conn, slot);
+                        self.push(entry);
+                    }
                 }
             }
             SEND => handle(Event::Sent(conn, outcome(res))),
@@ -356,9 +385,13 @@ impl Io for Uring {
 
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let slot = self.conn_mut(conn);
-        *slot = ConnSlot { fd, stopping: false, generation: slot.generation.wrapping_add(1) };
+        // `forget` clears it, so a new connection in the slot starts
+        // multishot.
+        let one_at_a_time = slot.one_at_a_time;
+        *slot = ConnSlot { fd, stopping: false, generation: slot.generation.wrapping_add(1), one_at_a_time };
         let slot = *slot;
-        self.push(Uring::recv_entry(conn, slot));
+        let entry = self.recv_entry(conn, slot);
+        self.push(entry);
     }
 
     fn stop_recv(&mut self, conn: u32, _fd: RawFd) {
@@ -405,6 +438,7 @@ impl Io for Uring {
         let slot = self.conn_mut(conn);
         slot.fd = -1;
         slot.stopping = false;
+        slot.one_at_a_time = false;
     }
 
     fn submit(&mut self) {
@@ -733,6 +767,54 @@ mod tests {
         again.listen(1).expect("and can be listened on");
         // Safety: the accepted descriptor is ours.
         unsafe { libc::close(accepted.get().unwrap()) };
+    }
+
+    /// Waits until `bytes` have come on connection 0; returns the most
+    /// bytes one wait brought.
+    fn receive(io: &mut Uring, bytes: usize) -> usize {
+        let (mut got, mut most) = (0, 0);
+        for _ in 0..1000 {
+            if got >= bytes {
+                return most;
+            }
+            let mut this_wait = 0;
+            io.wait(Some(Duration::from_millis(10)), &mut |event| {
+                if let Event::Data(0, data) = event {
+                    this_wait += data.len();
+                }
+            })
+            .expect("wait");
+            got += this_wait;
+            most = most.max(this_wait);
+        }
+        panic!("only {got} of {bytes} bytes came");
+    }
+
+    /// After the server stopped a receive (back-pressure), the next one
+    /// brings one buffer per wait, not a burst of as many as are free,
+    /// until a receive finds less than a buffer waiting; then multishot
+    /// again.
+    #[test]
+    fn a_receive_stopped_for_back_pressure_resumes_one_buffer_at_a_time() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(SQ_ENTRIES, 8, 64).expect("io_uring");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        io.recv(0, fd);
+        (&theirs).write_all(&[1; 256]).unwrap();
+        assert!(receive(&mut io, 256) > 64, "multishot takes what is there");
+        io.stop_recv(0, fd);
+        let mut stopped = false;
+        pump(&mut io, &mut |e| stopped |= matches!(e, Event::RecvEnded(0, RecvEnd::Stopped)), &|io| io.idle());
+        assert!(stopped);
+        (&theirs).write_all(&[2; 256]).unwrap();
+        io.recv(0, fd);
+        assert_eq!(receive(&mut io, 256), 64, "one buffer per wait");
+        (&theirs).write_all(&[3; 10]).unwrap();
+        assert_eq!(receive(&mut io, 10), 10);
+        (&theirs).write_all(&[4; 256]).unwrap();
+        assert!(receive(&mut io, 256) > 64, "multishot again");
     }
 
     #[test]

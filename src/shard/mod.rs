@@ -251,6 +251,11 @@ impl Shard {
         !self.carried.is_empty()
     }
 
+    /// Whether this connection has input left over for a later turn.
+    pub fn is_carried(&self, conn: ConnId) -> bool {
+        self.sessions[conn.0 as usize].carried
+    }
+
     /// Runs the input that connections carried over from earlier turns,
     /// oldest first, within this turn's budget; what still does not fit
     /// waits for the next turn. A connection whose peer has finished
@@ -267,6 +272,8 @@ impl Shard {
             let session = &mut self.sessions[conn as usize];
             session.carried = false;
             if session.closing {
+                // Nothing more runs, but what it is owed must still go.
+                self.mark_dirty(conn);
                 continue;
             }
             self.run(conn, now);
