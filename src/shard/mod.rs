@@ -59,13 +59,14 @@ pub const OUTPUT_TEXT_BYTES_HIGH: usize = 256 * 1024;
 
 /// Commands one connection may run in one turn of the event loop before
 /// the rest of its input waits for the next turn. Measured with
-/// `runnerbean-flood` (20 connections pipelining puts, one client running
-/// put/reserve/delete cycles): 64 keeps a turn under about 2 ms, so the
-/// cycle's p99 stays far below 25 ms, while the flooders, at 64 commands
-/// per connection per turn, still get most of what they got unbounded
-/// (perf/RESULTS.md). Smaller budgets cost throughput in per-turn overhead
-/// (a system call and a send per connection per turn); larger ones make
-/// turns, and so every other client's wait, longer.
+/// `runnerbean-flood` (20 connections pipelining puts beside one client
+/// running put/reserve/delete cycles a request at a time): with 64, a turn
+/// of all 20 runs about 1,300 commands (about a millisecond), the cycle's
+/// p99 is 3 to 7 ms (C beanstalkd's, 2 to 5) and the flooders still get 1.9
+/// to 2.8 million puts/s, 27 to 43 times C's (perf/RESULTS.md). A smaller
+/// budget spreads the same work over more turns, each with its system
+/// calls; a larger one makes every turn, and so every other client's wait,
+/// longer.
 pub const COMMANDS_PER_TURN_MAX: u32 = 64;
 
 /// Put bodies with at least this many bytes still to come are received
@@ -374,8 +375,8 @@ impl Shard {
         if s.closing || s.eof {
             ReadGate::Stop
         } else if s.over_high_mark() || s.pending.len() >= PENDING_BYTES_MAX || s.carried {
-            // Input carried to the next turn is read on from once it has
-            // run: reading more meanwhile would only pile it up.
+            // A connection carrying input is read again once that input
+            // has run: reading more meanwhile would only pile it up.
             ReadGate::Wait
         } else {
             ReadGate::Read
