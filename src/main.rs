@@ -89,7 +89,8 @@ fn main() {
     }
     let info = server_info(&config, instance_id, uname, driver.backend());
     let shard = Shard::new(EngineConfig { shard: 0, shards: config.cores }, info);
-    if let Err(e) = driver.serve(shard, bound.listener, signals, config.verbosity) {
+    let settings = net::Settings { verbosity: config.verbosity, connections_max: config.connections_max };
+    if let Err(e) = driver.serve(shard, bound.listener, signals, settings) {
         die(&format!("serve: {e}"), EXIT_SOCKET);
     }
 }

@@ -481,6 +481,24 @@ fn verbose_mode_logs_connections() {
 }
 
 #[test]
+fn verbose_mode_says_why_a_connection_failed() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut c = server.connect();
+        assert_eq!(c.ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+        // Closing with SO_LINGER 0 resets the connection: the server's
+        // receive fails.
+        socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(c);
+        let log = server.wait_for_log("\nclose ");
+        let error = log.lines().find(|l| l.starts_with("error ")).unwrap_or_else(|| panic!("no error line:\n{log}"));
+        let fd = error.split(' ').nth(1).unwrap();
+        assert_eq!(error, format!("error {fd} recv(): Connection reset by peer (os error 104)"), "{log}");
+        assert!(log.contains(&format!("{error}\nclose {fd}\n")), "{log}");
+    });
+}
+
+#[test]
 fn garbage_never_breaks_the_server() {
     on_both(|backend| {
         let server = Server::start(backend, &["-z", "100"]);

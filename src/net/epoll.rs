@@ -6,7 +6,10 @@
 //! readable socket is read into one buffer shared by every connection (the
 //! server consumes the bytes before the next read), at most
 //! [`READ_BYTES_PER_TURN`] per connection per turn so one busy connection
-//! cannot starve the others. A send is attempted at once with writev and,
+//! cannot starve the others. Stopping an operation (`stop_accept`,
+//! `stop_recv_into`, `cancel_send`) only forgets it, since nothing is in
+//! the kernel's hands; its end is reported by the next `wait` like any
+//! other completion. A send is attempted at once with writev and,
 //! if the socket is full, again when it reports writable. Completions that
 //! happen inside `send` or `stop_recv` are queued and reported by the next
 //! `wait`, which then does not sleep.
@@ -20,8 +23,11 @@ use super::io::{Event, Io, RecvEnd};
 
 /// Bytes of the shared read buffer.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// Bytes read from one connection before others get their turn.
-const READ_BYTES_PER_TURN: usize = 256 * 1024;
+/// Bytes read from one connection before others get their turn: one
+/// buffer. The shard runs at most `shard::COMMANDS_PER_TURN_MAX` commands
+/// of a connection per turn and keeps the rest, so reading more in one
+/// turn would only pile input up.
+const READ_BYTES_PER_TURN: usize = READ_BUFFER_BYTES;
 /// Events taken per epoll_wait.
 const EVENTS_MAX: usize = 1024;
 
@@ -41,6 +47,8 @@ struct Conn {
 enum Later {
     Sent(u32, io::Result<usize>),
     RecvEnded(u32, RecvEnd),
+    ReceivedInto(u32, io::Result<usize>),
+    AcceptEnded,
     /// Read what may have arrived while reading was paused or cut short.
     Read(u32),
     /// Try a pending receive into the server's memory.
@@ -114,10 +122,11 @@ impl Epoll {
             let end = if n == 0 {
                 RecvEnd::Eof
             } else {
-                match io::Error::last_os_error().raw_os_error() {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
                     Some(libc::EAGAIN) => return,
                     Some(libc::EINTR) => continue,
-                    _ => RecvEnd::Error,
+                    _ => RecvEnd::Error(e),
                 }
             };
             self.conns[conn as usize].reading = false;
@@ -190,7 +199,7 @@ impl Epoll {
                     // or a full descriptor table would make this spin.
                     let _ = self.ctl(libc::EPOLL_CTL_DEL, listener, 0, LISTENER_TOKEN);
                     self.listener = None;
-                    handle(Event::AcceptFailed(e));
+                    handle(Event::AcceptEnded(Some(e)));
                     return;
                 }
             }
@@ -223,9 +232,22 @@ impl Io for Epoll {
         }
     }
 
+    fn stop_accept(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, listener, 0, LISTENER_TOKEN);
+            self.later.push_back(Later::AcceptEnded);
+        }
+    }
+
     fn watch_signals(&mut self, signal_fd: RawFd) {
         if self.ctl(libc::EPOLL_CTL_ADD, signal_fd, libc::EPOLLIN as u32, SIGNAL_TOKEN).is_ok() {
             self.signal_fd = Some(signal_fd);
+        }
+    }
+
+    fn stop_signals(&mut self) {
+        if let Some(fd) = self.signal_fd.take() {
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, SIGNAL_TOKEN);
         }
     }
 
@@ -235,9 +257,9 @@ impl Io for Epoll {
         *c = Conn { fd, reading: true, pending_send: c.pending_send.filter(|_| !first), pending_recv: None };
         if first {
             let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-            if self.ctl(libc::EPOLL_CTL_ADD, fd, events, u64::from(conn)).is_err() {
+            if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, fd, events, u64::from(conn)) {
                 self.conns[conn as usize].reading = false;
-                self.later.push_back(Later::RecvEnded(conn, RecvEnd::Error));
+                self.later.push_back(Later::RecvEnded(conn, RecvEnd::Error(e)));
                 return;
             }
         }
@@ -265,12 +287,38 @@ impl Io for Epoll {
         self.later.push_back(Later::ReadInto(conn));
     }
 
+    fn stop_recv_into(&mut self, conn: u32) {
+        if self.conn_mut(conn).pending_recv.take().is_some() {
+            self.later.push_back(Later::ReceivedInto(conn, Err(io::Error::from_raw_os_error(libc::ECANCELED))));
+        }
+    }
+
+    fn cancel_send(&mut self, conn: u32) {
+        if self.conn_mut(conn).pending_send.take().is_some() {
+            self.later.push_back(Later::Sent(conn, Err(io::Error::from_raw_os_error(libc::ECANCELED))));
+        }
+    }
+
     fn forget(&mut self, conn: u32, fd: RawFd) {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, u64::from(conn));
         *self.conn_mut(conn) = Conn { fd: -1, reading: false, pending_send: None, pending_recv: None };
         self.later.retain(|l| match l {
-            Later::Sent(c, _) | Later::RecvEnded(c, _) | Later::Read(c) | Later::ReadInto(c) => *c != conn,
+            Later::Sent(c, _)
+            | Later::RecvEnded(c, _)
+            | Later::ReceivedInto(c, _)
+            | Later::Read(c)
+            | Later::ReadInto(c) => *c != conn,
+            Later::AcceptEnded => true,
         });
+    }
+
+    fn submit(&mut self) {}
+
+    fn idle(&self) -> bool {
+        self.later.is_empty()
+            && self.listener.is_none()
+            && self.signal_fd.is_none()
+            && self.conns.iter().all(|c| !c.reading && c.pending_send.is_none() && c.pending_recv.is_none())
     }
 
     fn wait(&mut self, timeout: Option<Duration>, handle: &mut dyn FnMut(Event<'_>)) -> io::Result<()> {
@@ -290,6 +338,8 @@ impl Io for Epoll {
             match later {
                 Later::Sent(conn, outcome) => handle(Event::Sent(conn, outcome)),
                 Later::RecvEnded(conn, end) => handle(Event::RecvEnded(conn, end)),
+                Later::ReceivedInto(conn, outcome) => handle(Event::ReceivedInto(conn, outcome)),
+                Later::AcceptEnded => handle(Event::AcceptEnded(None)),
                 Later::Read(conn) => self.read(conn, handle),
                 Later::ReadInto(conn) => self.read_into(conn, handle),
             }

@@ -14,20 +14,29 @@
 //! | stop receiving   | cancel the recv                  | stop reading                       |
 //! | send             | one send or writev               | writev now, or when writable       |
 //! | receive into     | one recv (MSG_WAITALL)           | read now, or when readable         |
+//! | stop accepting   | cancel the accept                | deregister the listener            |
+//! | cancel a send    | cancel the send or writev        | forget the pending write           |
 //! | signals          | read on a signalfd               | readiness of the signalfd          |
 //! | wait             | io_uring_enter with a timeout    | epoll_wait with a timeout          |
+//!
+//! Stopping: every operation can be ended by the server (`stop_accept`,
+//! `stop_recv`, `stop_recv_into`, `cancel_send`, `stop_signals`), and
+//! [`Io::idle`] says when nothing the back end started is still in flight,
+//! which is when the process may exit: an io_uring operation holds a
+//! reference to its file, and one left for the kernel to reap when the ring
+//! is torn down keeps a listening port bound after the process is gone.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// How a receive ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RecvEnd {
     /// The peer sent its last byte.
     Eof,
     /// Receiving failed (connection reset and the like).
-    Error,
+    Error(io::Error),
     /// The server asked it to stop.
     Stopped,
 }
@@ -36,29 +45,42 @@ pub enum Event<'a> {
     /// A new connection (close-on-exec; non-blocking where the back end
     /// needs it).
     Accepted(RawFd),
-    /// Accepting stopped on an error (for example too many open files);
-    /// the server starts it again after a pause.
-    AcceptFailed(io::Error),
+    /// Accepting ended: asked to by [`Io::stop_accept`] (`None`), or on an
+    /// error such as too many open files, after which the server starts it
+    /// again after a pause. Exactly one follows every [`Io::accept`].
+    AcceptEnded(Option<io::Error>),
     /// Bytes received on a connection; valid only during the call.
     Data(u32, &'a [u8]),
     /// A connection's receive ended; no more data will come unless the
     /// server starts receiving again.
     RecvEnded(u32, RecvEnd),
-    /// A send finished: bytes written, or the error.
+    /// A send finished: bytes written, or the error (ECANCELED after
+    /// [`Io::cancel_send`], though a cancelled send may also report the
+    /// bytes it wrote before it was cancelled).
     Sent(u32, io::Result<usize>),
     /// A receive into the server's own memory finished: bytes received
-    /// (0 at end of stream), or the error.
+    /// (0 at end of stream), or the error (ECANCELED after
+    /// [`Io::stop_recv_into`], which may also report a partial count).
     ReceivedInto(u32, io::Result<usize>),
     /// A signal arrived (SIGUSR1, SIGTERM, SIGINT).
     Signal(i32),
 }
 
 pub trait Io {
-    /// Starts (or restarts) accepting on the listening socket.
+    /// Starts (or restarts) accepting on the listening socket; called only
+    /// when accepting is not going on already.
     fn accept(&mut self, listener: RawFd);
+
+    /// Asks accepting to end; `AcceptEnded` follows unless it already did.
+    /// The listener may be closed only after it.
+    fn stop_accept(&mut self);
 
     /// Starts reporting signals read from a signalfd.
     fn watch_signals(&mut self, signal_fd: RawFd);
+
+    /// Stops reading the signalfd (the last step of a stop); once
+    /// [`Io::idle`], no read of it is in flight.
+    fn stop_signals(&mut self);
 
     /// Starts receiving on a connection.
     fn recv(&mut self, conn: u32, fd: RawFd);
@@ -82,10 +104,30 @@ pub trait Io {
     /// until the `ReceivedInto` event for this connection.
     unsafe fn recv_into(&mut self, conn: u32, fd: RawFd, buf: *mut u8, len: usize);
 
+    /// Asks a receive started by [`Io::recv_into`] to end early;
+    /// `ReceivedInto` follows unless it already did.
+    fn stop_recv_into(&mut self, conn: u32);
+
+    /// Asks a send to end without waiting for the peer to read; `Sent`
+    /// follows unless it already did.
+    fn cancel_send(&mut self, conn: u32);
+
     /// The server is about to close `fd`: nothing is in flight on it.
     fn forget(&mut self, conn: u32, fd: RawFd);
 
+    /// Starts what has been asked for so far now, without waiting for
+    /// anything (io_uring submits its queue; epoll has started everything
+    /// already). The loop calls it when it has more work before its next
+    /// wait, so that replies already written are not held back by that work.
+    fn submit(&mut self);
+
+    /// Whether nothing the back end started is still in flight (every
+    /// operation has reported its end), so the process may exit.
+    fn idle(&self) -> bool;
+
     /// Waits until something happens or `timeout` passes, and reports every
-    /// event that is ready to `handle`.
+    /// event that is ready to `handle`. An error is a fault of the back end
+    /// itself (a broken ring, an unusable epoll descriptor), not of one
+    /// connection: the server cannot go on.
     fn wait(&mut self, timeout: Option<Duration>, handle: &mut dyn FnMut(Event<'_>)) -> io::Result<()>;
 }

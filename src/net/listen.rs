@@ -5,6 +5,10 @@
 //!
 //! This runs on the main thread before privileges are dropped; the socket
 //! is handed to the cores afterwards.
+//!
+//! A TCP bind that fails with EADDRINUSE is tried again for
+//! [`BIND_RETRY_MS`] before the error is reported, for the restart of a
+//! server that was killed (see there).
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -19,6 +23,17 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 
 /// Longest unix socket path (the size of `sun_path` less its NUL).
 pub const UNIX_PATH_BYTES_MAX: usize = 107;
+
+/// How long start-up keeps trying a TCP bind that fails with EADDRINUSE.
+/// An io_uring server killed with SIGKILL cannot cancel its operations:
+/// the kernel tears its ring down after the process is gone, and only then
+/// lets go of the listening socket that a pending accept holds, about 6 ms
+/// later (13 to 18 ms with thousands of connections open). A supervisor or
+/// test suite that restarts it at once would otherwise fail; a port that is
+/// really taken is still reported, this much later.
+pub const BIND_RETRY_MS: u64 = 500;
+/// The pause between two tries.
+const BIND_RETRY_PAUSE_MS: u64 = 5;
 
 /// A bound, listening socket.
 pub enum BoundListener {
@@ -85,6 +100,7 @@ fn bind_inet(host: Option<&str>, port: &str) -> Result<Bound, String> {
     use std::os::fd::AsRawFd;
     let candidates = resolve_passive(host, port)?;
     let mut last_error = String::from("no usable address");
+    let retry_until = std::time::Instant::now() + std::time::Duration::from_millis(BIND_RETRY_MS);
     for address in candidates {
         let attempt = || -> io::Result<Socket> {
             let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
@@ -97,6 +113,14 @@ fn bind_inet(host: Option<&str>, port: &str) -> Result<Bound, String> {
             socket.bind(&address.into())?;
             socket.listen(LISTEN_BACKLOG)?;
             Ok(socket)
+        };
+        let attempt = || loop {
+            match attempt() {
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && std::time::Instant::now() < retry_until => {
+                    std::thread::sleep(std::time::Duration::from_millis(BIND_RETRY_PAUSE_MS));
+                }
+                outcome => return outcome,
+            }
         };
         match attempt() {
             Ok(socket) => {
@@ -222,6 +246,23 @@ mod tests {
         let addr = bound.listener.local_tcp_addr().unwrap();
         assert!(addr.ip().is_loopback() && addr.port() != 0);
         assert!(bound.description.ends_with(&format!(" 127.0.0.1:{}", addr.port())), "{}", bound.description);
+    }
+
+    /// A port that is taken is tried for BIND_RETRY_MS, and taken at once
+    /// when it frees up meanwhile.
+    #[test]
+    fn a_taken_port_is_tried_again_for_a_while() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port().to_string();
+        let err = bind(Some("127.0.0.1"), &port).err().expect("the port is taken");
+        assert!(err.starts_with("bind(): ") && err.contains("(os error 98)"), "{err}");
+        let freed = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(BIND_RETRY_MS / 5));
+            drop(holder);
+        });
+        let bound = bind(Some("127.0.0.1"), &port).expect("bound once the port was free");
+        assert_eq!(bound.listener.local_tcp_addr().unwrap().port().to_string(), port);
+        freed.join().unwrap();
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //!   until their completion.
 //! * Everything an iteration queues is submitted by the one
 //!   `io_uring_enter` that also waits for the next completions.
+//! * A kernel's "not now" to a submit (EBUSY, EAGAIN, EINTR) is never an
+//!   error: the entry waits in the ordered `unqueued` queue. Any other
+//!   failure of the ring is recorded by `Uring::fault`, the one place
+//!   that does so, and returned by the next wait; nothing here panics on
+//!   an errno.
+//! * Every operation pushed is counted until its last completion is
+//!   reaped ([`Io::idle`]), so the server can exit with nothing in flight.
 //! * The ring is single-issuer and completions are collected when the loop
 //!   enters the kernel (DEFER_TASKRUN where the kernel has it, else
 //!   COOP_TASKRUN) instead of interrupting it.
@@ -16,6 +23,7 @@
 //! Needs Linux 6.0 (multishot receive, provided buffer rings); the server
 //! uses epoll on older kernels or where io_uring is refused.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -33,6 +41,12 @@ const RECV_BUFFERS: u16 = 128;
 const RECV_BUFFER_BYTES: usize = 16 * 1024;
 /// The buffer group id of the receive buffers.
 const BUFFER_GROUP: u16 = 0;
+/// When the ring is dropped with operations still in flight (a test, or a
+/// fault that ends the server), it cancels them all and reaps them for at
+/// most this many waits of [`DROP_REAP_WAIT`], so that no operation is left
+/// to write into freed memory or to hold a socket open.
+const DROP_REAP_ROUNDS_MAX: u32 = 100;
+const DROP_REAP_WAIT: Duration = Duration::from_millis(10);
 
 // What a completion belongs to, in the top byte of its user data; the low
 // 32 bits carry the connection and the bits between a generation, so that a
@@ -55,6 +69,14 @@ fn tag_generation(kind: u64, conn: u32, generation: u16) -> u64 {
     tag(kind, conn) | u64::from(generation) << GENERATION_SHIFT
 }
 
+/// Whether `io_uring_enter` failed only for now: the completion queue is
+/// full and must be reaped first (EBUSY), the kernel is short of memory for
+/// requests (EAGAIN), or a signal came (EINTR). The entries stay queued and
+/// go in after the next wait.
+fn not_now(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR))
+}
+
 /// What the back end knows of a connection.
 #[derive(Clone, Copy)]
 struct ConnSlot {
@@ -63,6 +85,9 @@ struct ConnSlot {
     stopping: bool,
     /// Bumped for every receive started on the slot.
     generation: u16,
+    /// Receive one buffer at a time instead of multishot: see
+    /// [`Uring::recv_entry`].
+    one_at_a_time: bool,
 }
 
 /// Bytes of one `signalfd_siginfo`.
@@ -73,54 +98,117 @@ pub struct Uring {
     buffers: BufferRing,
     conns: Vec<ConnSlot>,
     listener: Option<RawFd>,
+    /// An accept is in flight, and whether it was asked to stop.
+    accepting: bool,
+    accept_stopping: bool,
     signal_fd: Option<RawFd>,
     signal_buf: Box<[u8; SIGINFO_BYTES]>,
     completions: Vec<cqueue::Entry>,
-    /// Entries that found the submission queue full while the completion
-    /// queue was full too; submitted after the next wait.
-    overflow: Vec<squeue::Entry>,
+    /// Entries that could not be queued because the submission queue was
+    /// full and the kernel said "not now" ([`not_now`]). They go in, in
+    /// this order, after the next wait, and every entry pushed meanwhile
+    /// joins the back of this queue, since the order of entries matters (a
+    /// cancel must not overtake the receive it cancels).
+    unqueued: VecDeque<squeue::Entry>,
+    /// Operations pushed whose last completion has not been reaped
+    /// (including those still in `unqueued`).
+    in_flight: usize,
+    /// The first error of the ring itself (a submit that failed for good,
+    /// a completion no operation can produce), returned by the next wait.
+    fault: Option<io::Error>,
+    /// Errors that the next submits return instead of entering the kernel.
+    #[cfg(test)]
+    submit_errors: VecDeque<i32>,
 }
 
 impl Uring {
     pub fn new() -> io::Result<Uring> {
-        Uring::with_buffers(RECV_BUFFERS, RECV_BUFFER_BYTES)
+        Uring::with_sizes(SQ_ENTRIES, RECV_BUFFERS, RECV_BUFFER_BYTES)
     }
 
-    /// A ring with `count` (a power of two) receive buffers of `bytes` each.
-    fn with_buffers(count: u16, bytes: usize) -> io::Result<Uring> {
+    /// A ring of `sq_entries` submission entries with `count` (a power of
+    /// two) receive buffers of `bytes` each.
+    fn with_sizes(sq_entries: u32, count: u16, bytes: usize) -> io::Result<Uring> {
         assert!(count.is_power_of_two(), "buffer count must be a power of two");
         let release = crate::sys::uname().map(|u| u.release).unwrap_or_default();
         if !kernel_at_least(&release, 6, 0) {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("kernel {release} is older than 6.0")));
         }
-        let ring = build_ring()?;
+        let ring = build_ring(sq_entries)?;
         let buffers = BufferRing::new(&ring, count, bytes)?;
         Ok(Uring {
             ring,
             buffers,
             conns: Vec::new(),
             listener: None,
+            accepting: false,
+            accept_stopping: false,
             signal_fd: None,
             signal_buf: Box::new([0; SIGINFO_BYTES]),
             completions: Vec::with_capacity(1024),
-            overflow: Vec::new(),
+            unqueued: VecDeque::new(),
+            in_flight: 0,
+            fault: None,
+            #[cfg(test)]
+            submit_errors: VecDeque::new(),
         })
     }
 
-    /// Queues an operation, submitting first if the queue is full.
+    /// Submits what is queued, without waiting.
+    fn submit_now(&mut self) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(errno) = self.submit_errors.pop_front() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.ring.submit()
+    }
+
+    /// Records a fault of the ring: the one place where an error that no
+    /// connection caused is turned into the error the next wait returns
+    /// (and the server stops on). The first one is kept.
+    fn fault(&mut self, what: &str, errno: i32) {
+        if self.fault.is_none() {
+            let e = io::Error::from_raw_os_error(errno);
+            self.fault = Some(io::Error::new(e.kind(), format!("{what}: {e}")));
+        }
+    }
+
+    /// Queues an operation. When the submission queue is full, it submits
+    /// first; when the kernel says "not now", the entry waits in
+    /// `unqueued` (see there).
     fn push(&mut self, entry: squeue::Entry) {
-        loop {
+        self.in_flight += 1;
+        if self.unqueued.is_empty() {
             // Safety: every buffer an entry points to is kept alive by the
             // server or by this struct until its completion.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                assert!(e.raw_os_error() == Some(libc::EBUSY), "io_uring submit: {e}");
-                // The completion queue must be drained first: keep the
-                // entry for right after the next wait.
-                self.overflow.push(entry);
-                return;
+            match self.submit_now() {
+                // Safety: as above.
+                Ok(n) if n > 0 && unsafe { self.ring.submission().push(&entry) }.is_ok() => return,
+                Ok(_) => {}
+                Err(e) if not_now(&e) => {}
+                Err(e) => self.fault("io_uring_enter", e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
+        self.unqueued.push_back(entry);
+    }
+
+    /// Moves the unqueued entries into the submission queue, in order, as
+    /// far as the kernel takes them now.
+    fn flush_unqueued(&mut self) {
+        while let Some(entry) = self.unqueued.front() {
+            // Safety: as in `push`.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.unqueued.pop_front();
+                continue;
+            }
+            match self.submit_now() {
+                Ok(n) if n > 0 => {}
+                Ok(_) => return,
+                Err(e) if not_now(&e) => return,
+                Err(e) => return self.fault("io_uring_enter", e.raw_os_error().unwrap_or(libc::EIO)),
             }
         }
     }
@@ -138,27 +226,150 @@ impl Uring {
         self.push(read);
     }
 
-    fn recv_entry(conn: u32, slot: ConnSlot) -> squeue::Entry {
-        opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(tag_generation(
-            RECV,
-            conn,
-            slot.generation,
-        ))
+    /// The receive of a connection: multishot, except after the server
+    /// stopped a receive for back-pressure (its input piling up), when it
+    /// takes one buffer per receive until a receive finds less than a
+    /// buffer waiting. A multishot receive armed on a socket full of data
+    /// takes up to 32 buffers at once (the kernel's retry limit), which
+    /// made a turn that re-armed a few flooding connections copy megabytes;
+    /// one buffer at a time bounds what a busy connection brings into one
+    /// turn, as the epoll back end's one read per turn does.
+    fn recv_entry(&self, conn: u32, slot: ConnSlot) -> squeue::Entry {
+        let data = tag_generation(RECV, conn, slot.generation);
+        if slot.one_at_a_time {
+            opcode::Recv::new(types::Fd(slot.fd), std::ptr::null_mut(), self.buffers.size as u32)
+                .buf_group(BUFFER_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(data)
+        } else {
+            opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(data)
+        }
+    }
+
+    fn cancel(&mut self, target: u64, conn: u32) {
+        let cancel = opcode::AsyncCancel::new(target).build().user_data(tag(CANCEL, conn));
+        self.push(cancel);
     }
 
     fn conn_mut(&mut self, conn: u32) -> &mut ConnSlot {
         let i = conn as usize;
         if self.conns.len() <= i {
-            self.conns.resize(i + 1, ConnSlot { fd: -1, stopping: false, generation: 0 });
+            self.conns.resize(i + 1, ConnSlot { fd: -1, stopping: false, generation: 0, one_at_a_time: false });
         }
         &mut self.conns[i]
+    }
+
+    /// Handles one completion.
+    fn complete(&mut self, cqe: &cqueue::Entry, handle: &mut dyn FnMut(Event<'_>), returned: &mut bool) {
+        let (data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+        let conn = data as u32;
+        let generation = (data >> GENERATION_SHIFT) as u16;
+        let more = cqueue::more(flags);
+        if !more {
+            self.in_flight -= 1;
+        }
+        match data >> KIND_SHIFT {
+            ACCEPT => {
+                if res >= 0 {
+                    handle(Event::Accepted(res));
+                }
+                if more {
+                    return;
+                }
+                match self.listener {
+                    // Ended without an error and not asked to (it can
+                    // happen): go on accepting.
+                    Some(listener) if res >= 0 && !self.accept_stopping => self.push(Uring::accept_entry(listener)),
+                    _ => {
+                        self.accepting = false;
+                        self.accept_stopping = false;
+                        let error = (res < 0 && res != -libc::ECANCELED).then(|| io::Error::from_raw_os_error(-res));
+                        handle(Event::AcceptEnded(error));
+                    }
+                }
+            }
+            RECV => {
+                let slot = self.conns.get(conn as usize).copied();
+                let current = slot.is_some_and(|s| s.fd >= 0 && s.generation == generation);
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    if res > 0 && current {
+                        handle(Event::Data(conn, self.buffers.bytes(bid, res as usize)));
+                    }
+                    self.buffers.give_back(bid);
+                    *returned = true;
+                }
+                if more || !current {
+                    return;
+                }
+                let mut slot = slot.expect("checked by current");
+                let end = match res {
+                    0 => Some(RecvEnd::Eof),
+                    _ if slot.stopping => Some(RecvEnd::Stopped),
+                    // Out of buffers, or ended after data: arm again.
+                    r if r > 0 || r == -libc::ENOBUFS => None,
+                    r if r == -libc::ECANCELED => Some(RecvEnd::Stopped),
+                    r => Some(RecvEnd::Error(io::Error::from_raw_os_error(-r))),
+                };
+                match end {
+                    Some(end) => {
+                        if matches!(end, RecvEnd::Stopped) {
+                            self.conns[conn as usize].one_at_a_time = true;
+                        }
+                        handle(Event::RecvEnded(conn, end));
+                    }
+                    None => {
+                        if slot.one_at_a_time && res >= 0 && (res as usize) < self.buffers.size {
+                            // Less than a buffer was waiting: the burst is over.
+                            slot.one_at_a_time = false;
+                            self.conns[conn as usize].one_at_a_time = false;
+                        }
+                        let entry = self.recv_entry(conn, slot);
+                        self.push(entry);
+                    }
+                }
+            }
+            SEND => handle(Event::Sent(conn, outcome(res))),
+            RECV_INTO => handle(Event::ReceivedInto(conn, outcome(res))),
+            SIGNAL => {
+                if res as usize == SIGINFO_BYTES {
+                    let signo = u32::from_ne_bytes(self.signal_buf[..4].try_into().expect("four bytes"));
+                    handle(Event::Signal(signo as i32));
+                } else if res < 0 && !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN) {
+                    // Reading the signalfd again would only fail again.
+                    self.signal_fd = None;
+                    return self.fault("read(signalfd)", -res);
+                }
+                if let Some(fd) = self.signal_fd {
+                    self.read_signal(fd);
+                }
+            }
+            CANCEL => {
+                // Found and cancelled (0), already finished (ENOENT) or
+                // finishing (EALREADY): the outcome shows on the target.
+                if res < 0 && !matches!(-res, libc::ENOENT | libc::EALREADY) {
+                    self.fault("async cancel", -res);
+                }
+            }
+            _ => self.fault("completion of unknown kind", libc::EINVAL),
+        }
     }
 }
 
 impl Io for Uring {
     fn accept(&mut self, listener: RawFd) {
+        debug_assert!(!self.accepting, "accepting twice");
         self.listener = Some(listener);
+        self.accepting = true;
+        self.accept_stopping = false;
         self.push(Uring::accept_entry(listener));
+    }
+
+    fn stop_accept(&mut self) {
+        if self.accepting && !self.accept_stopping {
+            self.accept_stopping = true;
+            self.cancel(tag(ACCEPT, 0), 0);
+        }
     }
 
     fn watch_signals(&mut self, signal_fd: RawFd) {
@@ -166,19 +377,28 @@ impl Io for Uring {
         self.read_signal(signal_fd);
     }
 
+    fn stop_signals(&mut self) {
+        if self.signal_fd.take().is_some() {
+            self.cancel(tag(SIGNAL, 0), 0);
+        }
+    }
+
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let slot = self.conn_mut(conn);
-        *slot = ConnSlot { fd, stopping: false, generation: slot.generation.wrapping_add(1) };
+        // `forget` clears it, so a new connection in the slot starts
+        // multishot.
+        let one_at_a_time = slot.one_at_a_time;
+        *slot = ConnSlot { fd, stopping: false, generation: slot.generation.wrapping_add(1), one_at_a_time };
         let slot = *slot;
-        self.push(Uring::recv_entry(conn, slot));
+        let entry = self.recv_entry(conn, slot);
+        self.push(entry);
     }
 
     fn stop_recv(&mut self, conn: u32, _fd: RawFd) {
         let slot = self.conn_mut(conn);
         slot.stopping = true;
         let target = tag_generation(RECV, conn, slot.generation);
-        let cancel = opcode::AsyncCancel::new(target).build().user_data(tag(CANCEL, conn));
-        self.push(cancel);
+        self.cancel(target, conn);
     }
 
     unsafe fn send(&mut self, conn: u32, fd: RawFd, iov: *const libc::iovec, count: usize) {
@@ -204,13 +424,39 @@ impl Io for Uring {
         self.push(recv);
     }
 
+    fn stop_recv_into(&mut self, conn: u32) {
+        // At most one receive into memory and one send are in flight per
+        // connection, so their tags name them.
+        self.cancel(tag(RECV_INTO, conn), conn);
+    }
+
+    fn cancel_send(&mut self, conn: u32) {
+        self.cancel(tag(SEND, conn), conn);
+    }
+
     fn forget(&mut self, conn: u32, _fd: RawFd) {
         let slot = self.conn_mut(conn);
         slot.fd = -1;
         slot.stopping = false;
+        slot.one_at_a_time = false;
+    }
+
+    fn submit(&mut self) {
+        match self.submit_now() {
+            Ok(_) => {}
+            Err(e) if not_now(&e) => {}
+            Err(e) => self.fault("io_uring_enter", e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight == 0
     }
 
     fn wait(&mut self, timeout: Option<Duration>, handle: &mut dyn FnMut(Event<'_>)) -> io::Result<()> {
+        if let Some(e) = self.fault.take() {
+            return Err(e);
+        }
         let submitted = match timeout {
             Some(t) => {
                 let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
@@ -221,83 +467,63 @@ impl Io for Uring {
         };
         match submitted {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
-            Err(e) => return Err(e),
-        }
-        for entry in std::mem::take(&mut self.overflow) {
-            self.push(entry);
+            Err(e) if not_now(&e) || e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) => self.fault("io_uring_enter", e.raw_os_error().unwrap_or(libc::EIO)),
         }
         self.completions.clear();
         self.completions.extend(self.ring.completion());
         let mut returned = false;
-        for i in 0..self.completions.len() {
-            let cqe = self.completions[i].clone();
-            let (data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
-            let conn = data as u32;
-            let generation = (data >> GENERATION_SHIFT) as u16;
-            let more = cqueue::more(flags);
-            match data >> KIND_SHIFT {
-                ACCEPT => {
-                    if res >= 0 {
-                        handle(Event::Accepted(res));
-                    } else {
-                        handle(Event::AcceptFailed(io::Error::from_raw_os_error(-res)));
-                    }
-                    if !more
-                        && res >= 0
-                        && let Some(listener) = self.listener
-                    {
-                        // Ended without an error (it can happen): restart.
-                        // After an error the server restarts it later.
-                        self.push(Uring::accept_entry(listener));
-                    }
-                }
-                RECV => {
-                    let slot = self.conns.get(conn as usize).copied();
-                    let current = slot.is_some_and(|s| s.fd >= 0 && s.generation == generation);
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        if res > 0 && current {
-                            handle(Event::Data(conn, self.buffers.bytes(bid, res as usize)));
-                        }
-                        self.buffers.give_back(bid);
-                        returned = true;
-                    }
-                    if more || !current {
-                        continue;
-                    }
-                    let slot = slot.expect("checked by current");
-                    let stopping = slot.stopping;
-                    let end = match res {
-                        0 => Some(RecvEnd::Eof),
-                        _ if stopping => Some(RecvEnd::Stopped),
-                        // Out of buffers, or ended after data: arm again.
-                        r if r > 0 || r == -libc::ENOBUFS => None,
-                        r if r == -libc::ECANCELED => Some(RecvEnd::Stopped),
-                        _ => Some(RecvEnd::Error),
-                    };
-                    match end {
-                        Some(end) => handle(Event::RecvEnded(conn, end)),
-                        None => self.push(Uring::recv_entry(conn, slot)),
-                    }
-                }
-                SEND => handle(Event::Sent(conn, outcome(res))),
-                RECV_INTO => handle(Event::ReceivedInto(conn, outcome(res))),
-                SIGNAL => {
-                    if res as usize == SIGINFO_BYTES {
-                        let signo = u32::from_ne_bytes(self.signal_buf[..4].try_into().expect("four bytes"));
-                        handle(Event::Signal(signo as i32));
-                    }
-                    if let Some(fd) = self.signal_fd {
-                        self.read_signal(fd);
-                    }
-                }
-                _ => {} // CANCEL: the outcome shows on the receive itself.
-            }
+        let completions = std::mem::take(&mut self.completions);
+        for cqe in &completions {
+            self.complete(cqe, handle, &mut returned);
         }
+        self.completions = completions;
         if returned {
             self.buffers.publish();
         }
-        Ok(())
+        // After reaping, so that a full completion queue has room again.
+        self.flush_unqueued();
+        match self.fault.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Uring {
+    /// The server drops the ring only once it is idle. Anything else (a
+    /// test, a fault that ends the server) may leave operations in flight:
+    /// they are cancelled and reaped here, as far as the ring still works,
+    /// so that the kernel neither writes into memory about to be freed nor
+    /// keeps their sockets open after the process has gone. Then the
+    /// receive buffers are unregistered, before `BufferRing` unmaps them.
+    fn drop(&mut self) {
+        self.in_flight -= self.unqueued.len();
+        self.unqueued.clear();
+        if self.in_flight > 0 {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(tag(CANCEL, 0));
+            // Safety: the cancel points to no memory.
+            if unsafe { self.ring.submission().push(&cancel) }.is_ok() {
+                self.in_flight += 1;
+            }
+            let ts = types::Timespec::from(DROP_REAP_WAIT);
+            for _ in 0..DROP_REAP_ROUNDS_MAX {
+                if self.in_flight == 0 {
+                    break;
+                }
+                let args = types::SubmitArgs::new().timespec(&ts);
+                match self.ring.submitter().submit_with_args(1, &args) {
+                    Err(e) if !not_now(&e) && e.raw_os_error() != Some(libc::ETIME) => break,
+                    _ => {}
+                }
+                for cqe in self.ring.completion() {
+                    if !cqueue::more(cqe.flags()) {
+                        self.in_flight -= 1;
+                    }
+                }
+            }
+        }
+        let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
     }
 }
 
@@ -305,15 +531,15 @@ fn outcome(res: i32) -> io::Result<usize> {
     if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) }
 }
 
-fn build_ring() -> io::Result<IoUring> {
+fn build_ring(sq_entries: u32) -> io::Result<IoUring> {
     let mut deferred = IoUring::builder();
-    deferred.setup_single_issuer().setup_defer_taskrun().setup_cqsize(SQ_ENTRIES * 2);
-    if let Ok(ring) = deferred.build(SQ_ENTRIES) {
+    deferred.setup_single_issuer().setup_defer_taskrun().setup_cqsize(sq_entries * 2);
+    if let Ok(ring) = deferred.build(sq_entries) {
         return Ok(ring);
     }
     let mut cooperative = IoUring::builder();
-    cooperative.setup_single_issuer().setup_coop_taskrun().setup_cqsize(SQ_ENTRIES * 2);
-    cooperative.build(SQ_ENTRIES)
+    cooperative.setup_single_issuer().setup_coop_taskrun().setup_cqsize(sq_entries * 2);
+    cooperative.build(sq_entries)
 }
 
 /// "6.18.44-generic" >= (6, 0)?
@@ -362,8 +588,9 @@ impl BufferRing {
             data: vec![0u8; usize::from(count) * size].into_boxed_slice(),
             tail: 0,
         };
-        // Safety: the entries live in the mapping above until drop, which
-        // unregisters them first.
+        // Safety: the entries live in the mapping above until drop; the
+        // ring unregisters them in its own drop, before this struct (one of
+        // its fields) unmaps them.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(mem as u64, count, BUFFER_GROUP, 0)?;
         }
@@ -406,8 +633,8 @@ impl BufferRing {
 
 impl Drop for BufferRing {
     fn drop(&mut self) {
-        // Safety: unmapping what new() mapped. The ring that used it is
-        // being dropped too (the ring field is declared first).
+        // Safety: unmapping what new() mapped; `Uring::drop` has
+        // unregistered it from the ring already.
         unsafe { libc::munmap(self.entries.cast(), self.entries_bytes) };
     }
 }
@@ -423,7 +650,7 @@ mod tests {
     fn receives_survive_running_out_of_buffers() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        let mut io = Uring::with_buffers(2, 64).expect("io_uring");
+        let mut io = Uring::with_sizes(SQ_ENTRIES, 2, 64).expect("io_uring");
         let pairs: Vec<_> = (0..4).map(|_| std::os::unix::net::UnixStream::pair().unwrap()).collect();
         for (i, (ours, _)) in pairs.iter().enumerate() {
             io.recv(i as u32, ours.as_raw_fd());
@@ -446,6 +673,148 @@ mod tests {
             .unwrap();
         }
         assert_eq!(got, sent);
+    }
+
+    /// Waits (at most many times) until `done` says so, giving every event
+    /// to `on`.
+    fn pump(io: &mut Uring, on: &mut dyn FnMut(Event<'_>), done: &dyn Fn(&Uring) -> bool) {
+        for _ in 0..1000 {
+            if done(io) {
+                return;
+            }
+            io.wait(Some(Duration::from_millis(10)), on).expect("wait");
+        }
+        panic!("never done");
+    }
+
+    /// A submission queue of two entries and a kernel that says "not now"
+    /// three times in a row, in each of its three ways: the entries that
+    /// did not fit wait and go in later, in order. Each connection's
+    /// receive is followed by its cancel, so a cancel that overtook its
+    /// receive would find nothing, and that receive would never end.
+    #[test]
+    fn entries_refused_for_now_go_in_later_in_order() {
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(2, 4, 64).expect("io_uring");
+        io.submit_errors.extend([libc::EAGAIN, libc::EINTR, libc::EBUSY]);
+        let pairs: Vec<_> = (0..6).map(|_| std::os::unix::net::UnixStream::pair().unwrap()).collect();
+        for (i, (ours, _)) in pairs.iter().enumerate() {
+            io.recv(i as u32, ours.as_raw_fd());
+            io.stop_recv(i as u32, ours.as_raw_fd());
+        }
+        assert_eq!(io.unqueued.len(), 10, "two entries fit; the kernel refused the rest for now");
+        let mut stopped = [false; 6];
+        pump(
+            &mut io,
+            &mut |event| {
+                if let Event::RecvEnded(conn, end) = event {
+                    assert!(matches!(end, RecvEnd::Stopped), "connection {conn}: {end:?}");
+                    assert!(!stopped[conn as usize], "connection {conn} ended twice");
+                    stopped[conn as usize] = true;
+                }
+            },
+            &|io| io.idle(),
+        );
+        assert_eq!(stopped, [true; 6]);
+        assert!(io.submit_errors.is_empty() && io.unqueued.is_empty());
+    }
+
+    /// Any other error of a submit is the ring's fault: the next wait
+    /// returns it with its errno, and nothing panics.
+    #[test]
+    fn a_submit_error_other_than_not_now_is_returned_by_wait() {
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(1, 4, 64).expect("io_uring");
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        io.submit_errors.push_back(libc::EINVAL);
+        io.recv(0, ours.as_raw_fd());
+        io.stop_recv(0, ours.as_raw_fd());
+        let e = io.wait(Some(Duration::from_millis(10)), &mut |_| {}).expect_err("the fault");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().starts_with("io_uring_enter: ") && e.to_string().contains("(os error 22)"), "{e}");
+    }
+
+    /// Once the multishot accept has been cancelled and reaped, closing
+    /// the listener frees its port at once (the accept held a reference to
+    /// it), and nothing of the ring is left in flight.
+    #[test]
+    fn a_stopped_accept_lets_go_of_its_port() {
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(8, 4, 64).expect("io_uring");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        io.accept(listener.as_raw_fd());
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let accepted = std::cell::Cell::new(None);
+        let ended = std::cell::Cell::new(false);
+        let mut on = |event: Event<'_>| match event {
+            Event::Accepted(fd) => accepted.set(Some(fd)),
+            Event::AcceptEnded(e) => {
+                assert!(e.is_none(), "{e:?}");
+                ended.set(true);
+            }
+            _ => {}
+        };
+        pump(&mut io, &mut on, &|_| accepted.get().is_some());
+        io.stop_accept();
+        pump(&mut io, &mut on, &|io| io.idle());
+        assert!(ended.get());
+        drop(listener);
+        let again = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        again.set_reuse_address(true).unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        again.bind(&addr.into()).expect("the port is free");
+        again.listen(1).expect("and can be listened on");
+        // Safety: the accepted descriptor is ours.
+        unsafe { libc::close(accepted.get().unwrap()) };
+    }
+
+    /// Waits until `bytes` have come on connection 0; returns the most
+    /// bytes one wait brought.
+    fn receive(io: &mut Uring, bytes: usize) -> usize {
+        let (mut got, mut most) = (0, 0);
+        for _ in 0..1000 {
+            if got >= bytes {
+                return most;
+            }
+            let mut this_wait = 0;
+            io.wait(Some(Duration::from_millis(10)), &mut |event| {
+                if let Event::Data(0, data) = event {
+                    this_wait += data.len();
+                }
+            })
+            .expect("wait");
+            got += this_wait;
+            most = most.max(this_wait);
+        }
+        panic!("only {got} of {bytes} bytes came");
+    }
+
+    /// After the server stopped a receive (back-pressure), the next one
+    /// brings one buffer per wait, not a burst of as many as are free,
+    /// until a receive finds less than a buffer waiting; then multishot
+    /// again.
+    #[test]
+    fn a_receive_stopped_for_back_pressure_resumes_one_buffer_at_a_time() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(SQ_ENTRIES, 8, 64).expect("io_uring");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        io.recv(0, fd);
+        (&theirs).write_all(&[1; 256]).unwrap();
+        assert!(receive(&mut io, 256) > 64, "multishot takes what is there");
+        io.stop_recv(0, fd);
+        let mut stopped = false;
+        pump(&mut io, &mut |e| stopped |= matches!(e, Event::RecvEnded(0, RecvEnd::Stopped)), &|io| io.idle());
+        assert!(stopped);
+        (&theirs).write_all(&[2; 256]).unwrap();
+        io.recv(0, fd);
+        assert_eq!(receive(&mut io, 256), 64, "one buffer per wait");
+        (&theirs).write_all(&[3; 10]).unwrap();
+        assert_eq!(receive(&mut io, 10), 10);
+        (&theirs).write_all(&[4; 256]).unwrap();
+        assert!(receive(&mut io, 256) > 64, "multishot again");
     }
 
     #[test]

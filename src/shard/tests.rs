@@ -40,9 +40,33 @@ impl Conv {
         self.shard.open(0)
     }
 
+    /// Input, then as many turns as the carried input needs (see
+    /// `turns`).
     fn send(&mut self, conn: ConnId, bytes: &[u8], now: Nanos) {
         self.shard.input(conn, bytes, now);
         self.shard.engine().check_invariants(now);
+        self.turns(now);
+    }
+
+    /// Turns of the loop, as the network runs them, until no input is
+    /// carried over: each runs at most COMMANDS_PER_TURN_MAX commands per
+    /// connection, and their replies pile up in the sessions' output.
+    fn turns(&mut self, now: Nanos) {
+        while self.shard.has_carried() {
+            self.shard.begin_turn();
+            self.shard.run_carried(now);
+            self.shard.engine().check_invariants(now);
+        }
+    }
+
+    fn sent(&mut self, conn: ConnId, now: Nanos) {
+        self.shard.sent(conn, now);
+        self.turns(now);
+    }
+
+    fn eof(&mut self, conn: ConnId, now: Nanos) {
+        self.shard.eof(conn, now);
+        self.turns(now);
     }
 
     /// Everything the connection was sent since the last call.
@@ -197,7 +221,7 @@ fn start_send(c: &mut Conv, conn: ConnId) -> usize {
 fn send_until(c: &mut Conv, conn: ConnId, mut total: usize, done: impl Fn(&Shard, usize) -> bool) -> usize {
     while !done(&c.shard, total) {
         let sent = start_send(c, conn);
-        c.shard.sent(conn, 0);
+        c.sent(conn, 0);
         assert!(sent > 0, "stuck after {total} bytes");
         total += sent;
     }
@@ -219,7 +243,7 @@ fn replies_owed_hold_back_further_commands() {
     // More input now runs nothing: the first replies are still in flight.
     c.send(w, b"list-tube-used\r\n", 0);
     assert_eq!(c.shard.output(w).len(), 0);
-    c.shard.sent(w, 0);
+    c.sent(w, 0);
     let expected = n * reply + b"USING default\r\n".len();
     assert_eq!(send_until(&mut c, w, first, |_, total| total >= expected), expected);
     assert_eq!(c.shard.read_gate(w), ReadGate::Read);
@@ -239,7 +263,7 @@ fn bodies_sent_by_reference_count_against_the_larger_mark() {
     let reply = "FOUND 1 60000\r\n".len() + 60_002;
     assert!((OUTPUT_BYTES_HIGH..OUTPUT_BYTES_HIGH + reply).contains(&first), "{first}");
     assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
-    c.shard.sent(w, 0);
+    c.sent(w, 0);
     assert_eq!(send_until(&mut c, w, first, |_, total| total >= 200 * reply), 200 * reply);
 }
 
@@ -263,10 +287,84 @@ fn a_half_close_behind_the_high_mark_still_gets_every_reply() {
     let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
     c.send(w, &b"stats-tube default\r\n".repeat(n), 0);
     c.send(w, b"list-tube-used\r\n", 0);
-    c.shard.eof(w, 0);
+    c.eof(w, 0);
     assert!(!c.shard.finished(w));
     let total = send_until(&mut c, w, 0, |shard, _| shard.finished(w));
     assert_eq!(total, n * reply + b"USING default\r\n".len());
+}
+
+/// `n` puts of one byte each, as one client pipelines them.
+fn puts(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| format!("put 0 0 60 1\r\n{}\r\n", i % 10).into_bytes()).collect()
+}
+
+/// `INSERTED a` .. `INSERTED b`, one line each.
+fn inserted(ids: std::ops::RangeInclusive<u64>) -> String {
+    ids.map(|id| format!("INSERTED {id}\r\n")).collect()
+}
+
+#[test]
+fn a_turn_runs_a_budget_of_commands_and_carries_the_rest_in_order() {
+    let mut c = Conv::new();
+    let flooder = c.open();
+    let other = c.open();
+    let budget = COMMANDS_PER_TURN_MAX as u64;
+    c.shard.begin_turn();
+    c.shard.input(flooder, &puts(2 * budget as usize + 5), 0);
+    assert_eq!(String::from_utf8(c.out(flooder)).unwrap(), inserted(1..=budget));
+    assert!(c.shard.has_carried());
+    // It is read no further while it has input left over.
+    assert_eq!(c.shard.read_gate(flooder), ReadGate::Wait);
+    // Another client, in the same turn, is served at once.
+    c.shard.input(other, b"put 0 0 60 1\r\nz\r\n", 0);
+    assert_eq!(c.out(other), format!("INSERTED {}\r\n", budget + 1).as_bytes());
+    // What the flooder sends next waits behind what it carries.
+    c.shard.input(flooder, b"list-tube-used\r\n", 0);
+    assert_eq!(c.out(flooder), b"");
+    c.shard.run_carried(0);
+    assert_eq!(c.out(flooder), b"", "this turn's budget is spent");
+    c.shard.begin_turn();
+    c.shard.run_carried(0);
+    assert_eq!(String::from_utf8(c.out(flooder)).unwrap(), inserted(budget + 2..=2 * budget + 1));
+    assert!(c.shard.has_carried());
+    c.shard.begin_turn();
+    c.shard.run_carried(0);
+    let last = inserted(2 * budget + 2..=2 * budget + 6) + "USING default\r\n";
+    assert_eq!(String::from_utf8(c.out(flooder)).unwrap(), last);
+    assert!(!c.shard.has_carried());
+    assert_eq!(c.shard.read_gate(flooder), ReadGate::Read);
+    c.shard.engine().check_invariants(0);
+}
+
+#[test]
+fn carried_input_behind_a_half_close_runs_before_the_connection_closes() {
+    let mut c = Conv::new();
+    let w = c.open();
+    let budget = COMMANDS_PER_TURN_MAX as u64;
+    c.shard.begin_turn();
+    c.shard.input(w, &puts(3 * budget as usize), 0);
+    c.shard.eof(w, 0);
+    assert!(!c.shard.finished(w), "closed with commands carried");
+    c.turns(0);
+    assert_eq!(String::from_utf8(c.out(w)).unwrap(), inserted(1..=3 * budget));
+    assert!(c.shard.finished(w));
+    c.shard.remove(w);
+    assert!(!c.shard.has_carried());
+}
+
+#[test]
+fn a_session_closed_with_carried_input_leaves_the_queue() {
+    let mut c = Conv::new();
+    let w = c.open();
+    c.shard.begin_turn();
+    c.shard.input(w, &puts(2 * COMMANDS_PER_TURN_MAX as usize), 0);
+    c.shard.abort(w, 0);
+    c.shard.remove(w);
+    assert!(!c.shard.has_carried());
+    // A new session in the same slot starts with a clean budget.
+    let again = c.open();
+    assert_eq!(again, w);
+    assert_eq!(c.ask(again, b"list-tube-used\r\n", 0), "USING default\r\n");
 }
 
 #[test]
@@ -438,6 +536,8 @@ mod random_input {
         Eof(usize),
         Abort(usize),
         Tick(u64),
+        /// A new turn of the loop, which runs carried input.
+        Turn,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -446,6 +546,7 @@ mod random_input {
             1 => (0usize..3).prop_map(Step::Eof),
             1 => (0usize..3).prop_map(Step::Abort),
             2 => (0u64..3000).prop_map(Step::Tick),
+            2 => Just(Step::Turn),
         ]
     }
 
@@ -480,6 +581,10 @@ mod random_input {
                     Step::Tick(ms) => {
                         now += ms * 1_000_000;
                         c.shard.tick(now);
+                    }
+                    Step::Turn => {
+                        c.shard.begin_turn();
+                        c.shard.run_carried(now);
                     }
                 }
                 c.shard.engine().check_invariants(now);
