@@ -99,8 +99,21 @@ impl Config {
 /// The outcome of parsing: run, or print and exit.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    Run { config: Config, warnings: Vec<String> },
-    Exit { code: i32, stdout: String, stderr: String },
+    Run {
+        config: Config,
+        warnings: Vec<String>,
+    },
+    Exit {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    },
+    /// `--export-binlog DIR OUT`: write the jobs of the log in DIR as a C
+    /// beanstalkd binlog in OUT, and exit.
+    Export {
+        dir: String,
+        out: String,
+    },
 }
 
 pub fn usage(progname: &str) -> String {
@@ -122,7 +135,8 @@ pub fn usage(progname: &str) -> String {
          -h       print this help and exit\n \
          --cores N       number of cores and queue shards (default 1)\n \
          --io uring|epoll  I/O back end (default: io_uring when available; also ${IO_ENV})\n \
-         --connections-max N  connections served at once; more wait to be accepted (default {CONNECTIONS_MAX_DEFAULT})\n"
+         --connections-max N  connections served at once; more wait to be accepted (default {CONNECTIONS_MAX_DEFAULT})\n \
+         --export-binlog DIR OUT  write the jobs of the log in DIR as a C beanstalkd binlog in OUT, and exit\n"
     )
 }
 
@@ -170,6 +184,12 @@ pub fn parse(progname: &str, args: &[String]) -> Parsed {
                 None => return fail(format!("flag requires an argument: --{name}")),
             };
             match name {
+                "export-binlog" => {
+                    let Some(out) = words.next() else {
+                        return fail("flag requires two arguments: --export-binlog DIR OUT".to_string());
+                    };
+                    return Parsed::Export { dir: value, out: out.clone() };
+                }
                 "cores" => match value.parse::<u32>() {
                     Ok(n) if n >= 1 => config.cores = n,
                     _ => return fail(format!("invalid number of cores: {value}")),

@@ -2,13 +2,19 @@
 //! flags, bind the socket, read the host facts, drop privileges, install
 //! signal handlers, serve) and with its exit codes.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::process::exit;
 
-use runnerbean::config::{self, Config, IoChoice, Parsed};
-use runnerbean::engine::EngineConfig;
-use runnerbean::net::{self, Driver};
+use runnerbean::config::{self, Config, Fsync, IoChoice, Parsed};
+use runnerbean::engine::{Engine, EngineConfig};
+use runnerbean::net::{self, Clock, Driver};
 use runnerbean::shard::{ServerInfo, Shard};
 use runnerbean::sys;
+use runnerbean::wal::files::{self, DirFiles, DirLock};
+use runnerbean::wal::log::{Log, LogConfig, SyncPolicy};
+use runnerbean::wal::open::{self, OpenError};
+use runnerbean::wal::recover::Recovered;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,6 +23,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_SOCKET: i32 = 111;
 const EXIT_HOST_FACTS: i32 = 50;
 const EXIT_UNSUPPORTED: i32 = 1;
+/// Another process holds the log directory's lock.
+const EXIT_LOCKED: i32 = 10;
+/// The log cannot be opened, read or started.
+const EXIT_LOG: i32 = 1;
+
+/// Segment files are made in whole pages: `-s` is rounded up to this, as
+/// beanstalkd's files are.
+const SEGMENT_BYTES_GRAIN: u64 = 4096;
 
 fn main() {
     // First of all, so that no signal is lost or kills the process before
@@ -35,6 +49,7 @@ fn main() {
             eprint!("{stderr}");
             exit(code);
         }
+        Parsed::Export { dir, out } => export(&progname, &dir, &out),
     };
     let warn = |message: &str| eprintln!("{progname}: {message}");
     let die = |message: &str, code: i32| -> ! {
@@ -43,13 +58,6 @@ fn main() {
     };
     for w in &warnings {
         warn(w);
-    }
-    if config.binlog_dir.is_some() {
-        die(
-            "-b: the write-ahead log is not available in this version of runnerbean; \
-             refusing to start, since jobs would not survive a restart",
-            EXIT_UNSUPPORTED,
-        );
     }
     if config.cores > 1 {
         die("--cores: this version of runnerbean runs on one core; use --cores 1", EXIT_UNSUPPORTED);
@@ -87,11 +95,111 @@ fn main() {
     if let Some(why) = fallback {
         warn(&why);
     }
-    let info = server_info(&config, instance_id, uname, driver.backend());
-    let shard = Shard::new(EngineConfig { shard: 0, shards: config.cores }, info);
+    let clock = Clock::new();
+    let mut engine = Engine::new(EngineConfig { shard: 0, shards: config.cores });
+    // After privileges are dropped, as beanstalkd opens its binlog.
+    let (_lock, log_dir) = match config.binlog_dir.as_deref() {
+        Some(dir) => match open_log(&config, Path::new(dir), &mut engine, &clock, &warn) {
+            Ok((lock, dir)) => (Some(lock), Some(dir)),
+            Err((message, code)) => die(&message, code),
+        },
+        None => (None, None),
+    };
+    let mut info = server_info(&config, instance_id, uname, driver.backend());
+    info.started_at = clock.now();
+    let shard = Shard::with_engine(engine, info);
     let settings = net::Settings { verbosity: config.verbosity, connections_max: config.connections_max };
-    if let Err(e) = driver.serve(shard, bound.listener, signals, settings) {
+    let start = net::Start { listener: bound.listener, signals, settings, clock, log_dir };
+    if let Err(e) = driver.serve(shard, start) {
         die(&format!("serve: {e}"), EXIT_SOCKET);
+    }
+}
+
+/// `-b DIR`: locks and reads the directory (importing C beanstalkd's files
+/// if that is what it holds), restores the jobs into the engine and gives
+/// it the log. Returns the lock, held for the life of the process, and the
+/// directory opened for syncing. Any failure ends the start: the server
+/// never runs without the log it was asked to keep.
+fn open_log(
+    config: &Config,
+    dir: &Path,
+    engine: &mut Engine,
+    clock: &Clock,
+    warn: &dyn Fn(&str),
+) -> Result<(DirLock, OwnedFd), (String, i32)> {
+    let now = clock.now();
+    let failed = |what: String| (format!("{}: {what}", dir.display()), EXIT_LOG);
+    let opened = match open::open(dir, config.max_job_size, now) {
+        Ok(opened) => opened,
+        Err(OpenError::Locked) => {
+            let message = format!("{}: the log directory is in use: another process holds its lock", dir.display());
+            return Err((message, EXIT_LOCKED));
+        }
+        Err(OpenError::Failed(message)) => return Err((message, EXIT_LOG)),
+    };
+    let open::Opened { lock, mut recovered, import } = opened;
+    for w in &recovered.warnings {
+        warn(w);
+    }
+    let sync = match config.fsync {
+        Fsync::Always => SyncPolicy::Always,
+        Fsync::EveryMs(ms) => SyncPolicy::EveryMs(ms),
+        Fsync::Never => SyncPolicy::Never,
+    };
+    let segment_bytes = config.binlog_size.max(1).div_ceil(SEGMENT_BYTES_GRAIN) * SEGMENT_BYTES_GRAIN;
+    let log_config = LogConfig { shard: 0, shards: config.cores, segment_bytes, sync };
+    // Imported jobs are not in runnerbean's log yet: it starts empty and
+    // they are recorded below.
+    let empty = Recovered::default();
+    let known = if import.is_some() { &empty } else { &recovered };
+    let log = Log::open(log_config, Box::new(DirFiles::new(dir)), known, now)
+        .map_err(|e| failed(format!("cannot start the log: {e}")))?;
+    engine.attach_log(log);
+    let jobs = std::mem::take(&mut recovered.jobs);
+    let count = jobs.len();
+    engine.restore(jobs, recovered.next_id, now).map_err(failed)?;
+    let dir_fd = files::open_dir(dir).map_err(|e| failed(e.to_string()))?;
+    if let Some(import) = import {
+        engine.record_all().map_err(|_| failed("no room on the disk for the imported jobs".to_string()))?;
+        let log = engine.log_mut().expect("attached above");
+        if let Some(batch) = log.take_batch() {
+            runnerbean::wal::flush::write_blocking(&batch, dir_fd.as_raw_fd())
+                .map_err(|e| failed(format!("cannot write the imported jobs: {e}")))?;
+            log.written(batch.number);
+            log.synced(batch.number);
+        }
+        let line =
+            open::finish_import(import).map_err(|e| failed(format!("cannot move the imported files aside: {e}")))?;
+        warn(&line);
+    } else if config.verbosity > 0 {
+        println!("log {}: {count} jobs from {} records", dir.display(), recovered.records);
+    }
+    Ok((lock, dir_fd))
+}
+
+/// `--export-binlog DIR OUT`.
+fn export(progname: &str, dir: &str, out: &str) -> ! {
+    match open::export(Path::new(dir), Path::new(out)) {
+        Ok(exported) => {
+            for w in &exported.warnings {
+                eprintln!("{progname}: {w}");
+            }
+            println!(
+                "wrote {} jobs to {}; start C beanstalkd with -b {out}{}",
+                exported.jobs,
+                exported.path.display(),
+                if exported.job_size_min > 65535 { format!(" -z {}", exported.job_size_min) } else { String::new() }
+            );
+            exit(0)
+        }
+        Err(OpenError::Locked) => {
+            eprintln!("{progname}: {dir}: the log directory is in use (stop the server first)");
+            exit(EXIT_LOCKED)
+        }
+        Err(OpenError::Failed(message)) => {
+            eprintln!("{progname}: {message}");
+            exit(EXIT_LOG)
+        }
     }
 }
 
@@ -112,5 +220,6 @@ fn server_info(config: &Config, instance_id: String, uname: sys::Uname, backend:
         extra,
         cpu_times: sys::cpu_times,
         verbosity: config.verbosity,
+        started_at: 0,
     }
 }

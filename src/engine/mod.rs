@@ -734,7 +734,7 @@ impl Engine {
             delay_s: extras.delay_s,
             ttr_s: job.ttr_s,
             time_left_s,
-            file: 0,
+            file: self.wal_pos.get(k).seq,
             reserves: job.reserves,
             timeouts: extras.timeouts,
             releases: extras.releases,

@@ -131,7 +131,7 @@ pub struct JobStats {
     pub ttr_s: u32,
     pub time_left_s: i64,
     /// The log file holding the job's latest full record; 0 without a log.
-    pub file: u32,
+    pub file: u64,
     pub reserves: u32,
     pub timeouts: u32,
     pub releases: u32,

@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use super::filethread::FileThread;
 use super::io::{Event, Io, RecvEnd};
 
 /// Bytes of the shared read buffer.
@@ -33,6 +34,7 @@ const EVENTS_MAX: usize = 1024;
 
 const LISTENER_TOKEN: u64 = u64::MAX;
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
+const FILE_TOKEN: u64 = u64::MAX - 2;
 
 #[derive(Clone, Copy, Default)]
 struct Conn {
@@ -53,6 +55,8 @@ enum Later {
     Read(u32),
     /// Try a pending receive into the server's memory.
     ReadInto(u32),
+    /// A file operation that could not be started.
+    FileDone(io::Result<usize>),
 }
 
 pub struct Epoll {
@@ -63,6 +67,11 @@ pub struct Epoll {
     signal_fd: Option<RawFd>,
     later: VecDeque<Later>,
     buf: Box<[u8]>,
+    /// The write-ahead log's I/O thread, started with the first file
+    /// operation (epoll cannot write or sync a file without blocking).
+    files: Option<FileThread>,
+    /// A file operation is in flight there.
+    file_busy: bool,
 }
 
 impl Epoll {
@@ -80,6 +89,8 @@ impl Epoll {
             signal_fd: None,
             later: VecDeque::new(),
             buf: vec![0u8; READ_BUFFER_BYTES].into_boxed_slice(),
+            files: None,
+            file_busy: false,
         })
     }
 
@@ -308,14 +319,36 @@ impl Io for Epoll {
             | Later::ReceivedInto(c, _)
             | Later::Read(c)
             | Later::ReadInto(c) => *c != conn,
-            Later::AcceptEnded => true,
+            Later::AcceptEnded | Later::FileDone(_) => true,
         });
     }
 
     fn submit(&mut self) {}
 
+    unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
+        if self.files.is_none() {
+            match FileThread::spawn("runnerbean-log") {
+                Ok(t) if self.ctl(libc::EPOLL_CTL_ADD, t.eventfd(), libc::EPOLLIN as u32, FILE_TOKEN).is_ok() => {
+                    self.files = Some(t);
+                }
+                Ok(_) | Err(_) => {
+                    // No thread (or no way to hear from it): the operation
+                    // fails, and the log tries again later.
+                    let e = io::Error::last_os_error();
+                    self.later.push_back(Later::FileDone(Err(e)));
+                    return;
+                }
+            }
+        }
+        self.file_busy = true;
+        let files = self.files.as_mut().expect("started above");
+        // Safety: passed on with the caller's promise.
+        unsafe { files.submit(0, request) };
+    }
+
     fn idle(&self) -> bool {
-        self.later.is_empty()
+        !self.file_busy
+            && self.later.is_empty()
             && self.listener.is_none()
             && self.signal_fd.is_none()
             && self.conns.iter().all(|c| !c.reading && c.pending_send.is_none() && c.pending_recv.is_none())
@@ -340,6 +373,7 @@ impl Io for Epoll {
                 Later::RecvEnded(conn, end) => handle(Event::RecvEnded(conn, end)),
                 Later::ReceivedInto(conn, outcome) => handle(Event::ReceivedInto(conn, outcome)),
                 Later::AcceptEnded => handle(Event::AcceptEnded(None)),
+                Later::FileDone(outcome) => handle(Event::FileDone(outcome)),
                 Later::Read(conn) => self.read(conn, handle),
                 Later::ReadInto(conn) => self.read_into(conn, handle),
             }
@@ -356,6 +390,15 @@ impl Io for Epoll {
                 SIGNAL_TOKEN => {
                     if let Some(fd) = self.signal_fd {
                         self.read_signals(fd, handle);
+                    }
+                }
+                FILE_TOKEN => {
+                    if let Some(files) = self.files.as_mut() {
+                        let busy = &mut self.file_busy;
+                        files.completions(|_, outcome| {
+                            *busy = false;
+                            handle(Event::FileDone(outcome));
+                        });
                     }
                 }
                 token => {

@@ -17,6 +17,8 @@
 //! | stop accepting   | cancel the accept                | deregister the listener            |
 //! | cancel a send    | cancel the send or writev        | forget the pending write           |
 //! | signals          | read on a signalfd               | readiness of the signalfd          |
+//! | log file write   | writev at an offset              | pwritev on the log's I/O thread    |
+//! | log file sync    | fsync (data only for segments)   | fdatasync/fsync on that thread     |
 //! | wait             | io_uring_enter with a timeout    | epoll_wait with a timeout          |
 //!
 //! Stopping: every operation can be ended by the server (`stop_accept`,
@@ -64,6 +66,9 @@ pub enum Event<'a> {
     ReceivedInto(u32, io::Result<usize>),
     /// A signal arrived (SIGUSR1, SIGTERM, SIGINT).
     Signal(i32),
+    /// The log's file operation finished: bytes written (0 for a sync), or
+    /// the error.
+    FileDone(io::Result<usize>),
 }
 
 pub trait Io {
@@ -111,6 +116,15 @@ pub trait Io {
     /// Asks a send to end without waiting for the peer to read; `Sent`
     /// follows unless it already did.
     fn cancel_send(&mut self, conn: u32);
+
+    /// Starts one of the write-ahead log's file operations (a vectored
+    /// write at an offset, or a sync); `FileDone` follows. At most one is
+    /// in flight at a time.
+    ///
+    /// # Safety
+    /// The iovecs of a write and the memory they point to must stay valid
+    /// and unchanged until the `FileDone` event.
+    unsafe fn file_op(&mut self, request: crate::wal::flush::Request);
 
     /// The server is about to close `fd`: nothing is in flight on it.
     fn forget(&mut self, conn: u32, fd: RawFd);

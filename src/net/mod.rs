@@ -27,6 +27,7 @@ pub mod filethread;
 pub mod io;
 pub mod listen;
 pub mod uring;
+pub mod wal;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -37,6 +38,7 @@ use crate::protocol::output::Segment;
 use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
 use io::{Event, Io, RecvEnd};
 use listen::BoundListener;
+use wal::LogDriver;
 
 /// How long to pause accepting after an accept error such as EMFILE, so a
 /// full descriptor table does not turn the loop into a spin.
@@ -90,6 +92,17 @@ pub struct Settings {
     pub connections_max: usize,
 }
 
+/// What a core is started with besides its shard and back end.
+pub struct Start {
+    pub listener: BoundListener,
+    pub signals: OwnedFd,
+    pub settings: Settings,
+    /// The clock the shard's instants were read from so far (recovery).
+    pub clock: Clock,
+    /// The log directory, with `-b` (the shard's engine has the log).
+    pub log_dir: Option<OwnedFd>,
+}
+
 /// A core's I/O back end, chosen before the shard is built.
 pub enum Driver {
     Uring(Box<uring::Uring>),
@@ -123,32 +136,32 @@ impl Driver {
     /// Serves until SIGTERM or SIGINT, then stops in order (see
     /// `Server::begin_stop`) and returns. An error is a fault of the back
     /// end itself, after which the server cannot go on.
-    pub fn serve(
-        self,
-        shard: Shard,
-        listener: BoundListener,
-        signals: OwnedFd,
-        settings: Settings,
-    ) -> std::io::Result<()> {
+    pub fn serve(self, shard: Shard, start: Start) -> std::io::Result<()> {
         match self {
-            Driver::Uring(io) => Server::new(*io, shard, listener, signals, settings).run(),
-            Driver::Epoll(io) => Server::new(io, shard, listener, signals, settings).run(),
+            Driver::Uring(io) => Server::new(*io, shard, start).run(),
+            Driver::Epoll(io) => Server::new(io, shard, start).run(),
         }
     }
 }
 
-/// The shard's clock: monotonic nanoseconds since the core started.
+/// The shard's clock: monotonic, and anchored to the wall clock when it
+/// starts, so that its instants are nanoseconds since the Unix epoch (as
+/// the write-ahead log stores them) without ever going backwards while the
+/// process runs, whatever is done to the wall clock meanwhile.
 pub struct Clock {
     origin: Instant,
+    /// The wall clock at `origin`.
+    wall_at_origin: Nanos,
 }
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock { origin: Instant::now() }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Clock { origin: Instant::now(), wall_at_origin: wall.as_nanos() as Nanos }
     }
 
     pub fn now(&self) -> Nanos {
-        self.origin.elapsed().as_nanos() as Nanos
+        self.wall_at_origin + self.origin.elapsed().as_nanos() as Nanos
     }
 }
 
@@ -204,6 +217,9 @@ enum StopWait {
     /// Every connection must have its replies written (within the grace),
     /// its receive and send reaped, and its socket closed.
     Connections,
+    /// The write-ahead log: everything recorded written and synced (in
+    /// every sync mode), so that a clean stop loses nothing.
+    Log,
     /// The read on the signalfd, kept until the connections are gone so
     /// that a second signal can cut the grace short.
     SignalRead,
@@ -285,10 +301,14 @@ struct Server<I: Io> {
     /// Events of the current turn other than data, kept between turns so
     /// the loop does not allocate.
     deferred: Vec<Deferred>,
+    /// The write-ahead log's writes and syncs, with `-b`.
+    log: Option<LogDriver>,
 }
 
 impl<I: Io> Server<I> {
-    fn new(io: I, shard: Shard, listener: BoundListener, signals: OwnedFd, settings: Settings) -> Server<I> {
+    fn new(io: I, shard: Shard, start: Start) -> Server<I> {
+        let Start { listener, signals, settings, clock, log_dir } = start;
+        let log = log_dir.map(|dir| LogDriver::new(&shard, dir, clock.now()));
         let listener: OwnedFd = match listener {
             BoundListener::Tcp(l) => l.into(),
             BoundListener::Unix(l) => l.into(),
@@ -296,7 +316,7 @@ impl<I: Io> Server<I> {
         Server {
             io,
             shard,
-            clock: Clock::new(),
+            clock,
             listener: Some(listener),
             accepting: Accepting::Off,
             signals,
@@ -312,6 +332,7 @@ impl<I: Io> Server<I> {
             limit_logged: None,
             stop: None,
             deferred: Vec::new(),
+            log,
         }
     }
 
@@ -347,6 +368,12 @@ impl<I: Io> Server<I> {
                     Deferred::ReceivedInto(conn, outcome) => self.received_into(conn, outcome),
                     Deferred::Signal(libc::SIGUSR1) => self.shard.set_draining(),
                     Deferred::Signal(_) => self.begin_stop(),
+                    Deferred::FileDone(outcome) => {
+                        let now = self.clock.now();
+                        if let Some(log) = self.log.as_mut() {
+                            log.completed(&mut self.shard, &mut self.io, outcome, now);
+                        }
+                    }
                 }
             }
             self.deferred = deferred;
@@ -363,6 +390,10 @@ impl<I: Io> Server<I> {
                 self.io.submit();
                 self.shard.run_carried(now);
                 self.service_dirty();
+            }
+            // The turn's records go out as one batch (group commit).
+            if let Some(log) = self.log.as_mut() {
+                log.after_turn(&mut self.shard, &mut self.io, now);
             }
             self.steer_accept();
             // Last, so that it sees the connections closed in this turn.
@@ -408,6 +439,9 @@ impl<I: Io> Server<I> {
                 self.shard.close(ConnId(i as u32), now);
             }
         }
+        if let Some(log) = self.log.as_mut() {
+            log.stopping();
+        }
     }
 
     /// At the end of every turn during a stop: cancels the sends still in
@@ -437,6 +471,8 @@ impl<I: Io> Server<I> {
             Some(StopWait::Listener)
         } else if self.open > 0 {
             Some(StopWait::Connections)
+        } else if self.log.as_ref().is_some_and(|log| !log.is_done(&self.shard)) {
+            Some(StopWait::Log)
         } else if self.signals_watched {
             Some(StopWait::SignalRead)
         } else if !self.io.idle() {
@@ -558,7 +594,9 @@ impl<I: Io> Server<I> {
             .as_ref()
             .filter(|s| !s.sends_cancelled)
             .map(|s| s.grace_ends_at.saturating_duration_since(instant));
-        [shard, accept, grace].into_iter().flatten().min()
+        let log =
+            self.log.as_ref().and_then(LogDriver::next_deadline).map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        [shard, accept, grace, log].into_iter().flatten().min()
     }
 
     /// At `-V`, why a connection is being closed for an I/O error.
@@ -726,8 +764,11 @@ impl<I: Io> Server<I> {
         let cancelled = self.sends_cancelled();
         let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
         let owed = self.shard.output(conn).len();
+        let sendable = self.shard.output(conn).has_sendable();
         let hold = self.shard.is_carried(conn) && owed < CARRIED_SEND_BYTES_MIN;
-        if c.sending.is_none() && owed > 0 && !hold && !self.shard.is_dead(conn) {
+        // Replies held for the log (see `Output::fence`) leave when their
+        // batch is durable; the shard marks the connection dirty then.
+        if c.sending.is_none() && (sendable || cancelled && owed > 0) && !hold && !self.shard.is_dead(conn) {
             if cancelled {
                 // The stop's grace is over: what is owed now is dropped.
                 self.shard.abort(conn, self.clock.now());
@@ -803,6 +844,7 @@ enum Deferred {
     Sent(u32, std::io::Result<usize>),
     ReceivedInto(u32, std::io::Result<usize>),
     Signal(i32),
+    FileDone(std::io::Result<usize>),
 }
 
 /// The handler of one wait: data goes to the shard at once (all data of
@@ -829,6 +871,7 @@ impl Events<'_> {
             Event::Sent(conn, outcome) => Deferred::Sent(conn, outcome),
             Event::ReceivedInto(conn, outcome) => Deferred::ReceivedInto(conn, outcome),
             Event::Signal(signal) => Deferred::Signal(signal),
+            Event::FileDone(outcome) => Deferred::FileDone(outcome),
         };
         self.deferred.push(deferred);
     }

@@ -60,6 +60,7 @@ const SEND: u64 = 3;
 const CANCEL: u64 = 4;
 const SIGNAL: u64 = 5;
 const RECV_INTO: u64 = 6;
+const FILE: u64 = 7;
 
 fn tag(kind: u64, conn: u32) -> u64 {
     kind << KIND_SHIFT | u64::from(conn)
@@ -330,6 +331,7 @@ impl Uring {
                 }
             }
             SEND => handle(Event::Sent(conn, outcome(res))),
+            FILE => handle(Event::FileDone(outcome(res))),
             RECV_INTO => handle(Event::ReceivedInto(conn, outcome(res))),
             SIGNAL => {
                 if res as usize == SIGINFO_BYTES {
@@ -432,6 +434,20 @@ impl Io for Uring {
 
     fn cancel_send(&mut self, conn: u32) {
         self.cancel(tag(SEND, conn), conn);
+    }
+
+    unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
+        use crate::wal::flush::Request;
+        let entry = match request {
+            Request::Write { fd, iov, count, offset } => {
+                opcode::Writev::new(types::Fd(fd), iov, count as u32).offset(offset).build()
+            }
+            Request::Sync { fd, data_only } => {
+                let flags = if data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+                opcode::Fsync::new(types::Fd(fd)).flags(flags).build()
+            }
+        };
+        self.push(entry.user_data(tag(FILE, 0)));
     }
 
     fn forget(&mut self, conn: u32, _fd: RawFd) {

@@ -44,6 +44,29 @@ pub struct Output {
     sealed_text_bytes: usize,
     open: Vec<u8>,
     spare: Vec<Vec<u8>>,
+    /// Segments taken so far: the number of the segment at the front of
+    /// `sealed`, counting from the first ever sealed.
+    taken: u64,
+    /// Replies that must wait for the write-ahead log: everything from
+    /// segment `at` on waits until batch `batch` is durable. In order of
+    /// both fields.
+    fences: VecDeque<Fence>,
+    /// The last batch of the log known to be durable.
+    durable: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fence {
+    at: u64,
+    batch: u64,
+}
+
+/// A place in an [`Output`], taken before a command runs, so that its
+/// reply can be held back afterwards ([`Output::fence`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    sealed: u64,
+    open: usize,
 }
 
 impl Output {
@@ -84,12 +107,96 @@ impl Output {
         self.sealed_text_bytes + self.open.len()
     }
 
-    /// Moves every pending segment to the end of `into`.
+    /// Moves every pending segment that may leave now to the end of `into`:
+    /// all of them, or those before the first fence whose batch is not
+    /// durable yet.
     pub fn take(&mut self, into: &mut Vec<Segment>) {
-        self.seal();
-        into.extend(self.sealed.drain(..));
-        self.sealed_bytes = 0;
-        self.sealed_text_bytes = 0;
+        let Some(fence) = self.fences.front().copied() else {
+            self.seal();
+            self.taken += self.sealed.len() as u64;
+            into.extend(self.sealed.drain(..));
+            self.sealed_bytes = 0;
+            self.sealed_text_bytes = 0;
+            return;
+        };
+        // The fence sealed everything before it, so the open buffer is
+        // after it and stays.
+        let n = (fence.at - self.taken) as usize;
+        for segment in self.sealed.drain(..n) {
+            let len = segment.bytes().len();
+            self.sealed_bytes -= len;
+            if matches!(segment, Segment::Text(_)) {
+                self.sealed_text_bytes -= len;
+            }
+            into.push(segment);
+        }
+        self.taken += n as u64;
+    }
+
+    /// Whether [`Output::take`] has anything to give now.
+    pub fn has_sendable(&self) -> bool {
+        match self.fences.front() {
+            None => !self.is_empty(),
+            Some(fence) => fence.at > self.taken,
+        }
+    }
+
+    /// Where the next reply will start.
+    pub fn mark(&self) -> Mark {
+        Mark { sealed: self.taken + self.sealed.len() as u64, open: self.open.len() }
+    }
+
+    /// Holds back everything from `from` on (the reply of a command whose
+    /// changes went into the log) until batch `batch` of the log is
+    /// durable ([`Output::release`]). Replies after it wait behind it, so a
+    /// connection's replies keep their order.
+    pub fn fence(&mut self, from: Mark, batch: u64) {
+        if batch <= self.durable || self.fences.back().is_some_and(|f| f.batch >= batch) {
+            // Durable already, or an earlier fence holds all this back for
+            // as long.
+            return;
+        }
+        let total = self.taken + self.sealed.len() as u64;
+        let at = if from.sealed == total {
+            // The reply is at the end of the open buffer: seal what is
+            // before it.
+            if from.open > 0 {
+                let tail = self.open.split_off(from.open);
+                let head = std::mem::replace(&mut self.open, tail);
+                self.sealed_bytes += head.len();
+                self.sealed_text_bytes += head.len();
+                self.sealed.push_back(Segment::Text(head));
+            }
+            total + u64::from(from.open > 0)
+        } else {
+            // Segments were sealed since the mark: the one at the mark was
+            // the open buffer then, and holds what came before the reply.
+            let i = (from.sealed - self.taken) as usize;
+            match &mut self.sealed[i] {
+                Segment::Text(t) if from.open > 0 && from.open < t.len() => {
+                    let tail = t.split_off(from.open);
+                    self.sealed.insert(i + 1, Segment::Text(tail));
+                    from.sealed + 1
+                }
+                Segment::Text(t) if from.open > 0 && from.open == t.len() => from.sealed + 1,
+                _ => from.sealed,
+            }
+        };
+        self.fences.push_back(Fence { at, batch });
+    }
+
+    /// Batches up to `durable` are durable: the replies that waited for
+    /// them may leave.
+    pub fn release(&mut self, durable: u64) {
+        self.durable = self.durable.max(durable);
+        while self.fences.front().is_some_and(|f| f.batch <= self.durable) {
+            self.fences.pop_front();
+        }
+    }
+
+    /// Whether some replies wait for the log.
+    pub fn is_fenced(&self) -> bool {
+        !self.fences.is_empty()
     }
 
     /// Returns a written text buffer for reuse.
@@ -104,6 +211,8 @@ impl Output {
         if self.open.is_empty() {
             return;
         }
+        // A fence right at the end of the sealed segments stays where it
+        // is: the open buffer's bytes come after it.
         let fresh = self.spare.pop().unwrap_or_default();
         let text = std::mem::replace(&mut self.open, fresh);
         self.sealed_bytes += text.len();
@@ -143,5 +252,57 @@ mod tests {
         assert_eq!(flat, [b"A\r\nsmall\r\nB\r\n".to_vec(), big_bytes, b"\r\nC\r\n".to_vec()].concat());
         assert!(out.is_empty());
         assert_eq!(flatten(&mut out), b"");
+    }
+
+    #[test]
+    fn fenced_replies_wait_for_their_batch_and_keep_their_order() {
+        let mut out = Output::default();
+        out.push(b"USING a\r\n");
+        let mark = out.mark();
+        out.push(b"INSERTED 1\r\n");
+        out.fence(mark, 3);
+        // A reply that waits for nothing still waits behind the fence.
+        out.push(b"USING b\r\n");
+        assert!(out.has_sendable());
+        assert_eq!(flatten(&mut out), b"USING a\r\n");
+        assert!(!out.has_sendable());
+        assert!(!out.is_empty());
+        let mark = out.mark();
+        out.push(b"DELETED\r\n");
+        out.fence(mark, 4);
+        let big = Body::from_slice(&vec![b'z'; BODY_INLINE_BYTES_MAX + 1]);
+        out.push(b"FOUND 1 1025\r\n");
+        out.body(&big);
+        out.release(3);
+        let first: Vec<u8> = [b"INSERTED 1\r\nUSING b\r\n".to_vec()].concat();
+        assert_eq!(flatten(&mut out), first);
+        assert!(!out.has_sendable());
+        out.release(4);
+        assert!(!out.is_fenced());
+        let rest =
+            [b"DELETED\r\nFOUND 1 1025\r\n".to_vec(), vec![b'z'; BODY_INLINE_BYTES_MAX + 1], b"\r\n".to_vec()].concat();
+        assert_eq!(flatten(&mut out), rest);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_fence_after_a_body_sealed_in_the_same_reply_splits_at_the_reply() {
+        let mut out = Output::default();
+        out.push(b"A\r\n");
+        let mark = out.mark();
+        out.push(b"B\r\n");
+        let big = Body::from_slice(&vec![b'q'; BODY_INLINE_BYTES_MAX + 1]);
+        out.body(&big);
+        out.fence(mark, 1);
+        assert_eq!(flatten(&mut out), b"A\r\n");
+        out.release(1);
+        let rest = [b"B\r\n".to_vec(), vec![b'q'; BODY_INLINE_BYTES_MAX + 1], b"\r\n".to_vec()].concat();
+        assert_eq!(flatten(&mut out), rest);
+        // Durable already: no fence at all.
+        let mark = out.mark();
+        out.push(b"C\r\n");
+        out.fence(mark, 1);
+        assert!(!out.is_fenced());
+        assert_eq!(flatten(&mut out), b"C\r\n");
     }
 }

@@ -163,7 +163,7 @@ pub fn job_stats(buf: &mut Vec<u8>, j: &JobStats) {
     d.u64("delay", u64::from(j.delay_s));
     d.u64("ttr", u64::from(j.ttr_s));
     d.i64("time-left", j.time_left_s);
-    d.u64("file", u64::from(j.file));
+    d.u64("file", j.file);
     d.u64("reserves", u64::from(j.reserves));
     d.u64("timeouts", u64::from(j.timeouts));
     d.u64("releases", u64::from(j.releases));

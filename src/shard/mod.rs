@@ -36,7 +36,7 @@ use slab::Slab;
 
 use crate::engine::{BodyBuilder, Change, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
 use crate::protocol::command::{self, Command, ParseError};
-use crate::protocol::output::{Output, Segment};
+use crate::protocol::output::{Mark, Output, Segment};
 use crate::protocol::reply;
 use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
 use session::{LineScan, Mode, Pending, PendingPut, Session, find_crlf, scan_line};
@@ -105,6 +105,8 @@ pub struct ServerInfo {
     pub cpu_times: fn() -> (CpuTime, CpuTime),
     /// 0 quiet, 1 connections, 2 also commands (beanstalkd's `-V`).
     pub verbosity: u8,
+    /// When the server started, on the shard's clock (for `uptime`).
+    pub started_at: Nanos,
 }
 
 /// Whether a connection's input should be received now.
@@ -134,6 +136,8 @@ pub struct Shard {
     turn: u64,
     /// Sessions with input left over from an earlier turn, oldest first.
     carried: VecDeque<u32>,
+    /// Sessions with replies held for the write-ahead log.
+    fenced: Vec<u32>,
 }
 
 impl Shard {
@@ -150,11 +154,82 @@ impl Shard {
             clock: 0,
             turn: 0,
             carried: VecDeque::new(),
+            fenced: Vec::new(),
         }
+    }
+
+    /// A shard around an engine made elsewhere (one restored from the log).
+    pub fn with_engine(engine: Engine, info: ServerInfo) -> Shard {
+        let mut shard = Shard::new(engine.config(), info);
+        shard.engine = engine;
+        shard
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The log's upkeep at the end of a turn: files made and removed, and
+    /// compaction for as many bytes as the log asks.
+    pub fn log_upkeep(&mut self, now: Nanos) {
+        let Some(log) = self.engine.log_mut() else { return };
+        let budget = log.maintain(now);
+        if budget > 0 {
+            self.engine.compact(budget);
+        }
+    }
+
+    /// Batches of the log up to `batch` are durable: replies that waited
+    /// for them may leave.
+    pub fn durable(&mut self, batch: u64) {
+        let mut i = 0;
+        while i < self.fenced.len() {
+            let conn = self.fenced[i];
+            let Some(session) = self.sessions.get_mut(conn as usize) else {
+                self.fenced.swap_remove(i);
+                continue;
+            };
+            session.out.release(batch);
+            let (sendable, fenced) = (session.out.has_sendable(), session.out.is_fenced());
+            if sendable {
+                self.mark_dirty(conn);
+            }
+            if fenced {
+                i += 1;
+            } else {
+                self.sessions[conn as usize].log_fenced = false;
+                self.fenced.swap_remove(i);
+            }
+        }
+    }
+
+    /// Before a command: where its reply will start, and how many records
+    /// the log had, so that a reply acknowledging a recorded change can be
+    /// held until the record is durable ([`Shard::hold_if_recorded`]).
+    fn log_mark(&self, conn: u32) -> Option<(Mark, u64)> {
+        let log = self.engine.log()?;
+        Some((self.sessions[conn as usize].out.mark(), log.records_written()))
+    }
+
+    /// After a command: if it recorded a change, its reply (and everything
+    /// after it on the connection) waits for the batch holding the record.
+    fn hold_if_recorded(&mut self, conn: u32, before: Option<(Mark, u64)>) {
+        let Some((mark, records)) = before else { return };
+        let log = self.engine.log().expect("a mark was taken with a log");
+        if log.records_written() == records {
+            return;
+        }
+        let batch = log.filling();
+        let Some(session) = self.sessions.get_mut(conn as usize) else { return };
+        session.out.fence(mark, batch);
+        if session.out.is_fenced() && !session.log_fenced {
+            session.log_fenced = true;
+            self.fenced.push(conn);
+        }
     }
 
     /// A new connection; `label` names it in log lines.
@@ -585,6 +660,12 @@ impl Shard {
     }
 
     fn finish_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
+        let before = self.log_mark(conn);
+        self.insert_put(conn, put, now);
+        self.hold_if_recorded(conn, before);
+    }
+
+    fn insert_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
         let now = self.command_time(now);
         let body = put.body.expect("a complete put has its body").finish();
         let session = &mut self.sessions[conn as usize];
@@ -602,6 +683,12 @@ impl Shard {
 
     /// Runs one command line.
     fn command(&mut self, conn: u32, line: &[u8], now: Nanos) {
+        let before = self.log_mark(conn);
+        self.run_command(conn, line, now);
+        self.hold_if_recorded(conn, before);
+    }
+
+    fn run_command(&mut self, conn: u32, line: &[u8], now: Nanos) {
         let now = self.command_time(now);
         let session = &mut self.sessions[conn as usize];
         let client = session.client.expect("running session without a client");
@@ -760,8 +847,17 @@ impl Shard {
                     pid: info.pid,
                     utime,
                     stime,
-                    uptime_s: now / crate::engine::NANOS_PER_SEC,
-                    binlog: BinlogStats { max_size: info.binlog_max_size, ..BinlogStats::default() },
+                    uptime_s: now.saturating_sub(info.started_at) / crate::engine::NANOS_PER_SEC,
+                    binlog: match engine.log().map(|l| l.stats()) {
+                        Some(l) => BinlogStats {
+                            oldest_index: l.oldest_seq,
+                            current_index: l.current_seq,
+                            records_migrated: l.records_migrated,
+                            records_written: l.records_written,
+                            max_size: info.binlog_max_size,
+                        },
+                        None => BinlogStats { max_size: info.binlog_max_size, ..BinlogStats::default() },
+                    },
                     instance_id: &info.instance_id,
                     hostname: &info.hostname,
                     os: &info.os,

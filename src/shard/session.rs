@@ -148,6 +148,8 @@ pub struct Session {
     pub dead: bool,
     /// Listed in the shard's dirty list.
     pub dirty: bool,
+    /// Listed among the sessions with replies held for the log.
+    pub log_fenced: bool,
     /// Listed in the shard's carried list: complete commands are left in
     /// `pending` because this turn's budget is spent.
     pub carried: bool,
@@ -173,6 +175,7 @@ impl Session {
             closing: false,
             dead: false,
             dirty: false,
+            log_fenced: false,
             carried: false,
             turn: 0,
             turn_commands: 0,

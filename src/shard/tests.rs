@@ -20,6 +20,7 @@ fn info(max_job_size: u64) -> ServerInfo {
         extra: vec![("runnerbean-io".into(), "\"test\"".into())],
         cpu_times: || (CpuTime { secs: 1, micros: 5 }, CpuTime::default()),
         verbosity: 0,
+        started_at: 0,
     }
 }
 

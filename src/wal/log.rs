@@ -323,6 +323,11 @@ impl Log {
         self.records_written
     }
 
+    /// Whether records wait to be taken as a batch.
+    pub fn has_records(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
     /// Bytes appended to batches since the log was opened.
     pub fn appended_bytes(&self) -> u64 {
         self.appended
@@ -694,10 +699,15 @@ impl Log {
             SyncPolicy::Never => self.written,
             _ => self.synced,
         };
+        // A file closes once its last writes are safe (synced, where the
+        // policy syncs): the sync that covers them needs it open.
         let current = self.current();
-        for seg in self.segs.iter_mut() {
-            if seg.id != current
-                && seg.last_batch <= self.written
+        for seg in self.segs.iter_mut().rev().skip(1) {
+            if seg.file.is_none() {
+                // Older ones were closed before it.
+                break;
+            }
+            if seg.last_batch <= safe
                 && let Some(file) = seg.file.take()
             {
                 self.files.close(seg.id, file);
@@ -705,7 +715,7 @@ impl Log {
         }
         while let Some(seg) = self.segs.front() {
             let removable = seg.id != current && seg.live_jobs == 0 && seg.emptied_in.is_none_or(|b| b <= safe);
-            if !removable || seg.last_batch > self.written {
+            if !removable || seg.last_batch > safe {
                 break;
             }
             let mut seg = self.segs.pop_front().expect("checked above");

@@ -1,0 +1,126 @@
+//! The event loop's part of the write-ahead log: once per turn, the turn's
+//! records go out as one batch (group commit) through the back end's file
+//! operations, the log's upkeep runs (compaction, spare segments, removal
+//! of old ones), and when a batch is durable the replies that waited for
+//! it are released.
+//!
+//! At most one file operation is in flight (see `wal::flush`); while a
+//! batch is written and synced, the next one fills.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::io::Io;
+use crate::engine::Nanos;
+use crate::shard::Shard;
+use crate::wal::flush::{Flush, Progress};
+
+/// How often a failure to make a log segment (a full disk) is logged.
+const MAKE_ERROR_LOG_NS: u64 = 10_000_000_000;
+
+pub struct LogDriver {
+    flush: Flush,
+    /// The log directory, kept open for syncing new files' entries.
+    _dir: OwnedFd,
+    /// A file operation is in flight on the back end.
+    in_flight: bool,
+    make_error_logged_at: Option<u64>,
+}
+
+impl LogDriver {
+    pub fn new(shard: &Shard, dir: OwnedFd, now: Nanos) -> LogDriver {
+        let policy = shard.engine().log().expect("a shard with a log").config().sync;
+        LogDriver {
+            flush: Flush::new(policy, dir.as_raw_fd(), now),
+            _dir: dir,
+            in_flight: false,
+            make_error_logged_at: None,
+        }
+    }
+
+    /// The end of a turn: upkeep, then the turn's records out as one batch,
+    /// then whatever file operation can start now.
+    pub fn after_turn(&mut self, shard: &mut Shard, io: &mut dyn FileIo, now: Nanos) {
+        shard.log_upkeep(now);
+        if let Some(e) = shard.engine().log().and_then(|l| l.make_error().map(str::to_string))
+            && self.make_error_logged_at.is_none_or(|at| now >= at + MAKE_ERROR_LOG_NS)
+        {
+            eprintln!("runnerbean: {e}; puts get OUT_OF_MEMORY until there is room");
+            self.make_error_logged_at = Some(now);
+        }
+        self.start(shard, io, now);
+    }
+
+    fn start(&mut self, shard: &mut Shard, io: &mut dyn FileIo, now: Nanos) {
+        if self.flush.can_start(now)
+            && let Some(batch) = shard.engine_mut().log_mut().and_then(|l| l.take_batch())
+        {
+            self.flush.start(batch);
+        }
+        if !self.in_flight
+            && let Some(request) = self.flush.request(now)
+        {
+            self.in_flight = true;
+            // Safety: the request's memory is owned by `self.flush` until
+            // `completed` is called for it.
+            unsafe { io.file_op(request) };
+        }
+    }
+
+    /// A file operation completed.
+    pub fn completed(&mut self, shard: &mut Shard, io: &mut dyn FileIo, result: std::io::Result<usize>, now: Nanos) {
+        self.in_flight = false;
+        match self.flush.complete(result, now) {
+            Ok(Progress { written, synced }) => {
+                let log = shard.engine_mut().log_mut().expect("a shard with a log");
+                if let Some(n) = written {
+                    log.written(n);
+                }
+                if let Some(n) = synced {
+                    log.synced(n);
+                }
+                let durable = log.durable();
+                shard.durable(durable);
+            }
+            Err(message) => eprintln!("runnerbean: {message}"),
+        }
+        self.start(shard, io, now);
+    }
+
+    /// When the log needs the loop without any other event (a timed sync,
+    /// a retry).
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        self.flush.next_deadline()
+    }
+
+    /// The server is stopping: sync everything written from now on.
+    pub fn stopping(&mut self) {
+        self.flush.sync_all();
+    }
+
+    /// Whether everything recorded is written and synced and nothing is in
+    /// flight: the process may exit.
+    pub fn is_done(&self, shard: &Shard) -> bool {
+        let pending = shard.engine().log().is_some_and(|l| l.has_records());
+        !self.in_flight && !pending && self.flush.is_idle()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+}
+
+/// The file operations a back end offers the log.
+pub trait FileIo {
+    /// Starts a file operation; its completion comes back as an event.
+    ///
+    /// # Safety
+    /// The memory the request points to must stay valid until then.
+    unsafe fn file_op(&mut self, request: crate::wal::flush::Request);
+}
+
+impl<T: Io> FileIo for T {
+    unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
+        // Safety: passed on with the caller's promise.
+        unsafe { Io::file_op(self, request) }
+    }
+}
