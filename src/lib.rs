@@ -9,12 +9,15 @@
 //!   still without I/O, and the routing of commands to shards.
 //! * [`net`] — listeners, connections and the core's event loop, on
 //!   io_uring or on epoll; the only place with sockets.
+//! * [`memory`] — the global allocator's reserve and fallible reservations,
+//!   so that running out of memory earns `OUT_OF_MEMORY`, not an abort.
 //! * [`config`] — beanstalkd-compatible command-line flags.
 //! * [`sys`] — facts about the process and host (`uname`, `getrusage`,
 //!   privileges, signals).
 
 pub mod config;
 pub mod engine;
+pub mod memory;
 pub mod net;
 pub mod protocol;
 pub mod shard;

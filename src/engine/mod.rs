@@ -33,6 +33,7 @@
 pub mod arena;
 pub mod body;
 pub mod client;
+pub mod column;
 pub mod heap;
 mod ids;
 pub mod job;
@@ -40,8 +41,7 @@ pub mod stats;
 pub mod time;
 pub mod tube;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use hashbrown::HashTable;
 use slab::Slab;
@@ -50,6 +50,7 @@ use smallvec::SmallVec;
 use arena::Arena;
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};
+use column::Column;
 use heap::{HeapOrder, IndexedHeap, NO_POS};
 use ids::IdMap;
 pub use job::JobState;
@@ -134,8 +135,9 @@ struct Counts {
 pub struct Engine {
     config: EngineConfig,
     jobs: Arena<Job>,
-    /// The rarely set fields of jobs that have any, by job key.
-    extras: HashMap<u32, Extras, BuildHasherDefault<KeyHasher>>,
+    /// The rarely set fields of jobs, by job key: paged, so that growth
+    /// never rehashes or copies anything large (see [`column`]).
+    extras: Column<Extras>,
     /// Job id → arena key.
     ids: IdMap,
     tubes: Slab<Tube>,
@@ -170,7 +172,7 @@ impl Engine {
         let mut engine = Engine {
             config,
             jobs: Arena::default(),
-            extras: HashMap::default(),
+            extras: Column::default(),
             ids: IdMap::new(first_id, u64::from(config.shards)),
             tubes: Slab::new(),
             tube_names: HashTable::new(),
@@ -411,7 +413,7 @@ impl Engine {
         let job = Job::new(id, created_at, pri, ttr_s.max(1), t, body);
         let k = self.insert_job(job);
         if delay_s > 0 {
-            self.extras_mut(k).delay_s = delay_s;
+            self.note(k, |e| e.delay_s = delay_s);
         }
         let tube = &mut self.tubes[t as usize];
         tube.jobs += 1;
@@ -501,9 +503,10 @@ impl Engine {
         };
         self.detach(k);
         self.jobs[k].pri = pri;
-        let extras = self.extras_mut(k);
-        extras.delay_s = delay_s;
-        extras.releases += 1;
+        self.note(k, |e| {
+            e.delay_s = delay_s;
+            e.releases += 1;
+        });
         if delay_s > 0 {
             self.enqueue_delayed(k, now + secs(delay_s));
         } else {
@@ -519,7 +522,7 @@ impl Engine {
         };
         self.detach(k);
         self.jobs[k].pri = pri;
-        self.extras_mut(k).buries += 1;
+        self.note(k, |e| e.buries += 1);
         self.enqueue_buried(k);
         true
     }
@@ -572,7 +575,7 @@ impl Engine {
 
     fn kick_one(&mut self, k: u32, now: Nanos) {
         self.detach(k);
-        self.extras_mut(k).kicks += 1;
+        self.note(k, |e| e.kicks += 1);
         self.enqueue_ready(k, now);
     }
 
@@ -645,7 +648,7 @@ impl Engine {
     pub fn stats_job(&self, id: u64, now: Nanos) -> Option<JobStats> {
         let k = self.find_job(id)?;
         let job = &self.jobs[k];
-        let extras = self.extras.get(&k).copied().unwrap_or_default();
+        let extras = self.extras.get(k);
         let time_left_s = match job.state() {
             JobState::Reserved | JobState::Delayed => time::secs_until(job.deadline, now),
             _ => 0,
@@ -754,7 +757,7 @@ impl Engine {
     fn expire(&mut self, k: u32, now: Nanos) {
         let c = self.jobs[k].reserver;
         self.detach(k);
-        self.extras_mut(k).timeouts += 1;
+        self.note(k, |e| e.timeouts += 1);
         self.counts.job_timeouts += 1;
         if self.clients[c as usize].wait.is_some() {
             self.schedule_client(c);
@@ -1027,8 +1030,11 @@ impl Engine {
 
     // ----- bookkeeping -------------------------------------------------------
 
-    fn extras_mut(&mut self, k: u32) -> &mut Extras {
-        self.extras.entry(k).or_default()
+    /// Records a change to a job's rarely set fields. They only show in
+    /// `stats-job`; when their page cannot be had for want of memory, the
+    /// change is not recorded rather than the command refused.
+    fn note(&mut self, k: u32, f: impl FnOnce(&mut Extras)) {
+        let _ = self.extras.update(k, f);
     }
 
     fn job_ref(&self, k: u32) -> JobRef {
@@ -1060,7 +1066,7 @@ impl Engine {
         let removed = self.ids.remove(id);
         assert_eq!(removed, Some(k), "job {id} missing from the id index");
         let job = self.jobs.remove(k);
-        self.extras.remove(&k);
+        self.extras.clear(k);
         self.tubes[job.tube() as usize].jobs -= 1;
         self.release_tube(job.tube());
     }
@@ -1133,7 +1139,10 @@ impl Engine {
     #[doc(hidden)]
     pub fn check_invariants(&self, now: Nanos) {
         #[cfg(test)]
-        self.ids.check();
+        {
+            self.ids.check();
+            self.extras.check();
+        }
         let mut counts = Counts::default();
         let mut waiting_clients = 0u64;
         for (k, job) in self.jobs.iter() {
@@ -1204,9 +1213,9 @@ fn is_live(clients: &Slab<Client>, w: Waiter) -> bool {
     clients.get(w.client as usize).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
 }
 
-/// Hashes job slab keys (the extras table) and job ids (the id map's
-/// overflow): integers chosen by the server, not by clients, so one
-/// multiplication spreads them well enough.
+/// Hashes job ids and page numbers (the id map's directory and overflow):
+/// integers chosen by the server, not by clients, so one multiplication
+/// spreads them well enough.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -1218,9 +1227,6 @@ impl Hasher for KeyHasher {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
-    }
-    fn write_u32(&mut self, k: u32) {
-        self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     fn write_u64(&mut self, n: u64) {
         // The high half of the product folded down: the low bits, which

@@ -434,6 +434,33 @@ fn a_pause_ending_with_due_jobs_serves_the_best_job() {
     t.e.check_invariants(3 * S);
 }
 
+#[test]
+fn rare_fields_cost_pages_only_while_jobs_have_them() {
+    let mut e = Engine::new(EngineConfig::default());
+    let c = e.connect();
+    let put = |e: &mut Engine, delay_s| {
+        let id = e.allocate_id();
+        assert_eq!(e.put(c, id, 0, 0, delay_s, 10, body("x"), 0), PutOutcome::Inserted);
+        id
+    };
+    // Three arena chunks of plain jobs, then three of delayed ones.
+    let plain: Vec<u64> = (0..3 * column::PAGE_SLOTS).map(|_| put(&mut e, 0)).collect();
+    assert_eq!(e.extras.pages(), 0, "plain ready jobs cost no page");
+    let delayed: Vec<u64> = (0..3 * column::PAGE_SLOTS).map(|_| put(&mut e, 5)).collect();
+    assert_eq!(e.extras.pages(), 3);
+    assert_eq!(e.stats_job(*delayed.last().unwrap(), 0).unwrap().delay_s, 5);
+    assert_eq!(e.stats_job(plain[0], 0).unwrap().delay_s, 0);
+    e.check_invariants(0);
+    for id in delayed {
+        assert!(e.delete(c, id, 0));
+    }
+    assert_eq!(e.extras.pages(), 0, "pages go with the last job that used them");
+    // A key reused by a new job starts with nothing set.
+    let fresh = put(&mut e, 0);
+    assert_eq!(e.stats_job(fresh, 0).unwrap().delay_s, 0);
+    e.check_invariants(0);
+}
+
 // ----- model-based test ---------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
