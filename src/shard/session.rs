@@ -19,7 +19,7 @@ use memchr::memchr_iter;
 use crate::engine::{BodyBuilder, ClientId, Nanos};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
-use crate::shard::{OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BYTES_HIGH};
+use crate::shard::{OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BUDGET_BYTES, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES};
 
 /// A put line accepted, its body still arriving.
 pub struct PendingPut {
@@ -83,6 +83,9 @@ pub struct Session {
     pub in_flight: usize,
     /// The part of `in_flight` in text buffers.
     pub in_flight_text: usize,
+    /// This session's part of the shard's count of reply text held, as
+    /// last counted.
+    pub text_counted: usize,
     /// Commands were left in `pending` because the replies owed reached
     /// a high mark ([`Session::over_high_mark`]); they run once those are
     /// sent.
@@ -111,6 +114,7 @@ impl Session {
             out: Output::default(),
             in_flight: 0,
             in_flight_text: 0,
+            text_counted: 0,
             stalled: false,
             blocked: false,
             eof: false,
@@ -126,11 +130,19 @@ impl Session {
         !self.blocked && !self.closing
     }
 
+    /// Reply text this session holds, waiting and in flight.
+    pub fn text_held(&self) -> usize {
+        self.out.text_len() + self.in_flight_text
+    }
+
     /// Whether the replies owed (waiting here or on their way out) are
-    /// enough that no further command should run nor input be read.
-    pub fn over_high_mark(&self) -> bool {
+    /// enough that no further command should run nor input be read, when
+    /// the shard's other sessions hold `others_text` bytes of reply text.
+    pub fn over_high_mark(&self, others_text: usize) -> bool {
+        let text = self.text_held();
         self.out.len() + self.in_flight >= OUTPUT_BYTES_HIGH
-            || self.out.text_len() + self.in_flight_text >= OUTPUT_TEXT_BYTES_HIGH
+            || text >= OUTPUT_TEXT_BYTES_HIGH
+            || (text >= OUTPUT_TEXT_FLOOR_BYTES && others_text + text >= OUTPUT_TEXT_BUDGET_BYTES)
     }
 }
 

@@ -43,12 +43,16 @@ impl Conv {
     fn send(&mut self, conn: ConnId, bytes: &[u8], now: Nanos) {
         self.shard.input(conn, bytes, now);
         self.shard.engine().check_invariants(now);
+        self.shard.check_text_held();
     }
 
-    /// Everything the connection was sent since the last call.
+    /// Everything the connection was sent since the last call, written
+    /// out as the network would: one send, completed at once.
     fn out(&mut self, conn: ConnId) -> Vec<u8> {
         let mut segments = Vec::new();
-        self.shard.output(conn).take(&mut segments);
+        self.shard.start_send(conn, &mut segments);
+        self.shard.sent(conn, 0);
+        self.shard.check_text_held();
         segments.iter().flat_map(|s: &Segment| s.bytes().to_vec()).collect()
     }
 
@@ -241,6 +245,65 @@ fn bodies_sent_by_reference_count_against_the_larger_mark() {
     assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
     c.shard.sent(w, 0);
     assert_eq!(send_until(&mut c, w, first, |_, total| total >= 200 * reply), 200 * reply);
+}
+
+#[test]
+fn connections_that_never_read_share_one_budget() {
+    let mut c = Conv::new();
+    let probe = c.open();
+    let reply = c.ask(probe, b"stats-tube default\r\n", 0).len();
+    let flood = b"stats-tube default\r\n".repeat(OUTPUT_TEXT_BYTES_HIGH / reply + 2);
+    // Enough connections that their high marks together would be far
+    // beyond the budget. Each floods and never reads: its first send never
+    // completes.
+    let first = OUTPUT_TEXT_BUDGET_BYTES / OUTPUT_TEXT_BYTES_HIGH;
+    let conns: Vec<ConnId> = (0..first + 50).map(|_| c.open()).collect();
+    let mut held = Vec::new();
+    for &w in &conns {
+        c.send(w, &flood, 0);
+        held.push(start_send(&mut c, w));
+        assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    }
+    assert!(held[..first - 1].iter().all(|&h| h >= OUTPUT_TEXT_BYTES_HIGH), "{held:?}");
+    let late = &held[first + 1..];
+    assert!(late.iter().all(|&h| (OUTPUT_TEXT_FLOOR_BYTES..OUTPUT_TEXT_FLOOR_BYTES + reply).contains(&h)), "{late:?}");
+    assert!(
+        c.shard.text_held()
+            < OUTPUT_TEXT_BUDGET_BYTES + OUTPUT_TEXT_BYTES_HIGH + 50 * (OUTPUT_TEXT_FLOOR_BYTES + reply)
+    );
+    // A connection that reads still gets on, a floor at a time.
+    let reader = conns[first + 10];
+    c.shard.sent(reader, 0);
+    let next = start_send(&mut c, reader);
+    assert!((OUTPUT_TEXT_FLOOR_BYTES..OUTPUT_TEXT_FLOOR_BYTES + reply).contains(&next), "{next}");
+    c.shard.check_text_held();
+    // The budget comes back as connections go.
+    for w in conns {
+        c.shard.abort(w, 0);
+        c.shard.sent(w, 0);
+        c.shard.remove(w);
+    }
+    c.shard.check_text_held();
+    assert_eq!(c.shard.text_held(), 0);
+}
+
+#[test]
+fn a_burst_leaves_no_large_buffer_behind() {
+    let mut c = Conv::new();
+    let w = c.open();
+    // 300 documents in one write, pipelined behind a blocked reserve.
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    let burst = b"stats-tube default\r\n".repeat(300);
+    c.send(w, b"reserve-with-timeout 1\r\n", 0);
+    c.send(w, &burst, 0);
+    assert!(c.shard.sessions[w.0 as usize].pending.capacity() >= burst.len());
+    c.shard.tick(2 * S);
+    assert_eq!(c.out(w).len(), "TIMED_OUT\r\n".len() + 300 * reply);
+    let session = &c.shard.sessions[w.0 as usize];
+    assert_eq!(session.pending.capacity(), 0, "the input buffer of the burst is freed");
+    assert!(session.out.capacity() <= crate::protocol::output::KEPT_BUFFER_BYTES_MAX, "{}", session.out.capacity());
+    // And the connection still works, with small buffers.
+    assert_eq!(c.ask(w, b"list-tube-used\r\n", 2 * S), "USING default\r\n");
 }
 
 #[test]
