@@ -28,7 +28,7 @@ use crate::protocol::command::{self, Command, ParseError};
 use crate::protocol::output::{Output, Segment};
 use crate::protocol::reply;
 use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
-use session::{LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
+use session::{Input, LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
 
 /// Commands pipelined behind a blocked reserve are buffered up to this
 /// many bytes; beyond it the connection is not read until it unblocks.
@@ -247,7 +247,7 @@ impl Shard {
         let now = self.observe(now);
         let session = &mut self.sessions[conn.0 as usize];
         session.closing = true;
-        session.pending = Vec::new();
+        session.pending = Input::default();
         session.mode = Mode::Line;
         if let Some(client) = session.client.take() {
             self.engine.disconnect(client, now);
@@ -448,29 +448,15 @@ impl Shard {
 
     /// Runs a session's buffered input as far as it goes.
     fn run(&mut self, conn: u32, now: Nanos) {
-        let input = std::mem::take(&mut self.sessions[conn as usize].pending);
-        let used = self.process(conn, &input, now);
+        let mut input = std::mem::take(&mut self.sessions[conn as usize].pending);
+        let used = self.process(conn, input.bytes(), now);
         let session = &mut self.sessions[conn as usize];
         if session.closing {
             return;
         }
-        if used == input.len() {
-            let mut input = input;
-            input.clear();
-            // Keep the allocation unless a burst made it large.
-            if input.capacity() <= PENDING_KEPT_BYTES_MAX {
-                session.pending = input;
-            }
-        } else {
-            debug_assert!(session.pending.is_empty());
-            let mut input = input;
-            // Nothing used (blocked, or held back by the high mark) is the
-            // common case while input piles up: keep the buffer as it is.
-            if used > 0 {
-                input.drain(..used);
-            }
-            session.pending = input;
-        }
+        debug_assert!(session.pending.is_empty());
+        input.consume(used);
+        session.pending = input;
     }
 
     /// Consumes as much of `input` as the session's state allows; returns

@@ -19,7 +19,70 @@ use memchr::memchr_iter;
 use crate::engine::{BodyBuilder, ClientId, Nanos};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
-use crate::shard::{OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BUDGET_BYTES, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES};
+use crate::shard::{
+    OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BUDGET_BYTES, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES,
+    PENDING_KEPT_BYTES_MAX,
+};
+
+/// Received bytes not processed yet, consumed from the front.
+///
+/// Commands held back behind a blocked reserve or a high mark run a few at
+/// a time as the way clears; moving every byte after them to the front
+/// each time would cost the size of the backlog per few commands. The
+/// consumed front is dropped only once it is at least as large as what is
+/// left, so each byte is moved at most once on average, and the buffer
+/// shrinks with its contents.
+#[derive(Default)]
+pub struct Input {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already consumed.
+    start: usize,
+}
+
+impl Input {
+    pub fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The bytes not consumed yet.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Memory the buffer takes.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Drops the first `n` bytes not consumed yet.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            // A buffer a burst made large is freed; a small one is kept
+            // for the partial lines of everyday traffic.
+            if self.buf.capacity() > PENDING_KEPT_BYTES_MAX {
+                self.buf = Vec::new();
+            }
+        } else if self.start >= self.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+            if self.buf.capacity() > PENDING_KEPT_BYTES_MAX && self.buf.capacity() > 4 * self.buf.len() {
+                self.buf.shrink_to(2 * self.buf.len());
+            }
+        }
+    }
+}
 
 /// A put line accepted, its body still arriving.
 pub struct PendingPut {
@@ -76,8 +139,8 @@ pub struct Session {
     pub client: Option<ClientId>,
     pub mode: Mode,
     /// Received bytes not processed yet: a partial command line, or
-    /// commands pipelined behind a blocked reserve.
-    pub pending: Vec<u8>,
+    /// commands pipelined behind a blocked reserve or a high mark.
+    pub pending: Input,
     pub out: Output,
     /// Reply bytes handed to the network and not yet reported sent.
     pub in_flight: usize,
@@ -110,7 +173,7 @@ impl Session {
         Session {
             client: Some(client),
             mode: Mode::Line,
-            pending: Vec::new(),
+            pending: Input::default(),
             out: Output::default(),
             in_flight: 0,
             in_flight_text: 0,
@@ -174,6 +237,35 @@ pub fn find_crlf(input: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_is_consumed_from_the_front_and_shrinks_with_it() {
+        let mut input = Input::default();
+        let backlog: Vec<u8> = (0..=255u8).cycle().take(256 * 1024).collect();
+        input.extend_from_slice(&backlog);
+        let mut taken = 0;
+        // A few bytes at a time, as held-back commands run.
+        while input.len() > 1000 {
+            assert_eq!(input.bytes()[0], backlog[taken]);
+            input.consume(100);
+            taken += 100;
+            assert!(input.capacity() <= (4 * input.len()).max(256 * 1024), "{} for {}", input.capacity(), input.len());
+        }
+        assert_eq!(input.bytes(), &backlog[taken..]);
+        assert!(input.capacity() <= 4 * PENDING_KEPT_BYTES_MAX, "{}", input.capacity());
+        input.consume(input.len());
+        assert!(input.is_empty());
+        assert!(input.capacity() <= PENDING_KEPT_BYTES_MAX, "{}", input.capacity());
+        input.extend_from_slice(&backlog);
+        input.consume(backlog.len());
+        assert_eq!(input.capacity(), 0, "a large buffer is freed once empty");
+        input.extend_from_slice(b"put 0 0 1");
+        input.consume(4);
+        input.extend_from_slice(b"0 5\r\n");
+        assert_eq!(input.bytes(), b"0 0 10 5\r\n");
+        input.consume(input.len());
+        assert!(input.capacity() > 0, "a small buffer is kept");
+    }
 
     #[test]
     fn line_scanning() {
