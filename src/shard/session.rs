@@ -54,6 +54,19 @@ impl Input {
     }
 
     pub fn extend_from_slice(&mut self, data: &[u8]) {
+        if self.buf.len() + data.len() > self.buf.capacity() {
+            // The consumed front goes first, then the buffer grows by half
+            // rather than doubling: a backlog is held, not built up.
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let need = self.buf.len() + data.len();
+            if need > self.buf.capacity() {
+                let target = need.max(self.buf.capacity() + self.buf.capacity() / 2);
+                self.buf.reserve_exact(target - self.buf.len());
+            }
+        }
         self.buf.extend_from_slice(data);
     }
 
