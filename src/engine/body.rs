@@ -23,6 +23,8 @@ use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 
+use crate::memory;
+
 #[repr(C)]
 struct Header {
     refs: AtomicU32,
@@ -44,12 +46,17 @@ fn layout(len: usize) -> Layout {
 /// deleted, the server stayed 200 MB larger.
 const MAP_BYTES_MIN: usize = 1 << 20;
 
-/// Memory for the header and `len` bytes; null when there is none.
+/// Memory for the header and `len` bytes; null when there is none. A
+/// failure here earns OUT_OF_MEMORY: it never spends the allocator's
+/// reserve (see [`crate::memory`]).
 fn allocate(len: usize) -> *mut Header {
+    if memory::injected_failure() {
+        return std::ptr::null_mut();
+    }
     let size = size_of::<Header>() + len;
     if size < MAP_BYTES_MIN {
         // Safety: the layout has a non-zero size (the header).
-        return unsafe { alloc(layout(len)) }.cast();
+        return memory::fallible(|| unsafe { alloc(layout(len)) }).cast();
     }
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 
 use crate::engine::Body;
+use crate::memory::{self, OutOfMemory};
 
 /// Bodies up to this size are copied into the text buffer.
 pub const BODY_INLINE_BYTES_MAX: usize = 1024;
@@ -25,6 +26,10 @@ const SPARE_BUFFERS_MAX: usize = 1;
 /// took (after 100 `stats` each, 2,000 idle connections kept 230 MB). A
 /// batch of 32 replies with 100-byte bodies fits.
 pub const KEPT_BUFFER_BYTES_MAX: usize = 8 * 1024;
+
+/// The room [`Output::try_reserve`] makes in a spare buffer for the text
+/// after a body sent by reference: its CRLF and a few reply lines.
+const SPARE_BYTES_MIN: usize = 256;
 
 #[derive(Debug)]
 pub enum Segment {
@@ -103,6 +108,22 @@ impl Output {
             buf.clear();
             self.spare.push(buf);
         }
+    }
+
+    /// Makes room for `n` more bytes of reply text, and for a body sent by
+    /// reference among them, so that writing them allocates nothing;
+    /// refuses when the memory cannot be had.
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), OutOfMemory> {
+        memory::try_reserve(&mut self.open, n)?;
+        memory::attempt(|| self.sealed.try_reserve(2))?;
+        // A body by reference seals the open buffer; what follows it goes
+        // into a spare one.
+        if self.spare.is_empty() {
+            let mut spare = Vec::new();
+            memory::try_reserve(&mut spare, SPARE_BYTES_MIN)?;
+            self.spare.push(spare);
+        }
+        Ok(())
     }
 
     /// Frees what a burst of replies left behind, once nothing is owed:

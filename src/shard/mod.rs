@@ -21,9 +21,9 @@ pub mod session;
 
 use std::collections::VecDeque;
 
-use slab::Slab;
-
+use crate::engine::arena::Arena;
 use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
+use crate::memory::{self, OutOfMemory};
 use crate::protocol::command::{self, Command, ParseError};
 use crate::protocol::output::{Output, Segment};
 use crate::protocol::reply;
@@ -66,6 +66,21 @@ const _: () = assert!(OUTPUT_TEXT_BYTES_HIGH < OUTPUT_BYTES_HIGH);
 /// that a burst of pipelined commands leaves nothing behind; below it the
 /// buffer is kept, so partial lines cost no allocation.
 pub const PENDING_KEPT_BYTES_MAX: usize = 4 * 1024;
+
+/// Room made for the documents of `stats`, `stats-tube` and `stats-job`
+/// before they are written: `stats` takes about 1.5 KB, with runnerbean's
+/// own keys and long host names well under this.
+const DOCUMENT_BYTES_MAX: usize = 4096;
+
+/// Room for the `OK <bytes>\r\n` before a document and the CRLF after it.
+const DOCUMENT_HEADER_BYTES_MAX: usize = 32;
+
+/// Room made in a connection's reply text before each of its commands
+/// runs (and before a waiter's answer), when memory is short: the longest
+/// reply line with a body copied into it, so that no reply but a document
+/// needs an allocation of its own. Outside a shortage the room is taken
+/// as the replies are written, and a failure there spends the reserve.
+const REPLY_ROOM_BYTES: usize = crate::protocol::LINE_BYTES_MAX + crate::protocol::output::BODY_INLINE_BYTES_MAX + 2;
 
 /// Put bodies with at least this many bytes still to come are received
 /// straight into the job's memory (see [`Shard::wants_direct_body`]).
@@ -118,7 +133,7 @@ pub enum ReadGate {
 pub struct Shard {
     engine: Engine,
     info: ServerInfo,
-    sessions: Slab<Session>,
+    sessions: Arena<Session>,
     /// Engine client index → session key.
     conn_of_client: Vec<u32>,
     /// Sessions unblocked by a wake, to run their pipelined commands.
@@ -131,6 +146,9 @@ pub struct Shard {
     /// Reply text held by all sessions, waiting and in flight: the sum of
     /// their `text_counted` (see [`OUTPUT_TEXT_BUDGET_BYTES`]).
     text_held: usize,
+    /// Taking the memory reserve back and giving freed memory to the
+    /// kernel, from [`Shard::tick`].
+    upkeep: memory::Upkeep,
 }
 
 impl Shard {
@@ -138,7 +156,7 @@ impl Shard {
         Shard {
             engine: Engine::new(config),
             info,
-            sessions: Slab::new(),
+            sessions: Arena::default(),
             conn_of_client: Vec::new(),
             runnable: VecDeque::new(),
             dirty: Vec::new(),
@@ -146,6 +164,7 @@ impl Shard {
             scratch: Vec::new(),
             clock: 0,
             text_held: 0,
+            upkeep: memory::Upkeep::default(),
         }
     }
 
@@ -153,15 +172,32 @@ impl Shard {
         &self.engine
     }
 
-    /// A new connection; `label` names it in log lines.
-    pub fn open(&mut self, label: i32) -> ConnId {
-        let client = self.engine.connect();
-        let conn = self.sessions.insert(Session::new(client, label)) as u32;
+    /// A new connection; `label` names it in log lines. `None` when memory
+    /// is short or the memory for it cannot be had: the network then
+    /// closes it at once, as beanstalkd does when it cannot allocate one.
+    pub fn open(&mut self, label: i32) -> Option<ConnId> {
+        if memory::is_short() {
+            return None;
+        }
+        // Room for the session, its place in every per-session list, and
+        // the engine's client, before anything changes.
+        let sessions = self.sessions.len() + 1;
+        self.sessions.try_reserve().ok()?;
+        reserve_total(&mut self.dirty, sessions).ok()?;
+        reserve_total(&mut self.wakes, sessions).ok()?;
+        let more = sessions.saturating_sub(self.runnable.len());
+        memory::attempt(|| self.runnable.try_reserve(more)).ok()?;
+        let client = self.engine.connect().ok()?;
+        if reserve_total(&mut self.conn_of_client, client.index() + 1).is_err() {
+            self.engine.disconnect(client, self.clock);
+            return None;
+        }
+        let conn = self.sessions.insert(Session::new(client, label));
         if self.conn_of_client.len() <= client.index() {
             self.conn_of_client.resize(client.index() + 1, u32::MAX);
         }
         self.conn_of_client[client.index()] = conn;
-        ConnId(conn)
+        Some(ConnId(conn))
     }
 
     /// Bytes received on a connection.
@@ -178,9 +214,13 @@ impl Shard {
             // The common case: run straight from the read buffer and keep
             // only an incomplete tail.
             let used = self.process(conn.0, data, now);
-            self.sessions[k].pending.extend_from_slice(&data[used..]);
+            if self.sessions[k].pending.extend_from_slice(&data[used..]).is_err() {
+                return self.abort(conn, now);
+            }
         } else {
-            session.pending.extend_from_slice(data);
+            if session.pending.extend_from_slice(data).is_err() {
+                return self.abort(conn, now);
+            }
             self.run(conn.0, now);
         }
         self.settle(now);
@@ -228,6 +268,7 @@ impl Shard {
     /// Timers: call at (or after) [`Shard::next_deadline`].
     pub fn tick(&mut self, now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.tick(now);
         self.engine.advance(now);
         self.settle(now);
     }
@@ -254,6 +295,16 @@ impl Shard {
             self.conn_of_client[client.index()] = u32::MAX;
         }
         self.mark_dirty(conn.0);
+    }
+
+    /// A connection that cannot be answered for want of memory: drop its
+    /// output and close it, without settling (for callers that are).
+    fn kill(&mut self, conn: u32, now: Nanos) {
+        let session = &mut self.sessions[conn as usize];
+        session.dead = true;
+        session.out = Output::default();
+        self.recount(conn);
+        self.close(ConnId(conn), now);
     }
 
     /// Writing failed: drop the output and close.
@@ -309,7 +360,7 @@ impl Shard {
 
     /// Forgets a closed connection once nothing is in flight on its socket.
     pub fn remove(&mut self, conn: ConnId) {
-        let session = self.sessions.remove(conn.0 as usize);
+        let session = self.sessions.remove(conn.0);
         assert!(session.closing && session.client.is_none(), "removing a live session");
         self.text_held -= session.text_counted;
     }
@@ -382,7 +433,7 @@ impl Shard {
     /// call.
     pub fn take_dirty(&mut self, into: &mut Vec<ConnId>) {
         for conn in self.dirty.drain(..) {
-            if let Some(s) = self.sessions.get_mut(conn.0 as usize) {
+            if let Some(s) = self.sessions.get_mut(conn.0) {
                 s.dirty = false;
                 into.push(conn);
             }
@@ -431,6 +482,12 @@ impl Shard {
                 let session = &mut self.sessions[conn as usize];
                 debug_assert!(session.blocked, "wake for a session that is not blocked");
                 session.blocked = false;
+                if session.make_room().is_err() {
+                    // The answer cannot be written: the connection goes,
+                    // and a job it was handed goes back to ready.
+                    self.kill(conn, now);
+                    continue;
+                }
                 match wake {
                     Wake::Reserved(job) => reply::reserved(&mut session.out, &job),
                     Wake::TimedOut => session.out.push(reply::TIMED_OUT),
@@ -480,6 +537,11 @@ impl Shard {
                     break;
                 }
                 Mode::Line => match scan_line(rest) {
+                    LineScan::Line(_) if session.make_room().is_err() => {
+                        // Not even room for OUT_OF_MEMORY.
+                        self.kill(conn, now);
+                        break;
+                    }
                     LineScan::Line(len) => {
                         pos += len + 2;
                         self.command(conn, &rest[..len], now);
@@ -547,7 +609,7 @@ impl Shard {
     #[cfg(test)]
     fn check_text_held(&self) {
         let mut sum = 0;
-        for (_, session) in &self.sessions {
+        for (_, session) in self.sessions.iter() {
             assert_eq!(session.text_counted, session.text_held(), "a session's text held, as counted");
             sum += session.text_counted;
         }
@@ -566,6 +628,7 @@ impl Shard {
         match self.engine.put(client, put.id, put.created_at, put.pri, put.delay_s, put.ttr_s, body, now) {
             PutOutcome::Inserted => reply::number_line(&mut session.out, b"INSERTED", put.id),
             PutOutcome::Draining => session.out.push(reply::DRAINING),
+            PutOutcome::OutOfMemory => session.out.push(reply::OUT_OF_MEMORY),
         }
     }
 
@@ -607,7 +670,10 @@ impl Shard {
                     return out.push(reply::BAD_FORMAT);
                 }
                 engine.set_producer(client);
-                let Some(body) = BodyBuilder::try_new(size as usize) else {
+                // While memory is short no body is even tried: the memory
+                // freed goes to the reserve first.
+                let body = if memory::is_short() { None } else { BodyBuilder::try_new(size as usize) };
+                let Some(body) = body else {
                     session.mode = Mode::Discard { remaining: body_bytes, reply: reply::OUT_OF_MEMORY };
                     return;
                 };
@@ -660,6 +726,7 @@ impl Shard {
                         out.push(reply::TIMED_OUT);
                     }
                     ReserveOutcome::Waiting => session.blocked = true,
+                    ReserveOutcome::OutOfMemory => out.push(reply::OUT_OF_MEMORY),
                 }
             }
             C::ReserveJob(id) => {
@@ -697,10 +764,7 @@ impl Shard {
             C::StatsJob(id) => {
                 engine.count(Op::StatsJob);
                 match engine.stats_job(id, now) {
-                    Some(stats) => {
-                        yaml::job_stats(&mut self.scratch, &stats);
-                        reply::ok_document(out, &self.scratch);
-                    }
+                    Some(stats) => document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::job_stats(d, &stats)),
                     None => out.push(reply::NOT_FOUND),
                 }
             }
@@ -708,8 +772,7 @@ impl Shard {
                 engine.count(Op::StatsTube);
                 match engine.stats_tube(name, now) {
                     Some(stats) => {
-                        yaml::tube_stats(&mut self.scratch, &stats);
-                        reply::ok_document(out, &self.scratch);
+                        document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::tube_stats(d, &stats))
                     }
                     None => out.push(reply::NOT_FOUND),
                 }
@@ -732,18 +795,25 @@ impl Shard {
                     platform: &info.platform,
                     extra: &extra,
                 };
-                yaml::stats(&mut self.scratch, &engine.stats(), &process);
-                reply::ok_document(out, &self.scratch);
+                let stats = engine.stats();
+                document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::stats(d, &stats, &process));
             }
             C::Use(name) => {
                 engine.count(Op::Use);
-                engine.use_tube(client, name);
-                reply::using(out, name);
+                // No new tube while memory is short, as with puts.
+                let refused = memory::is_short() && !engine.has_tube(name);
+                match if refused { Err(OutOfMemory) } else { engine.use_tube(client, name) } {
+                    Ok(()) => reply::using(out, name),
+                    Err(OutOfMemory) => out.push(reply::OUT_OF_MEMORY),
+                }
             }
             C::Watch(name) => {
                 engine.count(Op::Watch);
-                let n = engine.watch(client, name);
-                reply::number_line(out, b"WATCHING", n as u64);
+                let refused = memory::is_short() && !engine.has_tube(name);
+                match if refused { Err(OutOfMemory) } else { engine.watch(client, name) } {
+                    Ok(n) => reply::number_line(out, b"WATCHING", n as u64),
+                    Err(OutOfMemory) => out.push(reply::OUT_OF_MEMORY),
+                }
             }
             C::Ignore(name) => {
                 engine.count(Op::Ignore);
@@ -754,8 +824,8 @@ impl Shard {
             }
             C::ListTubesWatched => {
                 engine.count(Op::ListTubesWatched);
-                yaml::list(&mut self.scratch, engine.watched_tubes(client));
-                reply::ok_document(out, &self.scratch);
+                let size = list_bytes(engine.watched_tubes(client));
+                document(out, &mut self.scratch, size, |d| yaml::list(d, engine.watched_tubes(client)));
             }
             C::ListTubeUsed => {
                 engine.count(Op::ListTubeUsed);
@@ -763,8 +833,8 @@ impl Shard {
             }
             C::ListTubes => {
                 engine.count(Op::ListTubes);
-                yaml::list(&mut self.scratch, engine.tube_names());
-                reply::ok_document(out, &self.scratch);
+                let size = list_bytes(engine.tube_names());
+                document(out, &mut self.scratch, size, |d| yaml::list(d, engine.tube_names()));
             }
             C::Quit => {
                 self.close(ConnId(conn), now);
@@ -779,6 +849,46 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+/// Writes a document reply (`OK <bytes>` and the YAML), its text first
+/// built in `scratch` with room for `size` bytes made beforehand; answers
+/// OUT_OF_MEMORY when that room, or the room for the reply, cannot be had.
+///
+/// Outside a shortage, the room for a document of at most
+/// [`DOCUMENT_BYTES_MAX`] is taken infallibly, so that `stats` still
+/// answers when memory has just run out (spending the reserve if need be,
+/// which makes memory short); larger ones, lists of many tubes, are always
+/// made room for fallibly.
+fn document(out: &mut Output, scratch: &mut Vec<u8>, size: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    let fallibly = size > DOCUMENT_BYTES_MAX || memory::is_short();
+    scratch.clear();
+    if fallibly {
+        if memory::try_reserve(scratch, size).is_err() {
+            return out.push(reply::OUT_OF_MEMORY);
+        }
+    } else {
+        scratch.reserve(size);
+    }
+    write(scratch);
+    debug_assert!(scratch.len() <= size, "a document larger than its room");
+    if fallibly && out.try_reserve(scratch.len() + DOCUMENT_HEADER_BYTES_MAX).is_err() {
+        return out.push(reply::OUT_OF_MEMORY);
+    }
+    reply::ok_document(out, scratch);
+}
+
+/// The size of `yaml::list` of these names: `---\n`, then `- <name>\n` each.
+fn list_bytes<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    4 + names.map(|name| name.len() + 3).sum::<usize>()
+}
+
+/// Makes sure `v` holds `total` elements without allocating, or refuses.
+fn reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
+    match total.checked_sub(v.len()) {
+        Some(more) if total > v.capacity() => memory::try_reserve(v, more),
+        _ => Ok(()),
     }
 }
 

@@ -17,11 +17,12 @@
 use memchr::memchr_iter;
 
 use crate::engine::{BodyBuilder, ClientId, Nanos};
+use crate::memory::{self, OutOfMemory};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
 use crate::shard::{
     OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BUDGET_BYTES, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES,
-    PENDING_KEPT_BYTES_MAX,
+    PENDING_KEPT_BYTES_MAX, REPLY_ROOM_BYTES,
 };
 
 /// Received bytes not processed yet, consumed from the front.
@@ -53,7 +54,9 @@ impl Input {
         &self.buf[self.start..]
     }
 
-    pub fn extend_from_slice(&mut self, data: &[u8]) {
+    /// Appends received bytes; refuses, keeping what it had, when the
+    /// memory for them cannot be had.
+    pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<(), OutOfMemory> {
         if self.buf.len() + data.len() > self.buf.capacity() {
             // The consumed front goes first, then the buffer grows by half
             // rather than doubling: a backlog is held, not built up.
@@ -63,11 +66,13 @@ impl Input {
             }
             let need = self.buf.len() + data.len();
             if need > self.buf.capacity() {
-                let target = need.max(self.buf.capacity() + self.buf.capacity() / 2);
-                self.buf.reserve_exact(target - self.buf.len());
+                let more = need.max(self.buf.capacity() + self.buf.capacity() / 2) - self.buf.len();
+                let buf = &mut self.buf;
+                memory::try_or_spend(|| memory::try_reserve_exact(buf, more))?;
             }
         }
         self.buf.extend_from_slice(data);
+        Ok(())
     }
 
     /// Memory the buffer takes.
@@ -214,11 +219,24 @@ impl Session {
     /// Whether the replies owed (waiting here or on their way out) are
     /// enough that no further command should run nor input be read, when
     /// the shard's other sessions hold `others_text` bytes of reply text.
+    /// While memory is short every connection is held to the floor.
     pub fn over_high_mark(&self, others_text: usize) -> bool {
         let text = self.text_held();
+        let budget_spent = others_text + text >= OUTPUT_TEXT_BUDGET_BYTES || memory::is_short();
         self.out.len() + self.in_flight >= OUTPUT_BYTES_HIGH
             || text >= OUTPUT_TEXT_BYTES_HIGH
-            || (text >= OUTPUT_TEXT_FLOOR_BYTES && others_text + text >= OUTPUT_TEXT_BUDGET_BYTES)
+            || (text >= OUTPUT_TEXT_FLOOR_BYTES && budget_spent)
+    }
+
+    /// Makes room for one reply, fallibly, while memory is short (see
+    /// [`REPLY_ROOM_BYTES`]); outside a shortage there is nothing to do.
+    pub fn make_room(&mut self) -> Result<(), OutOfMemory> {
+        if memory::is_short() {
+            let out = &mut self.out;
+            memory::try_or_spend(|| out.try_reserve(REPLY_ROOM_BYTES))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -255,7 +273,7 @@ mod tests {
     fn input_is_consumed_from_the_front_and_shrinks_with_it() {
         let mut input = Input::default();
         let backlog: Vec<u8> = (0..=255u8).cycle().take(256 * 1024).collect();
-        input.extend_from_slice(&backlog);
+        input.extend_from_slice(&backlog).unwrap();
         let mut taken = 0;
         // A few bytes at a time, as held-back commands run.
         while input.len() > 1000 {
@@ -269,12 +287,12 @@ mod tests {
         input.consume(input.len());
         assert!(input.is_empty());
         assert!(input.capacity() <= PENDING_KEPT_BYTES_MAX, "{}", input.capacity());
-        input.extend_from_slice(&backlog);
+        input.extend_from_slice(&backlog).unwrap();
         input.consume(backlog.len());
         assert_eq!(input.capacity(), 0, "a large buffer is freed once empty");
-        input.extend_from_slice(b"put 0 0 1");
+        input.extend_from_slice(b"put 0 0 1").unwrap();
         input.consume(4);
-        input.extend_from_slice(b"0 5\r\n");
+        input.extend_from_slice(b"0 5\r\n").unwrap();
         assert_eq!(input.bytes(), b"0 0 10 5\r\n");
         input.consume(input.len());
         assert!(input.capacity() > 0, "a small buffer is kept");

@@ -37,7 +37,7 @@ impl Conv {
     }
 
     fn open(&mut self) -> ConnId {
-        self.shard.open(0)
+        self.shard.open(0).expect("memory for a connection")
     }
 
     fn send(&mut self, conn: ConnId, bytes: &[u8], now: Nanos) {
@@ -558,4 +558,110 @@ mod random_input {
             }
         }
     }
+}
+
+/// Runs `f` with memory short on this thread.
+fn while_short<R>(f: impl FnOnce() -> R) -> R {
+    crate::memory::set_short_for_test(true);
+    let result = f();
+    crate::memory::set_short_for_test(false);
+    result
+}
+
+#[test]
+fn while_memory_is_short_new_jobs_tubes_and_connections_are_refused() {
+    let mut c = Conv::new();
+    let a = c.open();
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\nx\r\nwatch old\r\n", 0), "INSERTED 1\r\nWATCHING 2\r\n");
+    while_short(|| {
+        // The body is read and thrown away, as after JOB_TOO_BIG, and no
+        // id is used up.
+        assert_eq!(c.ask(a, b"put 0 0 10 5\r\nhello\r\nlist-tube-used\r\n", S), "OUT_OF_MEMORY\r\nUSING default\r\n");
+        assert_eq!(
+            c.ask(a, b"use new\r\nwatch new\r\nlist-tubes\r\n", S),
+            "OUT_OF_MEMORY\r\nOUT_OF_MEMORY\r\nOK 20\r\n---\n- default\n- old\n\r\n"
+        );
+        // Existing tubes and jobs work as ever.
+        assert_eq!(c.ask(a, b"use old\r\nwatch default\r\n", S), "USING old\r\nWATCHING 2\r\n");
+        assert!(c.ask(a, b"stats\r\n", S).starts_with("OK "));
+        assert_eq!(c.ask(a, b"reserve\r\n", S), "RESERVED 1 1\r\nx\r\n");
+        assert_eq!(c.ask(a, b"delete 1\r\n", S), "DELETED\r\n");
+        assert!(c.shard.open(0).is_none(), "a new connection is refused");
+    });
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\ny\r\nuse new\r\n", 2 * S), "INSERTED 2\r\nUSING new\r\n");
+    assert!(c.shard.open(0).is_some());
+}
+
+#[test]
+fn while_memory_is_short_each_connection_is_held_to_the_floor() {
+    let mut c = Conv::new();
+    let w = c.open();
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    let flood = b"stats-tube default\r\n".repeat(OUTPUT_TEXT_BYTES_HIGH / reply);
+    while_short(|| {
+        c.send(w, &flood, 0);
+        let first = start_send(&mut c, w);
+        assert!((OUTPUT_TEXT_FLOOR_BYTES..OUTPUT_TEXT_FLOOR_BYTES + reply).contains(&first), "{first}");
+        assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    });
+    // Once memory is back, the connection gets its full share again.
+    c.shard.sent(w, 0);
+    let next = start_send(&mut c, w);
+    assert!(next >= OUTPUT_TEXT_BYTES_HIGH / 2, "{next}");
+}
+
+#[test]
+fn a_connection_whose_input_cannot_be_kept_is_closed_alone() {
+    let mut c = Conv::new();
+    let (a, b) = (c.open(), c.open());
+    c.send(a, b"put 0 0 10 1\r\nx\r\nreserve\r\nreserve\r\n", 0);
+    // Behind its blocked reserve, a's next commands must be kept, and the
+    // memory for them cannot be had.
+    crate::memory::fail_for_test(0, 1);
+    c.shard.input(a, b"list-tube-used\r\n", 0);
+    crate::memory::fail_for_test(0, 0);
+    assert!(c.shard.finished(a) && c.shard.is_dead(a));
+    assert_eq!(c.shard.read_gate(a), ReadGate::Stop);
+    // Its reservation went back, and b is served as ever.
+    assert_eq!(c.ask(b, b"reserve-with-timeout 0\r\n", 0), "RESERVED 1 1\r\nx\r\n");
+    c.shard.remove(a);
+    c.shard.check_text_held();
+}
+
+#[test]
+fn a_waiter_whose_answer_cannot_be_written_goes_and_its_job_to_the_next() {
+    let mut c = Conv::new();
+    let (p, w1, w2) = (c.open(), c.open(), c.open());
+    c.send(w1, b"reserve\r\n", 0);
+    c.send(w2, b"reserve\r\n", 0);
+    c.send(p, b"put 0 1 10 1\r\nx\r\n", 0);
+    assert_eq!(c.out(p), b"INSERTED 1\r\n");
+    while_short(|| {
+        // The job falls due and goes to w1, whose answer finds no room.
+        crate::memory::fail_for_test(0, 1);
+        c.shard.tick(2 * S);
+        crate::memory::fail_for_test(0, 0);
+    });
+    assert!(c.shard.finished(w1) && c.shard.is_dead(w1));
+    assert_eq!(c.out(w2), b"RESERVED 1 1\r\nx\r\n");
+    c.shard.engine().check_invariants(2 * S);
+}
+
+#[test]
+fn a_connection_refused_for_want_of_memory_leaves_nothing() {
+    let mut c = Conv::new();
+    let a = c.open();
+    for k in 0..3 {
+        crate::memory::fail_for_test(k, u32::MAX);
+        let refused = c.shard.open(0);
+        crate::memory::fail_for_test(0, 0);
+        if let Some(conn) = refused {
+            // Every reservation was made before the k-th.
+            c.shard.close(conn, 0);
+            c.shard.remove(conn);
+        }
+        assert_eq!(c.shard.engine().stats().connections, 1);
+        c.shard.engine().check_invariants(0);
+    }
+    assert_eq!(c.ask(a, b"list-tube-used\r\n", 0), "USING default\r\n");
 }

@@ -1,0 +1,95 @@
+//! Wire tests of memory: the real binary under an address-space limit
+//! (`ulimit -v`), so that allocations really fail, on both back ends; and
+//! what connections that never read, or that burst and go idle, cost.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, on_both, stat};
+
+/// The body of every job: the hostile tester's "ordinary 1000-byte puts".
+const BODY_BYTES: usize = 1000;
+/// Puts sent before their replies are read.
+const BATCH: usize = 100;
+/// Address space the server may use beyond what it has once started (its
+/// binary and libraries, the ring, and the allocator's first arena): room
+/// for a hundred thousand jobs or so, filled in a second or two.
+const ROOM_BYTES: u64 = 64 << 20;
+/// A limit loose enough for the server to start with its usual layout
+/// (mimalloc reserves smaller arenas once 1 GiB is refused), for reading
+/// the size of that layout.
+const START_LIMIT_BYTES: u64 = 1 << 30;
+/// Jobs deleted to give memory back before a put is tried again: 20 MB of
+/// bodies, several times the allocator's reserve.
+const DELETES: u64 = 20_000;
+
+fn put_line() -> Vec<u8> {
+    let mut put = format!("put 0 0 60 {BODY_BYTES}\r\n").into_bytes();
+    put.resize(put.len() + BODY_BYTES, b'x');
+    put.extend_from_slice(b"\r\n");
+    put
+}
+
+/// Puts until the server answers OUT_OF_MEMORY; returns how many were
+/// inserted. Every reply must be one of the two.
+fn fill(c: &mut Client) -> u64 {
+    let batch = put_line().repeat(BATCH);
+    let mut inserted = 0;
+    loop {
+        c.send(&batch);
+        let replies = String::from_utf8(c.replies(BATCH)).unwrap();
+        let mut out_of_memory = 0;
+        for reply in replies.split_terminator("\r\n") {
+            match reply {
+                "OUT_OF_MEMORY" => out_of_memory += 1,
+                r if r.starts_with("INSERTED ") => inserted += 1,
+                other => panic!("unexpected reply to a put: {other:?}"),
+            }
+        }
+        if out_of_memory > 0 {
+            return inserted;
+        }
+        assert!(inserted < 10_000_000, "memory never ran out");
+    }
+}
+
+#[test]
+fn running_out_of_memory_earns_out_of_memory_and_the_server_goes_on() {
+    on_both(|backend| {
+        let probe = Server::start_with_address_space_limit(backend, &[], START_LIMIT_BYTES);
+        let started = probe.status_kb("VmSize:") * 1024;
+        drop(probe);
+        let mut server = Server::start_with_address_space_limit(backend, &[], started + ROOM_BYTES);
+        let mut c = server.connect();
+        let inserted = fill(&mut c);
+        assert!(inserted > 2 * DELETES, "{backend}: only {inserted} jobs fit");
+
+        // Everything but new jobs is still answered, as beanstalkd does.
+        let stats = c.ask(b"stats\r\n", 1);
+        assert!(stats.starts_with("OK "), "{backend}: {stats}");
+        assert_eq!(stat(&stats, "current-jobs-ready"), inserted.to_string(), "{backend}");
+        assert_eq!(c.ask(b"list-tubes\r\n", 1), "OK 14\r\n---\n- default\n\r\n", "{backend}");
+        let reserved = c.ask(b"reserve-with-timeout 0\r\n", 1);
+        assert_eq!(reserved, format!("RESERVED 1 {BODY_BYTES}\r\n{}\r\n", "x".repeat(BODY_BYTES)), "{backend}");
+        assert_eq!(c.ask(b"delete 1\r\n", 1), "DELETED\r\n", "{backend}");
+
+        // Deleting jobs gives memory back; then puts work again.
+        let deletes: Vec<u8> = (2..2 + DELETES).flat_map(|id| format!("delete {id}\r\n").into_bytes()).collect();
+        assert_eq!(c.ask(&deletes, DELETES as usize), "DELETED\r\n".repeat(DELETES as usize), "{backend}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = c.ask(&put_line(), 1);
+            if reply.starts_with("INSERTED ") {
+                break;
+            }
+            assert_eq!(reply, "OUT_OF_MEMORY\r\n", "{backend}");
+            assert!(Instant::now() < deadline, "{backend}: puts still refused after {DELETES} deletes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(server.connect().ask(b"list-tube-used\r\n", 1), "USING default\r\n", "{backend}");
+        assert!(server.is_running(), "{backend}: the server died");
+        let log = server.log_text();
+        assert!(!log.contains("memory allocation of"), "{backend}: {log}");
+    });
+}
