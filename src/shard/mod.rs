@@ -65,7 +65,7 @@ const _: () = assert!(OUTPUT_TEXT_BYTES_HIGH < OUTPUT_BYTES_HIGH);
 /// A session's input buffer larger than this is freed once it is empty, so
 /// that a burst of pipelined commands leaves nothing behind; below it the
 /// buffer is kept, so partial lines cost no allocation.
-pub const PENDING_KEPT_BYTES_MAX: usize = 4 * 1024;
+pub const PENDING_KEPT_BYTES_MAX: usize = 1024;
 
 /// Room made for the documents of `stats`, `stats-tube` and `stats-job`
 /// before they are written: `stats` takes about 1.5 KB, with runnerbean's
