@@ -125,12 +125,15 @@ pub const RESERVE_BLOCK_BYTES: usize = 4 * 1024 * 1024;
 pub const REPLENISH_INTERVAL_NS: Nanos = 100_000_000;
 
 /// How often [`Upkeep`] asks the allocator to give freed memory back to the
-/// kernel. mimalloc returns a free page only once it has been free for its
-/// purge delay (a second), and only when some later allocation or free
-/// looks; a server that goes quiet after a burst kept its peak size (2,000
-/// connections gone, 424 MB left). Once a second the look costs about
+/// kernel (see there): a server that went quiet after a burst kept its
+/// peak size (2,000 connections gone, 424 MB left). The look costs about
 /// 10 µs when there is nothing to give back.
 pub const COLLECT_INTERVAL_NS: Nanos = 1_000_000_000;
+
+/// How long after the last work for a client collections go on: past
+/// mimalloc's purge delay of a second, so the last one gives back what the
+/// last work freed.
+pub const COLLECT_QUIET_NS: Nanos = 2_500_000_000;
 
 const BLOCK: Layout = match Layout::from_size_align(RESERVE_BLOCK_BYTES, 4096) {
     Ok(layout) => layout,
@@ -290,17 +293,49 @@ pub fn is_short() -> bool {
 
 /// The memory work of the event loop, done from the shard's tick: taking
 /// the reserve back while memory is short, and giving freed memory back to
-/// the kernel.
+/// the kernel once the server has gone quiet.
+///
+/// mimalloc purges a free page only once it has been free for its purge
+/// delay (a second), and only when some later allocation or free looks; a
+/// server that goes quiet after a burst would keep its peak size for good,
+/// and a loop with nothing to do does not even wake up. So while there was
+/// activity in the last [`COLLECT_QUIET_NS`], the shard's next deadline
+/// includes a collection every [`COLLECT_INTERVAL_NS`]; the last ones,
+/// after the server went quiet, give back what the burst freed.
 #[derive(Default)]
 pub struct Upkeep {
     next_collect_at: Nanos,
     next_replenish_at: Nanos,
+    /// When the shard last did work for a client, if it ever did.
+    active_at: Option<Nanos>,
     /// The shortage under way was logged (the allocator itself cannot log:
     /// it must not allocate while failing).
     logged_short: bool,
 }
 
 impl Upkeep {
+    /// The shard did work for a client at `now` (memory may have been
+    /// allocated or freed).
+    pub fn note_activity(&mut self, now: Nanos) {
+        self.active_at = Some(now);
+    }
+
+    /// Whether there was work recent enough for a collection at `at` to
+    /// be worth it.
+    fn recently_active(&self, at: Nanos) -> bool {
+        self.active_at.is_some_and(|active| active + COLLECT_QUIET_NS >= at)
+    }
+
+    /// When [`Upkeep::tick`] next has something to do, if ever.
+    pub fn next_due(&self) -> Option<Nanos> {
+        let collect = self.recently_active(self.next_collect_at).then_some(self.next_collect_at);
+        let replenish = SHORT.load(Ordering::Relaxed).then_some(self.next_replenish_at);
+        match (collect, replenish) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Does what is due at `now`. Cheap when nothing is.
     pub fn tick(&mut self, now: Nanos) {
         if SHORT.load(Ordering::Relaxed) {
@@ -318,8 +353,10 @@ impl Upkeep {
             }
         }
         if now >= self.next_collect_at {
+            if self.recently_active(self.next_collect_at) {
+                collect();
+            }
             self.next_collect_at = now + COLLECT_INTERVAL_NS;
-            collect();
         }
     }
 }
@@ -332,7 +369,7 @@ unsafe extern "C" {
 }
 
 /// Gives the allocator's freed memory back to the kernel where it can (see
-/// [`COLLECT_INTERVAL_NS`]).
+/// [`Upkeep`]).
 pub fn collect() {
     // Safety: mi_collect only walks the allocator's own state.
     unsafe { mi_collect(false) }

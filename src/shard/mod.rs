@@ -203,6 +203,7 @@ impl Shard {
     /// Bytes received on a connection.
     pub fn input(&mut self, conn: ConnId, data: &[u8], now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
         let k = conn.0 as usize;
@@ -239,6 +240,7 @@ impl Shard {
     /// [`Shard::sent`]).
     pub fn eof(&mut self, conn: ConnId, now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
         let k = conn.0 as usize;
@@ -274,7 +276,10 @@ impl Shard {
     }
 
     pub fn next_deadline(&self) -> Option<Nanos> {
-        self.engine.next_deadline()
+        match (self.engine.next_deadline(), self.upkeep.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// SIGUSR1: refuse new jobs from now on.
@@ -396,6 +401,7 @@ impl Shard {
     /// for them closes once they have.
     pub fn sent(&mut self, conn: ConnId, now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.note_activity(now);
         let k = conn.0 as usize;
         let session = &mut self.sessions[k];
         session.in_flight = 0;
