@@ -93,3 +93,103 @@ fn running_out_of_memory_earns_out_of_memory_and_the_server_goes_on() {
         assert!(!log.contains("memory allocation of"), "{backend}: {log}");
     });
 }
+
+/// Connections of the tests of what connections cost.
+const CONNS: usize = 300;
+/// The server's reply text budget (`shard::OUTPUT_TEXT_BUDGET_BYTES`).
+const TEXT_BUDGET_BYTES: u64 = 32 << 20;
+/// What a connection that never reads may cost beyond the budget, the
+/// hostile tester's target; the server costs about a tenth of it here.
+const NEVER_READING_BYTES_MAX: u64 = 64 << 10;
+/// What a connection may keep once a burst of replies is over: the tenth
+/// of what it kept before connections gave buffers back (105 KB), and
+/// several times what it keeps now (2.5 KB).
+const IDLE_AFTER_BURST_BYTES_MAX: u64 = 16 << 10;
+/// What the server may keep once every connection is gone.
+const LEFT_AFTER_CLOSE_BYTES_MAX: u64 = 16 << 20;
+/// How long memory may take to go back: mimalloc frees a page a second
+/// after it was last used, and the server looks once a second.
+const GIVE_BACK_SECS: u64 = 8;
+
+fn rss_bytes(server: &Server) -> u64 {
+    server.status_kb("VmRSS:") * 1024
+}
+
+/// Connections that read little: a small receive buffer, so that the
+/// server, not the kernel, holds what they are owed.
+fn slow_readers(server: &Server, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], server.port)).into()).unwrap();
+            socket.into()
+        })
+        .collect()
+}
+
+/// Waits until the server's memory is at most `bound` above `base`;
+/// returns what it is then.
+fn wait_for_rss_below(server: &Server, base: u64, bound: u64, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(GIVE_BACK_SECS);
+    loop {
+        let rss = rss_bytes(server);
+        if rss <= base + bound {
+            return rss;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} KB above the start, more than {} KB",
+            (rss - base) >> 10,
+            bound >> 10
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn connections_that_never_read_cost_a_bounded_amount_and_give_it_back() {
+    use std::io::Write;
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut conns = slow_readers(&server, CONNS);
+        let base = rss_bytes(&server);
+        // Each is owed more than the per-connection mark in replies.
+        for c in &mut conns {
+            c.write_all(&b"stats\r\n".repeat(300)).unwrap();
+        }
+        // Until the server has done what it can with them.
+        let mut last = 0;
+        let flooded = loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let rss = rss_bytes(&server);
+            if rss == last {
+                break rss;
+            }
+            last = rss;
+        };
+        let bound = TEXT_BUDGET_BYTES + CONNS as u64 * NEVER_READING_BYTES_MAX;
+        assert!(flooded <= base + bound, "{backend}: {} KB for {CONNS} connections", (flooded - base) >> 10);
+        drop(conns);
+        wait_for_rss_below(&server, base, LEFT_AFTER_CLOSE_BYTES_MAX, backend);
+    });
+}
+
+#[test]
+fn connections_keep_little_once_a_burst_is_over() {
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let mut conns: Vec<Client> = (0..CONNS).map(|_| server.connect()).collect();
+        let base = rss_bytes(&server);
+        for c in &mut conns {
+            c.send(&b"stats\r\n".repeat(100));
+        }
+        for c in &mut conns {
+            let replies = String::from_utf8(c.replies(100)).unwrap();
+            assert_eq!(replies.matches("OK ").count(), 100, "{backend}");
+        }
+        // Idle, and connected.
+        wait_for_rss_below(&server, base, CONNS as u64 * IDLE_AFTER_BURST_BYTES_MAX, backend);
+        assert_eq!(conns[0].ask(b"list-tube-used\r\n", 1), "USING default\r\n");
+    });
+}
