@@ -29,11 +29,12 @@ pub const NO_POS: u32 = u32::MAX;
 /// The smallest room a heap is given, as a vector of `u32` would start.
 const MIN_CAPACITY: usize = 4;
 
-use crate::memory::{self, OutOfMemory};
+use super::keys::Keys;
+use crate::memory::OutOfMemory;
 
 #[derive(Debug, Default)]
 pub struct IndexedHeap {
-    keys: Vec<u32>,
+    keys: Keys,
 }
 
 impl IndexedHeap {
@@ -51,21 +52,15 @@ impl IndexedHeap {
     }
 
     /// Makes room for `total` items in all, or refuses, changing nothing.
-    /// The room doubles, as a vector's would, but into a fresh allocation
-    /// that receives only the items there are: growing a heap that is
-    /// mostly room to spare copies nothing and touches no new page (the
-    /// engine reserves for every job a place in heaps it may never enter).
+    /// The room doubles, as a vector's would; see [`Keys`] for why growing
+    /// a large heap moves pages rather than bytes, and why room never used
+    /// costs no memory (the engine reserves for every job a place in heaps
+    /// it may never enter).
     pub fn try_reserve(&mut self, total: usize) -> Result<(), OutOfMemory> {
         if total <= self.keys.capacity() {
             return Ok(());
         }
-        let target = total.max(2 * self.keys.capacity()).max(MIN_CAPACITY);
-        let mut keys = Vec::new();
-        memory::try_reserve_exact(&mut keys, target)?;
-        keys.extend_from_slice(&self.keys);
-        release_spare(&mut keys);
-        self.keys = keys;
-        Ok(())
+        self.keys.try_reserve(total.max(2 * self.keys.capacity()).max(MIN_CAPACITY))
     }
 
     /// The least item, if any.
@@ -155,33 +150,6 @@ impl IndexedHeap {
                 assert!(!order.less(key, self.keys[(i - 1) / 2]), "heap order at {i}");
             }
         }
-    }
-}
-
-/// Spare room at least this large, in bytes, is handed back to the kernel
-/// after growth.
-const RELEASE_SPARE_BYTES_MIN: usize = 64 * 1024;
-
-/// Gives the pages wholly inside the spare room of a new heap back to the
-/// kernel. The allocator may hand out memory another heap freed, already
-/// resident, and the room reserved for heaps a job may never enter would
-/// then cost resident memory for nothing (measured: 2.3 bytes per job in
-/// a million-job fill); released, a page costs nothing until a key is
-/// written there.
-fn release_spare(keys: &mut Vec<u32>) {
-    const PAGE: usize = 4096;
-    let spare = keys.spare_capacity_mut();
-    let (start, len) = (spare.as_mut_ptr() as usize, std::mem::size_of_val(spare));
-    if len < RELEASE_SPARE_BYTES_MIN {
-        return;
-    }
-    let first = start.div_ceil(PAGE) * PAGE;
-    let end = (start + len) / PAGE * PAGE;
-    if end > first {
-        // Safety: the pages lie wholly inside the vector's spare capacity,
-        // which holds no value and is read by nothing before it is
-        // written; MADV_DONTNEED makes them read as zero until then.
-        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
     }
 }
 

@@ -45,6 +45,7 @@ pub mod column;
 pub mod heap;
 mod ids;
 pub mod job;
+mod keys;
 pub mod stats;
 pub mod time;
 pub mod tube;
