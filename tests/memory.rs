@@ -101,10 +101,14 @@ const TEXT_BUDGET_BYTES: u64 = 32 << 20;
 /// What a connection that never reads may cost beyond the budget, the
 /// hostile tester's target; the server costs about a tenth of it here.
 const NEVER_READING_BYTES_MAX: u64 = 64 << 10;
-/// What a connection may keep once a burst of replies is over: the tenth
+/// What a connection may keep once a burst of replies is over: the sixth
 /// of what it kept before connections gave buffers back (105 KB), and
-/// several times what it keeps now (2.5 KB).
+/// several times what it keeps now (2.5 KB at 2,000 connections).
 const IDLE_AFTER_BURST_BYTES_MAX: u64 = 16 << 10;
+/// What the allocator may keep after a burst whatever the number of
+/// connections (pages of the size classes the burst used): 3.5–6 MB were
+/// measured with 300 connections.
+const ALLOCATOR_SLACK_BYTES: u64 = 12 << 20;
 /// What the server may keep once every connection is gone.
 const LEFT_AFTER_CLOSE_BYTES_MAX: u64 = 16 << 20;
 /// How long memory may take to go back: mimalloc frees a page a second
@@ -168,7 +172,9 @@ fn connections_that_never_read_cost_a_bounded_amount_and_give_it_back() {
             }
             last = rss;
         };
-        let bound = TEXT_BUDGET_BYTES + CONNS as u64 * NEVER_READING_BYTES_MAX;
+        // Reply text within the budget, and as much again of text buffers
+        // freed while the kernel still took replies and not yet given back.
+        let bound = 2 * TEXT_BUDGET_BYTES + CONNS as u64 * NEVER_READING_BYTES_MAX;
         assert!(flooded <= base + bound, "{backend}: {} KB for {CONNS} connections", (flooded - base) >> 10);
         drop(conns);
         wait_for_rss_below(&server, base, LEFT_AFTER_CLOSE_BYTES_MAX, backend);
@@ -189,7 +195,8 @@ fn connections_keep_little_once_a_burst_is_over() {
             assert_eq!(replies.matches("OK ").count(), 100, "{backend}");
         }
         // Idle, and connected.
-        wait_for_rss_below(&server, base, CONNS as u64 * IDLE_AFTER_BURST_BYTES_MAX, backend);
+        let bound = ALLOCATOR_SLACK_BYTES + CONNS as u64 * IDLE_AFTER_BURST_BYTES_MAX;
+        wait_for_rss_below(&server, base, bound, backend);
         assert_eq!(conns[0].ask(b"list-tube-used\r\n", 1), "USING default\r\n");
     });
 }

@@ -1,4 +1,5 @@
-//! A slab in fixed-size chunks, for jobs, tubes, clients and sessions.
+//! Slabs that can refuse to grow: [`Arena`], in fixed-size chunks, for
+//! jobs, and [`Slots`], one vector, for tubes, clients and sessions.
 //!
 //! `slab::Slab` keeps its entries in one vector, which doubles as it
 //! grows: filling a server with a million jobs copies hundreds of
@@ -12,6 +13,10 @@
 //! Freed keys are reused, most recent first, through a list threaded
 //! through the vacant slots themselves: freeing never allocates, so a
 //! delete cannot fail for want of memory.
+//!
+//! There are far fewer tubes, clients and sessions than jobs, and the
+//! engine looks them up on every command, so they live in [`Slots`]: one
+//! vector, found by one index, grown by doubling (fallibly).
 //!
 //! # Invariants
 //! A chunk's slots are created as they are first used (its capacity is
@@ -59,10 +64,16 @@ impl<T> Arena<T> {
     }
 
     /// Makes sure that the next [`Arena::insert`] will not allocate.
+    #[inline]
     pub fn try_reserve(&mut self) -> Result<(), OutOfMemory> {
         if self.free != NO_KEY || (self.high as usize) < self.chunks.len() * CHUNK {
             return Ok(());
         }
+        self.add_chunk()
+    }
+
+    #[cold]
+    fn add_chunk(&mut self) -> Result<(), OutOfMemory> {
         assert!(self.high < NO_KEY, "arena full");
         memory::try_reserve(&mut self.chunks, 1)?;
         let mut chunk = Vec::new();
@@ -167,19 +178,138 @@ impl<T> std::ops::IndexMut<u32> for Arena<T> {
     }
 }
 
-/// Keys as `usize`, for tables that index by `key as usize` (tubes and
-/// clients, once slabs).
-impl<T> std::ops::Index<usize> for Arena<T> {
-    type Output = T;
+/// A slab in one vector, whose growth can be refused ([`Slots::try_reserve`]);
+/// freed keys are reused most recent first, through the vacant slots.
+pub struct Slots<T> {
+    slots: Vec<Slot<T>>,
+    /// The most recently freed key, or NO_KEY.
+    free: u32,
+    len: usize,
+}
 
-    fn index(&self, key: usize) -> &T {
-        &self[u32::try_from(key).expect("arena key out of range")]
+impl<T> Default for Slots<T> {
+    fn default() -> Slots<T> {
+        Slots { slots: Vec::new(), free: NO_KEY, len: 0 }
     }
 }
 
-impl<T> std::ops::IndexMut<usize> for Arena<T> {
+impl<T> Slots<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes sure that the next [`Slots::insert`] will not allocate.
+    #[inline]
+    pub fn try_reserve(&mut self) -> Result<(), OutOfMemory> {
+        if self.free != NO_KEY || self.slots.len() < self.slots.capacity() {
+            return Ok(());
+        }
+        assert!(self.slots.len() < NO_KEY as usize, "slab full");
+        memory::try_reserve(&mut self.slots, 1)
+    }
+
+    /// The key the next [`Slots::insert`] will return.
+    pub fn next_key(&self) -> u32 {
+        if self.free != NO_KEY { self.free } else { self.slots.len() as u32 }
+    }
+
+    /// Stores `value` and returns its key. Allocates (infallibly) only
+    /// when no room was reserved.
+    pub fn insert(&mut self, value: T) -> u32 {
+        self.len += 1;
+        if self.free != NO_KEY {
+            let key = self.free;
+            let slot = &mut self.slots[key as usize];
+            let Slot::Vacant(next) = *slot else { unreachable!("an occupied slot on the free list") };
+            *slot = Slot::Occupied(value);
+            self.free = next;
+            return key;
+        }
+        let key = self.slots.len();
+        assert!(key < NO_KEY as usize, "slab full");
+        self.slots.push(Slot::Occupied(value));
+        key as u32
+    }
+
+    /// Takes the value out; panics if the slot is vacant.
+    pub fn remove(&mut self, key: u32) -> T {
+        let free = self.free;
+        let slot = &mut self.slots[key as usize];
+        match std::mem::replace(slot, Slot::Vacant(free)) {
+            Slot::Occupied(value) => {
+                self.free = key;
+                self.len -= 1;
+                value
+            }
+            Slot::Vacant(next) => {
+                *slot = Slot::Vacant(next);
+                panic!("removing a vacant slot");
+            }
+        }
+    }
+
+    pub fn get(&self, key: u32) -> Option<&T> {
+        match self.slots.get(key as usize)? {
+            Slot::Occupied(value) => Some(value),
+            Slot::Vacant(_) => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, key: u32) -> Option<&mut T> {
+        match self.slots.get_mut(key as usize)? {
+            Slot::Occupied(value) => Some(value),
+            Slot::Vacant(_) => None,
+        }
+    }
+
+    pub fn contains(&self, key: u32) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Occupied slots and their keys, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.slots.iter().enumerate().filter_map(|(key, slot)| match slot {
+            Slot::Occupied(value) => Some((key as u32, value)),
+            Slot::Vacant(_) => None,
+        })
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slots<T> {
+    type Output = T;
+
+    fn index(&self, key: usize) -> &T {
+        match &self.slots[key] {
+            Slot::Occupied(value) => value,
+            Slot::Vacant(_) => panic!("vacant slot"),
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slots<T> {
     fn index_mut(&mut self, key: usize) -> &mut T {
-        &mut self[u32::try_from(key).expect("arena key out of range")]
+        match &mut self.slots[key] {
+            Slot::Occupied(value) => value,
+            Slot::Vacant(_) => panic!("vacant slot"),
+        }
+    }
+}
+
+impl<T> std::ops::Index<u32> for Slots<T> {
+    type Output = T;
+
+    fn index(&self, key: u32) -> &T {
+        &self[key as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<u32> for Slots<T> {
+    fn index_mut(&mut self, key: u32) -> &mut T {
+        &mut self[key as usize]
     }
 }
 
@@ -225,6 +355,31 @@ mod tests {
         a.try_reserve().unwrap();
         assert_eq!(a.chunks.len(), 2, "a freed key needs no new chunk");
         assert_eq!(a.insert(7), 3);
+    }
+
+    #[test]
+    fn slots_reuse_keys_and_refuse_to_grow_without_changing() {
+        let mut s: Slots<String> = Slots::default();
+        s.try_reserve().unwrap();
+        assert_eq!(s.next_key(), 0);
+        let a = s.insert("a".into());
+        let b = s.insert("b".into());
+        assert_eq!((a, b, s.len()), (0, 1, 2));
+        assert_eq!(s.remove(a), "a");
+        assert!(!s.contains(a) && s.get(a).is_none());
+        assert_eq!(s.next_key(), a);
+        assert_eq!(s.insert("c".into()), a);
+        s[b] = "B".into();
+        assert_eq!(s.iter().map(|(k, v)| (k, v.as_str())).collect::<Vec<_>>(), vec![(0, "c"), (1, "B")]);
+        while s.slots.len() < s.slots.capacity() {
+            s.insert("x".into());
+        }
+        let before = (s.len(), s.slots.capacity());
+        crate::memory::fail_for_test(0, 1);
+        assert!(s.try_reserve().is_err());
+        assert_eq!((s.len(), s.slots.capacity()), before);
+        s.try_reserve().unwrap();
+        assert!(s.slots.capacity() > before.1);
     }
 
     #[test]

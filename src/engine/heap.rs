@@ -56,10 +56,13 @@ impl IndexedHeap {
     /// a large heap moves pages rather than bytes, and why room never used
     /// costs no memory (the engine reserves for every job a place in heaps
     /// it may never enter).
+    #[inline]
     pub fn try_reserve(&mut self, total: usize) -> Result<(), OutOfMemory> {
-        if total <= self.keys.capacity() {
-            return Ok(());
-        }
+        if total <= self.keys.capacity() { Ok(()) } else { self.grow(total) }
+    }
+
+    #[cold]
+    fn grow(&mut self, total: usize) -> Result<(), OutOfMemory> {
         self.keys.try_reserve(total.max(2 * self.keys.capacity()).max(MIN_CAPACITY))
     }
 

@@ -55,7 +55,7 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use hashbrown::HashTable;
 
 use crate::memory::{self, OutOfMemory};
-use arena::Arena;
+use arena::{Arena, Slots};
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};
 use column::Column;
@@ -152,7 +152,7 @@ pub struct Engine {
     extras: Column<Extras>,
     /// Job id → arena key.
     ids: IdMap,
-    tubes: Arena<Tube>,
+    tubes: Slots<Tube>,
     /// Tube name → slab key, hashed with a random key because names come
     /// from clients.
     tube_names: HashTable<u32>,
@@ -160,7 +160,7 @@ pub struct Engine {
     /// Tubes in `list-tubes` order.
     tube_list: Vec<u32>,
     default_tube: u32,
-    clients: Arena<Client>,
+    clients: Slots<Client>,
     /// Reserved jobs by (deadline, id).
     ttr: IndexedHeap,
     /// Tubes with delayed jobs, by their soonest one's (deadline, id).
@@ -189,12 +189,12 @@ impl Engine {
             jobs: Arena::default(),
             extras: Column::default(),
             ids: IdMap::new(first_id, u64::from(config.shards)),
-            tubes: Arena::default(),
+            tubes: Slots::default(),
             tube_names: HashTable::new(),
             name_hasher: RandomState::new(),
             tube_list: Vec::new(),
             default_tube: 0,
-            clients: Arena::default(),
+            clients: Slots::default(),
             ttr: IndexedHeap::default(),
             delay_timers: IndexedHeap::default(),
             pause_timers: IndexedHeap::default(),
@@ -728,8 +728,11 @@ impl Engine {
     ///
     /// beanstalkd's tick has the same phases.
     pub fn advance(&mut self, now: Nanos) {
-        // Room for every tube and one more was reserved with the tubes.
-        let mut unpaused = std::mem::take(&mut self.unpaused);
+        // The list of tubes unpaused now, with room for every tube and one
+        // more, reserved with the tubes; taken only when a pause ends (an
+        // empty vector stands in, and is never pushed to).
+        let pause_ended = self.pause_timers.peek().is_some_and(|t| self.tubes[t].pause.is_none_or(|p| p.until <= now));
+        let mut unpaused = if pause_ended { std::mem::take(&mut self.unpaused) } else { Vec::new() };
         unpaused.clear();
         while let Some(t) = self.pause_timers.peek() {
             if self.tubes[t as usize].pause.is_some_and(|p| p.until > now) {
@@ -757,7 +760,9 @@ impl Engine {
         if !unpaused.is_empty() {
             self.match_tubes(&unpaused, now);
         }
-        self.unpaused = unpaused;
+        if pause_ended {
+            self.unpaused = unpaused;
+        }
         loop {
             let client_at = self.client_timers.peek().map(|c| (self.clients[c as usize].wake_at, c));
             // A reservation expires once `now` is strictly past its deadline.
@@ -1105,9 +1110,9 @@ impl Engine {
         self.jobs.try_reserve()?;
         let k = self.jobs.next_key();
         assert!(k < NIL, "too many jobs");
-        let tube_jobs = self.tubes[t as usize].jobs as usize + 1;
         self.ttr.try_reserve(self.jobs.len() + 1)?;
         let tube = &mut self.tubes[t as usize];
+        let tube_jobs = tube.jobs as usize + 1;
         tube.ready.try_reserve(tube_jobs)?;
         tube.delayed.try_reserve(tube_jobs)?;
         if delayed {
@@ -1305,7 +1310,7 @@ impl Engine {
     }
 }
 
-fn is_live(clients: &Arena<Client>, w: Waiter) -> bool {
+fn is_live(clients: &Slots<Client>, w: Waiter) -> bool {
     clients.get(w.client).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
 }
 
@@ -1346,11 +1351,11 @@ struct ReadyOrderRef<'a>(&'a Arena<Job>);
 struct DeadlineOrder<'a>(&'a mut Arena<Job>);
 struct DeadlineOrderRef<'a>(&'a Arena<Job>);
 struct DelayTimerOrder<'a> {
-    tubes: &'a mut Arena<Tube>,
+    tubes: &'a mut Slots<Tube>,
     jobs: &'a Arena<Job>,
 }
-struct PauseTimerOrder<'a>(&'a mut Arena<Tube>);
-struct ClientTimerOrder<'a>(&'a mut Arena<Client>);
+struct PauseTimerOrder<'a>(&'a mut Slots<Tube>);
+struct ClientTimerOrder<'a>(&'a mut Slots<Client>);
 
 fn ready_less(jobs: &Arena<Job>, a: u32, b: u32) -> bool {
     let (a, b) = (&jobs[a], &jobs[b]);

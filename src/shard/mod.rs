@@ -21,7 +21,7 @@ pub mod session;
 
 use std::collections::VecDeque;
 
-use crate::engine::arena::Arena;
+use crate::engine::arena::Slots;
 use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
 use crate::memory::{self, OutOfMemory};
 use crate::protocol::command::{self, Command, ParseError};
@@ -133,7 +133,7 @@ pub enum ReadGate {
 pub struct Shard {
     engine: Engine,
     info: ServerInfo,
-    sessions: Arena<Session>,
+    sessions: Slots<Session>,
     /// Engine client index → session key.
     conn_of_client: Vec<u32>,
     /// Sessions unblocked by a wake, to run their pipelined commands.
@@ -156,7 +156,7 @@ impl Shard {
         Shard {
             engine: Engine::new(config),
             info,
-            sessions: Arena::default(),
+            sessions: Slots::default(),
             conn_of_client: Vec::new(),
             runnable: VecDeque::new(),
             dirty: Vec::new(),
@@ -374,7 +374,7 @@ impl Shard {
         let s = &self.sessions[conn.0 as usize];
         if s.closing || s.eof {
             ReadGate::Stop
-        } else if s.over_high_mark(self.text_held - s.text_counted) || s.pending.len() >= PENDING_BYTES_MAX {
+        } else if s.over_high_mark(self.budget_left(s)) || s.pending.len() >= PENDING_BYTES_MAX {
             ReadGate::Wait
         } else {
             ReadGate::Read
@@ -529,14 +529,14 @@ impl Shard {
         let start_len = self.sessions[conn as usize].out.len();
         self.sessions[conn as usize].stalled = false;
         // No other session's replies change while this one runs commands.
-        let others_text = self.text_held - self.sessions[conn as usize].text_counted;
+        let budget_left = self.budget_left(&self.sessions[conn as usize]);
         loop {
             let session = &mut self.sessions[conn as usize];
             if !session.runnable() {
                 break;
             }
             let rest = &input[pos..];
-            let over_high_mark = session.over_high_mark(others_text);
+            let over_high_mark = session.over_high_mark(budget_left);
             match &mut session.mode {
                 Mode::Line if over_high_mark && !rest.is_empty() => {
                     session.stalled = true;
@@ -603,6 +603,15 @@ impl Shard {
         let held = session.text_held();
         self.text_held = self.text_held - session.text_counted + held;
         session.text_counted = held;
+    }
+
+    /// What is left of the shard's reply text budget for `session`, which
+    /// may hold its own text and this: nothing while memory is short.
+    fn budget_left(&self, session: &Session) -> usize {
+        if memory::is_short() {
+            return 0;
+        }
+        OUTPUT_TEXT_BUDGET_BYTES.saturating_sub(self.text_held - session.text_counted)
     }
 
     /// Reply text held by all sessions; see [`OUTPUT_TEXT_BUDGET_BYTES`].

@@ -21,8 +21,7 @@ use crate::memory::{self, OutOfMemory};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
 use crate::shard::{
-    OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BUDGET_BYTES, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES,
-    PENDING_KEPT_BYTES_MAX, REPLY_ROOM_BYTES,
+    OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES, PENDING_KEPT_BYTES_MAX, REPLY_ROOM_BYTES,
 };
 
 /// Received bytes not processed yet, consumed from the front.
@@ -218,14 +217,13 @@ impl Session {
 
     /// Whether the replies owed (waiting here or on their way out) are
     /// enough that no further command should run nor input be read, when
-    /// the shard's other sessions hold `others_text` bytes of reply text.
-    /// While memory is short every connection is held to the floor.
-    pub fn over_high_mark(&self, others_text: usize) -> bool {
+    /// `budget_left` bytes of the shard's reply text budget are left to
+    /// this session (none while memory is short).
+    pub fn over_high_mark(&self, budget_left: usize) -> bool {
         let text = self.text_held();
-        let budget_spent = others_text + text >= OUTPUT_TEXT_BUDGET_BYTES || memory::is_short();
         self.out.len() + self.in_flight >= OUTPUT_BYTES_HIGH
             || text >= OUTPUT_TEXT_BYTES_HIGH
-            || (text >= OUTPUT_TEXT_FLOOR_BYTES && budget_spent)
+            || (text >= OUTPUT_TEXT_FLOOR_BYTES && text >= budget_left)
     }
 
     /// Makes room for one reply, fallibly, while memory is short (see
