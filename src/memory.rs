@@ -9,9 +9,9 @@
 //!   structure a client can make large (job bodies, the job arena and the id
 //!   index, the heaps, tubes, watch sets, waiter lists, reply text, pending
 //!   input, documents) reserves what it needs before it changes anything,
-//!   through [`fallible`], and a refusal becomes a reply. Moves of a job
-//!   between queues never allocate: room in every heap a job can enter is
-//!   reserved when it is put.
+//!   through [`attempt`], and a refusal becomes a reply (or closes that one
+//!   connection). Moves of a job between queues never allocate: room in
+//!   every heap a job can enter is reserved when it is put.
 //! * **A reserve for what is left.** A few allocations stay infallible
 //!   (small log and bookkeeping buffers, the allocator's own metadata). The
 //!   [`Allocator`] sets aside [`RESERVE_BLOCKS`] blocks of
@@ -20,12 +20,17 @@
 //!   but no resident memory. When an infallible allocation fails, one block
 //!   goes back to the allocator and the allocation is tried again; from
 //!   then on memory is *short*: puts, new tubes and new connections are
-//!   refused until [`Upkeep`] has taken every block back, which it tries
-//!   once enough memory has been freed.
+//!   refused and replies are made room for fallibly, until [`Upkeep`] has
+//!   taken every block back, which it tries once a block's worth has been
+//!   freed and every [`REPLENISH_INTERVAL_NS`]. What a client needs to get
+//!   through the shortage (room for its pipelined deletes) may spend a
+//!   further block, never the last ([`try_or_spend`]).
 //!
 //! # What it must never do
 //! Allocate while handling a failed allocation, or let a fallible
 //! reservation dip into the reserve: that is what [`fallible`] marks.
+//! The reserve is taken straight from mimalloc, never through
+//! [`Allocator`], so rebuilding it cannot spend it.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;

@@ -134,17 +134,6 @@ impl<T> Arena<T> {
         }
     }
 
-    pub fn get_mut(&mut self, key: u32) -> Option<&mut T> {
-        match self.chunks.get_mut((key >> CHUNK_BITS) as usize)?.get_mut(key as usize & (CHUNK - 1))? {
-            Slot::Occupied(value) => Some(value),
-            Slot::Vacant(_) => None,
-        }
-    }
-
-    pub fn contains(&self, key: u32) -> bool {
-        self.get(key).is_some()
-    }
-
     /// Occupied slots and their keys, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
         self.chunks.iter().flat_map(|chunk| chunk.iter()).enumerate().filter_map(|(key, slot)| match slot {
@@ -325,15 +314,14 @@ mod tests {
         assert_eq!(a.remove(1500), 1500);
         assert_eq!(a.remove(7), 7);
         assert_eq!(a.len(), 2998);
-        assert!(a.get(7).is_none());
-        assert!(!a.contains(1500));
+        assert!(a.get(7).is_none() && a.get(1500).is_none());
         assert_eq!(a.next_key(), 7);
         assert_eq!(a.insert(99), 7);
         assert_eq!(a.insert(98), 1500);
         assert_eq!(a.insert(97), 3000);
         assert_eq!(a[2999u32], 2999);
         a[2999u32] = 5;
-        *a.get_mut(0).unwrap() = 5;
+        a[0u32] = 5;
         assert_eq!(a.iter().filter(|&(_, &v)| v == 5).count(), 3);
         assert_eq!(a.iter().count(), a.len());
         assert!(a.get(1 << 20).is_none());

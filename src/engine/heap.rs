@@ -52,7 +52,7 @@ impl IndexedHeap {
     }
 
     /// Makes room for `total` items in all, or refuses, changing nothing.
-    /// The room doubles, as a vector's would; see [`Keys`] for why growing
+    /// The room doubles, as a vector's would; see `engine::keys` for why growing
     /// a large heap moves pages rather than bytes, and why room never used
     /// costs no memory (the engine reserves for every job a place in heaps
     /// it may never enter).

@@ -227,7 +227,7 @@ impl Session {
     }
 
     /// Makes room for one reply, fallibly, while memory is short (see
-    /// [`REPLY_ROOM_BYTES`]); outside a shortage there is nothing to do.
+    /// `REPLY_ROOM_BYTES`); outside a shortage there is nothing to do.
     pub fn make_room(&mut self) -> Result<(), OutOfMemory> {
         if memory::is_short() {
             let out = &mut self.out;
