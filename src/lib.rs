@@ -11,12 +11,15 @@
 //!   io_uring or on epoll; the only place with sockets.
 //! * [`wal`] — the write-ahead log of `-b DIR`: record formats, recovery,
 //!   and C beanstalkd's binlog for migration both ways.
+//! * [`memory`] — the global allocator's reserve and fallible reservations,
+//!   so that running out of memory earns `OUT_OF_MEMORY`, not an abort.
 //! * [`config`] — beanstalkd-compatible command-line flags.
 //! * [`sys`] — facts about the process and host (`uname`, `getrusage`,
 //!   privileges, signals).
 
 pub mod config;
 pub mod engine;
+pub mod memory;
 pub mod net;
 pub mod protocol;
 pub mod shard;

@@ -8,6 +8,7 @@ use std::process::exit;
 
 use runnerbean::config::{self, Config, Fsync, IoChoice, Parsed};
 use runnerbean::engine::{Engine, EngineConfig};
+use runnerbean::memory;
 use runnerbean::net::{self, Clock, Driver};
 use runnerbean::shard::{ServerInfo, Shard};
 use runnerbean::sys;
@@ -16,8 +17,9 @@ use runnerbean::wal::log::{Log, LogConfig, SyncPolicy};
 use runnerbean::wal::open::{self, OpenError};
 use runnerbean::wal::recover::Recovered;
 
+/// mimalloc, with a reserve for when it fails (see `runnerbean::memory`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: memory::Allocator = memory::Allocator;
 
 /// Exit codes beanstalkd uses.
 const EXIT_SOCKET: i32 = 111;
@@ -39,6 +41,11 @@ fn main() {
         eprintln!("runnerbean: signalfd: {e}");
         exit(EXIT_SOCKET);
     });
+    // Before anything else allocates much: the reserve is what lets a
+    // failed allocation become OUT_OF_MEMORY instead of an abort.
+    if !memory::init() {
+        eprintln!("runnerbean: memory is short already; new jobs are refused until some is freed");
+    }
     let mut args = std::env::args();
     let progname = args.next().unwrap_or_else(|| "runnerbean".to_string());
     let args: Vec<String> = args.collect();

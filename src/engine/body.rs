@@ -19,8 +19,11 @@
 //! [`Body`]; no uninitialised byte is ever read.
 
 use std::alloc::{Layout, alloc, dealloc};
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
+
+use crate::memory;
 
 #[repr(C)]
 struct Header {
@@ -43,12 +46,17 @@ fn layout(len: usize) -> Layout {
 /// deleted, the server stayed 200 MB larger.
 const MAP_BYTES_MIN: usize = 1 << 20;
 
-/// Memory for the header and `len` bytes; null when there is none.
+/// Memory for the header and `len` bytes; null when there is none. A
+/// failure here earns OUT_OF_MEMORY: it never spends the allocator's
+/// reserve (see [`crate::memory`]).
 fn allocate(len: usize) -> *mut Header {
+    if memory::injected_failure() {
+        return std::ptr::null_mut();
+    }
     let size = size_of::<Header>() + len;
     if size < MAP_BYTES_MIN {
         // Safety: the layout has a non-zero size (the header).
-        return unsafe { alloc(layout(len)) }.cast();
+        return memory::fallible(|| unsafe { alloc(layout(len)) }).cast();
     }
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
@@ -155,12 +163,34 @@ impl std::fmt::Debug for Body {
 /// one system call before it is written.
 const POPULATE_BYTES_MIN: usize = 16 * 1024;
 
-/// How far ahead of the bytes received the body's memory is made resident.
+/// How far ahead of the bytes received one body's memory is made resident.
 /// Memory follows what a client has sent, not what its put line announced:
 /// `put 0 0 1 1000000000` alone must not cost a gigabyte. Ahead, because a
 /// body arriving through the receive buffers comes 16 KiB at a time, and
 /// one system call for all of a 64 KB body costs less than four.
 const POPULATE_AHEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// How much memory all the bodies being received on one core may have made
+/// resident ahead of their bytes. Without a cap, 2,000 clients that each
+/// start a 60 KB put and send a byte a second held 120 MB of memory that
+/// nothing had been written to (C beanstalkd: 12 MB). With it, the first 64
+/// bodies in flight get the fast path, and a body beyond them has its
+/// pages faulted in as its bytes arrive, which is what a slow body can
+/// afford. 4 MiB covers 50 connections each putting 64 KB bodies back to
+/// back, the benchmark's largest case.
+pub const POPULATE_AHEAD_CORE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// Bytes made resident ahead of what arrived, over this thread's
+    /// bodies being received (a core receives its own bodies, so the cap
+    /// holds per core without any sharing).
+    static AHEAD_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// This thread's bodies' memory made resident ahead of their bytes.
+pub fn populated_ahead_bytes() -> usize {
+    AHEAD_BYTES.get()
+}
 
 /// Asks the kernel to back every page holding a byte of
 /// `[start, start + len)` with memory now. Filling a fresh 64 KB body
@@ -186,6 +216,8 @@ pub struct BodyBuilder {
     filled: usize,
     /// Body bytes from the start whose memory was made resident.
     populated: usize,
+    /// What this body adds to [`AHEAD_BYTES`]: `populated` beyond `filled`.
+    ahead: usize,
 }
 
 // Unique ownership of plain bytes.
@@ -201,19 +233,31 @@ impl BodyBuilder {
         let ptr = NonNull::new(allocate(len))?;
         // Safety: freshly allocated, properly aligned for Header.
         unsafe { ptr.as_ptr().write(Header { refs: AtomicU32::new(1), len: len as u32 }) };
-        Some(BodyBuilder { ptr, filled: 0, populated: 0 })
+        Some(BodyBuilder { ptr, filled: 0, populated: 0, ahead: 0 })
     }
 
-    /// Makes the body's memory resident up to byte `end`, when what is
-    /// left to do is large enough to be worth a system call.
-    fn populate_to(&mut self, end: usize) {
-        let end = end.min(self.len());
-        if end >= self.populated + POPULATE_BYTES_MIN {
+    /// Makes the body's memory resident for the `arriving` bytes about to
+    /// be written and as far ahead of them as the core's cap allows, when
+    /// that is large enough to be worth a system call.
+    fn populate_for(&mut self, arriving: usize) {
+        let must = self.filled + arriving;
+        let room = POPULATE_AHEAD_CORE_BYTES_MAX.saturating_sub(AHEAD_BYTES.get() - self.ahead);
+        let end = (must + POPULATE_AHEAD_BYTES_MAX.min(room)).min(self.len());
+        // Pages below `filled` were made resident by the bytes written there.
+        let start = self.populated.max(self.filled);
+        if end >= start + POPULATE_BYTES_MIN {
             // Safety: the offset stays within the allocation.
-            let start = unsafe { self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + self.populated) };
-            populate(start, end - self.populated);
+            let at = unsafe { self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + start) };
+            populate(at, end - start);
             self.populated = end;
         }
+    }
+
+    /// Brings [`AHEAD_BYTES`] up to date with this body.
+    fn account(&mut self) {
+        let ahead = self.populated.saturating_sub(self.filled);
+        AHEAD_BYTES.set((AHEAD_BYTES.get() + ahead).saturating_sub(self.ahead));
+        self.ahead = ahead;
     }
 
     pub fn len(&self) -> usize {
@@ -234,7 +278,7 @@ impl BodyBuilder {
     pub fn fill(&mut self, src: &[u8]) -> usize {
         let n = src.len().min(self.remaining());
         if n > 0 {
-            self.populate_to(self.filled + n + POPULATE_AHEAD_BYTES_MAX);
+            self.populate_for(n);
         }
         // Safety: the destination range lies inside the allocation and is
         // not yet shared with anyone.
@@ -243,6 +287,7 @@ impl BodyBuilder {
             std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n);
         }
         self.filled += n;
+        self.account();
         n
     }
 
@@ -253,7 +298,8 @@ impl BodyBuilder {
     /// Where the missing bytes go, for a receive straight into the body:
     /// the first unfilled byte and how many are missing.
     pub fn spare(&mut self) -> (*mut u8, usize) {
-        self.populate_to(self.filled + self.remaining().min(POPULATE_AHEAD_BYTES_MAX));
+        self.populate_for(0);
+        self.account();
         // Safety: the offset stays within the allocation.
         let ptr = unsafe { self.ptr.as_ptr().cast::<u8>().add(size_of::<Header>() + self.filled) };
         (ptr, self.remaining())
@@ -267,11 +313,13 @@ impl BodyBuilder {
     pub unsafe fn assume_filled(&mut self, n: usize) {
         assert!(n <= self.remaining(), "filled past the end of a body");
         self.filled += n;
+        self.account();
     }
 
     /// The finished body. Panics if bytes are missing.
     pub fn finish(self) -> Body {
         assert!(self.is_full(), "body finished before it was filled");
+        debug_assert_eq!(self.ahead, 0, "a full body has nothing ahead");
         let body = Body { ptr: self.ptr };
         std::mem::forget(self);
         body
@@ -280,6 +328,7 @@ impl BodyBuilder {
 
 impl Drop for BodyBuilder {
     fn drop(&mut self) {
+        AHEAD_BYTES.set(AHEAD_BYTES.get().saturating_sub(self.ahead));
         let len = self.len();
         // Safety: the builder owns the allocation alone.
         unsafe { free(self.ptr.as_ptr(), len) }
@@ -338,6 +387,35 @@ mod tests {
         b.fill(b"abc");
         drop(b);
         assert!(BodyBuilder::try_new(BODY_BYTES_MAX + 1).is_none());
+    }
+
+    #[test]
+    fn memory_ahead_of_the_bytes_received_is_capped_per_core() {
+        // A thread of its own: the count is per thread, and starts at zero.
+        std::thread::spawn(|| {
+            const SIZE: usize = 60_000;
+            let bodies = 2 * POPULATE_AHEAD_CORE_BYTES_MAX / SIZE;
+            let mut slow: Vec<BodyBuilder> = (0..bodies).map(|_| BodyBuilder::try_new(SIZE).unwrap()).collect();
+            for b in &mut slow {
+                b.fill(b"x");
+            }
+            assert!(populated_ahead_bytes() <= POPULATE_AHEAD_CORE_BYTES_MAX);
+            assert_eq!(slow[0].populated, SIZE, "the first slow body gets the fast path");
+            assert_eq!(slow[bodies - 1].populated, 0, "one beyond the cap only what arrived");
+            // A body filled to the end gives its share back.
+            let before = populated_ahead_bytes();
+            slow[0].fill(&vec![b'y'; SIZE - 1]);
+            assert_eq!(populated_ahead_bytes(), before - (SIZE - 1));
+            assert_eq!(slow.remove(0).finish().len(), SIZE);
+            let (_, missing) = slow[bodies - 2].spare();
+            assert_eq!(missing, SIZE - 1);
+            assert_eq!(slow[bodies - 2].populated, SIZE, "room freed is used by the next receive");
+            // Dropping unfinished bodies returns the rest.
+            drop(slow);
+            assert_eq!(populated_ahead_bytes(), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

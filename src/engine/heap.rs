@@ -10,6 +10,10 @@
 //! Invariant (checked in debug builds and by the tests): for every index
 //! `i`, the item `keys[i]` records position `i`, and no child is less than
 //! its parent.
+//!
+//! Room is made ahead of time and fallibly ([`IndexedHeap::try_reserve`]):
+//! the engine reserves a place in every heap a job can enter when the job
+//! is put, so moving jobs between heaps never allocates and cannot fail.
 
 /// How heap items compare and where they record their position.
 pub trait HeapOrder {
@@ -22,9 +26,15 @@ pub trait HeapOrder {
 /// Position value for an item that is in no heap.
 pub const NO_POS: u32 = u32::MAX;
 
+/// The smallest room a heap is given, as a vector of `u32` would start.
+const MIN_CAPACITY: usize = 4;
+
+use super::keys::Keys;
+use crate::memory::OutOfMemory;
+
 #[derive(Debug, Default)]
 pub struct IndexedHeap {
-    keys: Vec<u32>,
+    keys: Keys,
 }
 
 impl IndexedHeap {
@@ -34,6 +44,26 @@ impl IndexedHeap {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Items the heap holds without allocating.
+    pub fn capacity(&self) -> usize {
+        self.keys.capacity()
+    }
+
+    /// Makes room for `total` items in all, or refuses, changing nothing.
+    /// The room doubles, as a vector's would; see `engine::keys` for why growing
+    /// a large heap moves pages rather than bytes, and why room never used
+    /// costs no memory (the engine reserves for every job a place in heaps
+    /// it may never enter).
+    #[inline]
+    pub fn try_reserve(&mut self, total: usize) -> Result<(), OutOfMemory> {
+        if total <= self.keys.capacity() { Ok(()) } else { self.grow(total) }
+    }
+
+    #[cold]
+    fn grow(&mut self, total: usize) -> Result<(), OutOfMemory> {
+        self.keys.try_reserve(total.max(2 * self.keys.capacity()).max(MIN_CAPACITY))
     }
 
     /// The least item, if any.
@@ -161,6 +191,27 @@ mod tests {
             2 => any::<usize>().prop_map(Op::Remove),
             1 => (any::<usize>(), 0u64..50).prop_map(|(i, v)| Op::Update(i, v)),
         ]
+    }
+
+    #[test]
+    fn reserved_room_is_kept_and_growth_keeps_the_items() {
+        let mut heap = IndexedHeap::default();
+        let mut items = Items { value: Vec::new(), pos: Vec::new() };
+        heap.try_reserve(3).unwrap();
+        assert_eq!(heap.capacity(), MIN_CAPACITY);
+        for v in [5, 1, 4] {
+            items.value.push(v);
+            items.pos.push(NO_POS);
+            heap.push(items.value.len() as u32 - 1, &mut items);
+        }
+        heap.try_reserve(1000).unwrap();
+        assert_eq!(heap.capacity(), 1000);
+        heap.try_reserve(1001).unwrap();
+        assert_eq!(heap.capacity(), 2000, "room doubles");
+        heap.check(&items, |k| items.pos[k as usize]);
+        assert_eq!(heap.pop(&mut items), Some(1));
+        assert!(heap.try_reserve(usize::MAX / 2).is_err(), "an impossible reservation is refused");
+        assert_eq!((heap.len(), heap.capacity()), (2, 2000), "and changes nothing");
     }
 
     proptest! {

@@ -16,11 +16,16 @@
 //! whose body arrives after its page is gone also lands in the overflow,
 //! and the overflow gives its memory back as it empties. Memory therefore
 //! follows the live jobs, never the number of ids issued.
+//!
+//! Adding an id may fail for want of memory ([`IdMap::try_insert`]), and
+//! then changes nothing; removing one never fails: when the overflow
+//! cannot grow to take a sparse page's jobs, the page is simply kept.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use super::KeyHasher;
+use crate::memory::{self, OutOfMemory};
 
 const PAGE_BITS: u32 = 10;
 /// Slots per page.
@@ -39,6 +44,14 @@ type Slots = Box<[u32; PAGE_SLOTS]>;
 struct Page {
     keys: Slots,
     live: u32,
+}
+
+/// A page with every slot vacant, or a refusal.
+fn vacant_page() -> Result<Slots, OutOfMemory> {
+    let mut keys = Vec::new();
+    memory::try_reserve_exact(&mut keys, PAGE_SLOTS)?;
+    keys.resize(PAGE_SLOTS, VACANT);
+    Ok(keys.into_boxed_slice().try_into().expect("a page of PAGE_SLOTS slots"))
 }
 
 pub struct IdMap {
@@ -96,19 +109,24 @@ impl IdMap {
         }
     }
 
-    /// Records `id` → `key`; `id` must be absent.
-    pub fn insert(&mut self, id: u64, key: u32) {
+    /// Records `id` → `key`; `id` must be absent. Refuses, changing
+    /// nothing, when the memory for it cannot be had.
+    pub fn try_insert(&mut self, id: u64, key: u32) -> Result<(), OutOfMemory> {
         debug_assert_ne!(key, VACANT);
         let (p, slot) = self.locate(id).expect("an id of this shard's sequence");
         if !self.pages.contains_key(&p) && self.newest.is_none_or(|n| p > n) {
             // Ids only grow, so this is the new newest page; the one that
             // was newest is now judged like the others.
+            memory::attempt(|| self.pages.try_reserve(1))?;
+            let keys = match self.spare.take() {
+                Some(keys) => keys,
+                None => vacant_page()?,
+            };
             if let Some(old) = self.newest
                 && self.pages.get(&old).is_some_and(|page| page.live < PAGE_LIVE_MIN)
             {
                 self.evict(old);
             }
-            let keys = self.spare.take().unwrap_or_else(|| Box::new([VACANT; PAGE_SLOTS]));
             self.pages.insert(p, Page { keys, live: 0 });
             self.newest = Some(p);
         }
@@ -119,11 +137,19 @@ impl IdMap {
                 page.live += 1;
             }
             None => {
+                memory::attempt(|| self.overflow.try_reserve(1))?;
                 let old = self.overflow.insert(id, key);
                 assert!(old.is_none(), "id {id} is already mapped");
             }
         }
         self.len += 1;
+        Ok(())
+    }
+
+    /// Records `id` → `key`, for tests that never run out of memory.
+    #[cfg(test)]
+    pub fn insert(&mut self, id: u64, key: u32) {
+        self.try_insert(id, key).expect("memory for the id index");
     }
 
     /// Forgets `id`; returns its key if it was there.
@@ -146,7 +172,7 @@ impl IdMap {
                 let key = self.overflow.remove(&id)?;
                 let capacity = self.overflow.capacity();
                 if capacity > OVERFLOW_SHRINK_MIN && self.overflow.len() < capacity / 4 {
-                    self.overflow.shrink_to(self.overflow.len() * 2);
+                    self.shrink_overflow();
                 }
                 key
             }
@@ -155,8 +181,23 @@ impl IdMap {
         Some(key)
     }
 
-    /// Moves the live jobs of page `p` to the overflow and frees it.
+    /// Moves the overflow into a table half its size, when one can be had
+    /// (`shrink_to` would stop the server if it could not).
+    fn shrink_overflow(&mut self) {
+        let mut smaller = HashMap::default();
+        if memory::attempt(|| smaller.try_reserve(self.overflow.len() * 2)).is_ok() {
+            smaller.extend(self.overflow.drain());
+            self.overflow = smaller;
+        }
+    }
+
+    /// Moves the live jobs of page `p` to the overflow and frees it; keeps
+    /// it when the overflow cannot grow to take them.
     fn evict(&mut self, p: u64) {
+        let live = self.pages.get(&p).map_or(0, |page| page.live as usize);
+        if memory::attempt(|| self.overflow.try_reserve(live)).is_err() {
+            return;
+        }
         let Some(mut page) = self.pages.remove(&p) else {
             return;
         };
@@ -172,7 +213,8 @@ impl IdMap {
         self.spare = Some(page.keys);
     }
 
-    /// Checks the bookkeeping; for tests.
+    /// Checks the bookkeeping; for tests (which never run out of memory, so
+    /// no sparse page was kept for want of room in the overflow).
     #[cfg(test)]
     pub fn check(&self) {
         let mut live = 0;

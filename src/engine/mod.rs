@@ -29,28 +29,37 @@
 //!   once, its counters and pause with it.
 //! * Job ids: shard `s` of `n` hands out ids congruent to `s` modulo `n`,
 //!   increasing, starting above zero, so any shard can route an id.
+//! * Memory: what a call adds (a job, a tube, a client, a waiter, a
+//!   watched tube) is reserved first and fallibly, and a refusal changes
+//!   nothing and is reported (`PutOutcome::OutOfMemory` and the like).
+//!   Room in every structure a job, tube or client can later enter is
+//!   reserved with it: each heap a job can be in holds as many places as
+//!   there are jobs that may enter it, the client timers and the wake list
+//!   one per client, the tube timers one per tube. So moving a job, a
+//!   timer firing and a client leaving never allocate and cannot fail.
 
 pub mod arena;
 pub mod body;
 pub mod client;
+pub mod column;
 pub mod heap;
 mod ids;
 pub mod job;
+mod keys;
 pub mod stats;
 pub mod time;
 pub mod tube;
 mod wal;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use hashbrown::HashTable;
-use slab::Slab;
-use smallvec::SmallVec;
 
-use arena::Arena;
+use crate::memory::{self, OutOfMemory};
+use arena::{Arena, Slots};
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};
+use column::Column;
 use heap::{HeapOrder, IndexedHeap, NO_POS};
 use ids::IdMap;
 pub use job::JobState;
@@ -88,6 +97,8 @@ pub enum ReserveOutcome {
     TimedOut,
     /// The client now waits; its answer will come as a [`Wake`].
     Waiting,
+    /// Waiting needs memory that cannot be had; nothing changed.
+    OutOfMemory,
 }
 
 /// An answer owed to a waiting client.
@@ -102,6 +113,8 @@ pub enum Wake {
 pub enum PutOutcome {
     Inserted,
     Draining,
+    /// The job could not be stored for want of memory; nothing changed.
+    OutOfMemory,
     /// The log has no room for the job (a full disk): OUT_OF_MEMORY, as
     /// beanstalkd answers.
     NoLogSpace,
@@ -154,11 +167,12 @@ struct Counts {
 pub struct Engine {
     config: EngineConfig,
     jobs: Arena<Job>,
-    /// The rarely set fields of jobs that have any, by job key.
-    extras: HashMap<u32, Extras, BuildHasherDefault<KeyHasher>>,
+    /// The rarely set fields of jobs, by job key: paged, so that growth
+    /// never rehashes or copies anything large (see [`column`]).
+    extras: Column<Extras>,
     /// Job id → arena key.
     ids: IdMap,
-    tubes: Slab<Tube>,
+    tubes: Slots<Tube>,
     /// Tube name → slab key, hashed with a random key because names come
     /// from clients.
     tube_names: HashTable<u32>,
@@ -166,7 +180,7 @@ pub struct Engine {
     /// Tubes in `list-tubes` order.
     tube_list: Vec<u32>,
     default_tube: u32,
-    clients: Slab<Client>,
+    clients: Slots<Client>,
     /// Reserved jobs by (deadline, id).
     ttr: IndexedHeap,
     /// Tubes with delayed jobs, by their soonest one's (deadline, id).
@@ -189,6 +203,9 @@ pub struct Engine {
     /// (unused while buried), so the log can say in which order buried jobs
     /// were buried.
     bury_seq: u64,
+    /// Tubes whose pause ended in the current [`Engine::advance`], with
+    /// room for every tube and one more.
+    unpaused: Vec<u32>,
 }
 
 impl Engine {
@@ -198,14 +215,14 @@ impl Engine {
         let mut engine = Engine {
             config,
             jobs: Arena::default(),
-            extras: HashMap::default(),
+            extras: Column::default(),
             ids: IdMap::new(first_id, u64::from(config.shards)),
-            tubes: Slab::new(),
+            tubes: Slots::default(),
             tube_names: HashTable::new(),
             name_hasher: RandomState::new(),
             tube_list: Vec::new(),
             default_tube: 0,
-            clients: Slab::new(),
+            clients: Slots::default(),
             ttr: IndexedHeap::default(),
             delay_timers: IndexedHeap::default(),
             pause_timers: IndexedHeap::default(),
@@ -219,8 +236,9 @@ impl Engine {
             wal: None,
             wal_pos: wal::WalPositions::default(),
             bury_seq: 0,
+            unpaused: Vec::new(),
         };
-        engine.default_tube = engine.tube_for_name(DEFAULT_TUBE);
+        engine.default_tube = engine.tube_for_name(DEFAULT_TUBE).expect("memory for the default tube at start-up");
         engine
     }
 
@@ -230,15 +248,20 @@ impl Engine {
 
     // ----- clients -------------------------------------------------------
 
-    pub fn connect(&mut self) -> ClientId {
-        let client = Client::new(self.default_tube);
-        let key = self.clients.insert(client);
-        assert!(key < NIL as usize, "too many clients");
+    /// A new client, using and watching `default`; refused when the memory
+    /// for it cannot be had.
+    pub fn connect(&mut self) -> Result<ClientId, OutOfMemory> {
+        self.clients.try_reserve()?;
+        assert!(self.clients.next_key() < NIL, "too many clients");
+        let clients = self.clients.len() + 1;
+        self.client_timers.try_reserve(clients)?;
+        reserve_total(&mut self.wakes, clients)?;
+        let key = self.clients.insert(Client::new(self.default_tube));
         let default = &mut self.tubes[self.default_tube as usize];
         default.using += 1;
         default.watching += 1;
         self.counts.total_connections = self.counts.total_connections.wrapping_add(1);
-        ClientId(key as u32)
+        Ok(ClientId(key))
     }
 
     /// Ends a client: it stops waiting, its reserved jobs go back to ready in
@@ -261,7 +284,7 @@ impl Engine {
             self.detach(head);
             self.enqueue_ready(head, now);
         }
-        let client = self.clients.remove(c.index());
+        let client = self.clients.remove(c.0);
         if client.producer {
             self.counts.producers -= 1;
         }
@@ -322,8 +345,10 @@ impl Engine {
 
     // ----- tubes ---------------------------------------------------------
 
-    pub fn use_tube(&mut self, c: ClientId, name: &str) {
-        let t = self.tube_for_name(name);
+    /// Makes `name` the client's used tube, creating it if need be;
+    /// refused when a new tube cannot be had.
+    pub fn use_tube(&mut self, c: ClientId, name: &str) -> Result<(), OutOfMemory> {
+        let t = self.tube_for_name(name)?;
         let old = self.clients[c.index()].used;
         if old != t {
             self.tubes[t as usize].using += 1;
@@ -331,21 +356,33 @@ impl Engine {
             self.tubes[old as usize].using -= 1;
             self.release_tube(old);
         }
+        Ok(())
+    }
+
+    /// Whether a tube of that name exists.
+    pub fn has_tube(&self, name: &str) -> bool {
+        self.find_tube(name).is_some()
     }
 
     pub fn used_tube(&self, c: ClientId) -> &str {
         &self.tubes[self.clients[c.index()].used as usize].name
     }
 
-    /// Adds a tube to the watch set; returns the number of watched tubes.
-    pub fn watch(&mut self, c: ClientId, name: &str) -> usize {
-        let t = self.tube_for_name(name);
+    /// Adds a tube to the watch set, creating it if need be; returns the
+    /// number of watched tubes, or refuses when the memory cannot be had.
+    pub fn watch(&mut self, c: ClientId, name: &str) -> Result<usize, OutOfMemory> {
+        let t = self.tube_for_name(name)?;
         let client = &mut self.clients[c.index()];
         if !client.watched.contains(&t) {
+            if memory::attempt(|| client.watched.try_reserve(1)).is_err() {
+                // A tube made for this watch alone goes again.
+                self.release_tube(t);
+                return Err(OutOfMemory);
+            }
             client.watched.push(t);
             self.tubes[t as usize].watching += 1;
         }
-        self.clients[c.index()].watched.len()
+        Ok(self.clients[c.index()].watched.len())
     }
 
     /// Removes a tube from the watch set; returns the number of watched
@@ -441,14 +478,19 @@ impl Engine {
             return PutOutcome::Draining;
         }
         let t = self.clients[c.index()].used;
+        // Room in memory first: what it reserves is only capacity, kept if
+        // the log then refuses (a log reservation is not undone).
+        let Ok(k) = self.make_room_for_job(id, t, delay_s > 0) else {
+            return PutOutcome::OutOfMemory;
+        };
         if self.reserve_put_record(t, body.len()).is_err() {
             return PutOutcome::NoLogSpace;
         }
         // A TTR below one second is raised to one second.
-        let job = Job::new(id, created_at, pri, ttr_s.max(1), t, body);
-        let k = self.insert_job(job);
+        let inserted = self.jobs.insert(Job::new(id, created_at, pri, ttr_s.max(1), t, body));
+        debug_assert_eq!(inserted, k);
         if delay_s > 0 {
-            self.extras_mut(k).delay_s = delay_s;
+            self.note(k, |e| e.delay_s = delay_s);
         }
         let tube = &mut self.tubes[t as usize];
         tube.jobs += 1;
@@ -489,6 +531,9 @@ impl Engine {
             // it gets DEADLINE_SOON (reached here when the only ready jobs
             // are in paused tubes).
             return if self.deadline_soon(c.0, now) { ReserveOutcome::DeadlineSoon } else { ReserveOutcome::TimedOut };
+        }
+        if self.reserve_waiters(c.0).is_err() {
+            return ReserveOutcome::OutOfMemory;
         }
         self.start_wait(c.0, timeout_s.map(|s| now + secs(s)), now);
         ReserveOutcome::Waiting
@@ -555,9 +600,10 @@ impl Engine {
         }
         self.detach(k);
         self.jobs[k].pri = pri;
-        let extras = self.extras_mut(k);
-        extras.delay_s = delay_s;
-        extras.releases += 1;
+        self.note(k, |e| {
+            e.delay_s = delay_s;
+            e.releases += 1;
+        });
         if delay_s > 0 {
             self.enqueue_delayed(k, now + secs(delay_s));
             self.log_state(k);
@@ -583,7 +629,7 @@ impl Engine {
         }
         self.detach(k);
         self.jobs[k].pri = pri;
-        self.extras_mut(k).buries += 1;
+        self.note(k, |e| e.buries += 1);
         self.enqueue_buried(k);
         self.log_state(k);
         Change::Done
@@ -645,7 +691,7 @@ impl Engine {
     /// Kicks one buried or delayed job whose state record has room.
     fn kick_one(&mut self, k: u32, now: Nanos) {
         self.detach(k);
-        self.extras_mut(k).kicks += 1;
+        self.note(k, |e| e.kicks += 1);
         let t = self.push_ready(k);
         self.log_state(k);
         self.serve_tube(t, now);
@@ -720,7 +766,7 @@ impl Engine {
     pub fn stats_job(&self, id: u64, now: Nanos) -> Option<JobStats> {
         let k = self.find_job(id)?;
         let job = &self.jobs[k];
-        let extras = self.extras.get(&k).copied().unwrap_or_default();
+        let extras = self.extras.get(k);
         let time_left_s = match job.state() {
             JobState::Reserved | JobState::Delayed => time::secs_until(job.deadline, now),
             _ => 0,
@@ -759,7 +805,12 @@ impl Engine {
     ///
     /// beanstalkd's tick has the same phases.
     pub fn advance(&mut self, now: Nanos) {
-        let mut unpaused: SmallVec<[u32; 4]> = SmallVec::new();
+        // The list of tubes unpaused now, with room for every tube and one
+        // more, reserved with the tubes; taken only when a pause ends (an
+        // empty vector stands in, and is never pushed to).
+        let pause_ended = self.pause_timers.peek().is_some_and(|t| self.tubes[t].pause.is_none_or(|p| p.until <= now));
+        let mut unpaused = if pause_ended { std::mem::take(&mut self.unpaused) } else { Vec::new() };
+        unpaused.clear();
         while let Some(t) = self.pause_timers.peek() {
             if self.tubes[t as usize].pause.is_some_and(|p| p.until > now) {
                 break;
@@ -778,13 +829,16 @@ impl Engine {
             if unpaused.is_empty() {
                 self.serve_tube(t, now);
             } else {
-                let mut tubes = unpaused.clone();
-                tubes.push(t);
-                self.match_tubes(&tubes, now);
+                unpaused.push(t);
+                self.match_tubes(&unpaused, now);
+                unpaused.pop();
             }
         }
         if !unpaused.is_empty() {
             self.match_tubes(&unpaused, now);
+        }
+        if pause_ended {
+            self.unpaused = unpaused;
         }
         loop {
             let client_at = self.client_timers.peek().map(|c| (self.clients[c as usize].wake_at, c));
@@ -829,7 +883,7 @@ impl Engine {
     fn expire(&mut self, k: u32, now: Nanos) {
         let c = self.jobs[k].reserver;
         self.detach(k);
-        self.extras_mut(k).timeouts += 1;
+        self.note(k, |e| e.timeouts += 1);
         self.counts.job_timeouts += 1;
         if self.clients[c as usize].wait.is_some() {
             self.schedule_client(c);
@@ -1106,11 +1160,14 @@ impl Engine {
 
     /// Job `k`'s rarely set fields (all zero when it has none).
     fn extras_of(&self, k: u32) -> Extras {
-        self.extras.get(&k).copied().unwrap_or_default()
+        self.extras.get(k)
     }
 
-    fn extras_mut(&mut self, k: u32) -> &mut Extras {
-        self.extras.entry(k).or_default()
+    /// Records a change to a job's rarely set fields. They only show in
+    /// `stats-job`; when their page cannot be had for want of memory, the
+    /// change is not recorded rather than the command refused.
+    fn note(&mut self, k: u32, f: impl FnOnce(&mut Extras)) {
+        let _ = self.extras.update(k, f);
     }
 
     fn job_ref(&self, k: u32) -> JobRef {
@@ -1128,12 +1185,38 @@ impl Engine {
         self.ids.get(id)
     }
 
-    fn insert_job(&mut self, job: Job) -> u32 {
-        let id = job.id;
-        let k = self.jobs.insert(job);
+    /// Makes room for a job `id` of tube `t` (delayed or not): its arena
+    /// slot and id, and a place in every heap it may enter, so that the
+    /// insert that follows and every later move of the job allocate
+    /// nothing. Returns the key the job will have; refuses, changing
+    /// nothing visible, when memory cannot be had.
+    pub(super) fn make_room_for_job(&mut self, id: u64, t: u32, delayed: bool) -> Result<u32, OutOfMemory> {
+        self.jobs.try_reserve()?;
+        let k = self.jobs.next_key();
         assert!(k < NIL, "too many jobs");
-        self.ids.insert(id, k);
-        k
+        self.ttr.try_reserve(self.jobs.len() + 1)?;
+        let tube = &mut self.tubes[t as usize];
+        let tube_jobs = tube.jobs as usize + 1;
+        tube.ready.try_reserve(tube_jobs)?;
+        tube.delayed.try_reserve(tube_jobs)?;
+        if delayed {
+            self.extras.try_reserve(k)?;
+        }
+        if self.wal.is_some() {
+            self.wal_pos.try_reserve(k)?;
+        }
+        // Last, as the only step that changes what a lookup sees.
+        self.ids.try_insert(id, k)?;
+        Ok(k)
+    }
+
+    /// Makes room for a client about to wait on each of its watched tubes.
+    fn reserve_waiters(&mut self, c: u32) -> Result<(), OutOfMemory> {
+        for &t in &self.clients[c as usize].watched {
+            let waiters = &mut self.tubes[t as usize].waiters;
+            memory::attempt(|| waiters.try_reserve(1))?;
+        }
+        Ok(())
     }
 
     /// Frees a detached job; its tube loses a reference.
@@ -1142,7 +1225,7 @@ impl Engine {
         let removed = self.ids.remove(id);
         assert_eq!(removed, Some(k), "job {id} missing from the id index");
         let job = self.jobs.remove(k);
-        self.extras.remove(&k);
+        self.extras.clear(k);
         self.tubes[job.tube() as usize].jobs -= 1;
         self.release_tube(job.tube());
     }
@@ -1152,16 +1235,33 @@ impl Engine {
         self.tube_names.find(self.name_hasher.hash_one(name), |&t| &*tubes[t as usize].name == name).copied()
     }
 
-    fn tube_for_name(&mut self, name: &str) -> u32 {
+    /// The tube of that name, created if need be; refused when a new tube
+    /// cannot be had (then nothing changed).
+    fn tube_for_name(&mut self, name: &str) -> Result<u32, OutOfMemory> {
         if let Some(t) = self.find_tube(name) {
-            return t;
+            return Ok(t);
         }
+        // Room for the tube, its name, its places in the name index, the
+        // list and the tube timers, and in the unpaused list of `advance`.
+        let tubes = self.tubes.len() + 1;
+        self.tubes.try_reserve()?;
+        let (table, hasher) = (&self.tubes, &self.name_hasher);
+        memory::attempt(|| self.tube_names.try_reserve(1, |&x| hasher.hash_one(&*table[x as usize].name)))?;
+        reserve_total(&mut self.tube_list, tubes)?;
+        reserve_total(&mut self.unpaused, tubes + 1)?;
+        self.delay_timers.try_reserve(tubes)?;
+        self.pause_timers.try_reserve(tubes)?;
+        let mut boxed = String::new();
+        memory::attempt(|| boxed.try_reserve_exact(name.len()))?;
+        boxed.push_str(name);
+
         let list_pos = self.tube_list.len() as u32;
-        let t = self.tubes.insert(Tube::new(name, list_pos)) as u32;
+        let t = self.tubes.insert(Tube::new(boxed.into_boxed_str(), list_pos));
+        assert!(t <= job::TUBE_KEY_MAX, "too many tubes");
         self.tube_list.push(t);
         let (tubes, hasher) = (&self.tubes, &self.name_hasher);
         self.tube_names.insert_unique(hasher.hash_one(name), t, |&x| hasher.hash_one(&*tubes[x as usize].name));
-        t
+        Ok(t)
     }
 
     /// Destroys a tube nothing refers to any more (never `default`).
@@ -1185,7 +1285,7 @@ impl Engine {
             }
             Err(_) => panic!("tube {t} missing from the name index"),
         }
-        let tube = self.tubes.remove(t as usize);
+        let tube = self.tubes.remove(t);
         // The list fills the gap with its last entry, as beanstalkd's does.
         let pos = tube.list_pos as usize;
         self.tube_list.swap_remove(pos);
@@ -1215,7 +1315,10 @@ impl Engine {
     #[doc(hidden)]
     pub fn check_invariants(&self, now: Nanos) {
         #[cfg(test)]
-        self.ids.check();
+        {
+            self.ids.check();
+            self.extras.check();
+        }
         let mut counts = Counts::default();
         let mut waiting_clients = 0u64;
         for (k, job) in self.jobs.iter() {
@@ -1233,7 +1336,7 @@ impl Engine {
                 }
                 JobState::Reserved => {
                     assert_eq!(self.ttr.keys()[job.pos as usize], k);
-                    assert!(self.clients.contains(job.reserver as usize));
+                    assert!(self.clients.contains(job.reserver));
                     counts.reserved += 1;
                 }
                 JobState::Buried => counts.buried += 1,
@@ -1249,12 +1352,12 @@ impl Engine {
             assert_eq!(self.tubes[t as usize].list_pos as usize, i);
         }
         assert_eq!(self.tube_list.len(), self.tubes.len());
-        for (t, tube) in &self.tubes {
-            assert_eq!(self.find_tube(&tube.name), Some(t as u32));
-            assert!(t as u32 == self.default_tube || !tube.is_unreferenced(), "unreferenced tube {}", tube.name);
+        for (t, tube) in self.tubes.iter() {
+            assert_eq!(self.find_tube(&tube.name), Some(t));
+            assert!(t == self.default_tube || !tube.is_unreferenced(), "unreferenced tube {}", tube.name);
             tube.ready.check(&ReadyOrderRef(&self.jobs), |k| self.jobs[k].pos);
             tube.delayed.check(&DeadlineOrderRef(&self.jobs), |k| self.jobs[k].pos);
-            let jobs_here = self.jobs.iter().filter(|(_, j)| j.tube() == t as u32).count() as u64;
+            let jobs_here = self.jobs.iter().filter(|(_, j)| j.tube() == t).count() as u64;
             assert_eq!(tube.jobs, jobs_here, "job refs of tube {}", tube.name);
             let live = tube.waiters.iter().filter(|&&w| is_live(&self.clients, w)).count();
             assert_eq!(live, tube.waiting as usize, "waiters of tube {}", tube.name);
@@ -1263,11 +1366,11 @@ impl Engine {
                 "tube {} has both a ready job and a waiter",
                 tube.name
             );
-            let using = self.clients.iter().filter(|(_, c)| c.used == t as u32).count() as u64;
-            let watching = self.clients.iter().filter(|(_, c)| c.watched.contains(&(t as u32))).count() as u64;
+            let using = self.clients.iter().filter(|(_, c)| c.used == t).count() as u64;
+            let watching = self.clients.iter().filter(|(_, c)| c.watched.contains(&t)).count() as u64;
             assert_eq!((tube.using, tube.watching), (using, watching), "references of tube {}", tube.name);
         }
-        for (_, client) in &self.clients {
+        for (_, client) in self.clients.iter() {
             waiting_clients += u64::from(client.wait.is_some());
             let mut k = client.reserved.head;
             let mut n = 0;
@@ -1279,16 +1382,36 @@ impl Engine {
             assert_eq!(n, client.reserved.len);
         }
         assert_eq!(waiting_clients, self.counts.waiting);
+        // Room reserved ahead, so that moves, timers and departures never
+        // allocate (see "Memory" in the module doc).
+        assert!(self.ttr.capacity() >= self.jobs.len(), "room in the TTR heap");
+        for (_, tube) in self.tubes.iter() {
+            assert!(tube.ready.capacity() >= tube.jobs as usize, "room in the ready heap of {}", tube.name);
+            assert!(tube.delayed.capacity() >= tube.jobs as usize, "room in the delay heap of {}", tube.name);
+        }
+        assert!(self.client_timers.capacity() >= self.clients.len(), "room in the client timers");
+        assert!(self.wakes.capacity() >= self.clients.len(), "room for every client's wake");
+        assert!(self.delay_timers.capacity() >= self.tubes.len(), "room in the delay timers");
+        assert!(self.pause_timers.capacity() >= self.tubes.len(), "room in the pause timers");
+        assert!(self.unpaused.capacity() > self.tubes.len(), "room for every tube in the unpaused list");
     }
 }
 
-fn is_live(clients: &Slab<Client>, w: Waiter) -> bool {
-    clients.get(w.client as usize).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
+fn is_live(clients: &Slots<Client>, w: Waiter) -> bool {
+    clients.get(w.client).and_then(|c| c.wait).is_some_and(|wait| wait.seq == w.seq)
 }
 
-/// Hashes job slab keys (the extras table) and job ids (the id map's
-/// overflow): integers chosen by the server, not by clients, so one
-/// multiplication spreads them well enough.
+/// Makes sure `v` holds `total` elements without allocating, or refuses.
+fn reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
+    match total.checked_sub(v.len()) {
+        Some(more) if total > v.capacity() => memory::try_reserve(v, more),
+        _ => Ok(()),
+    }
+}
+
+/// Hashes job ids and page numbers (the id map's directory and overflow):
+/// integers chosen by the server, not by clients, so one multiplication
+/// spreads them well enough.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -1300,9 +1423,6 @@ impl Hasher for KeyHasher {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
-    }
-    fn write_u32(&mut self, k: u32) {
-        self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     fn write_u64(&mut self, n: u64) {
         // The high half of the product folded down: the low bits, which
@@ -1318,11 +1438,11 @@ struct ReadyOrderRef<'a>(&'a Arena<Job>);
 struct DeadlineOrder<'a>(&'a mut Arena<Job>);
 struct DeadlineOrderRef<'a>(&'a Arena<Job>);
 struct DelayTimerOrder<'a> {
-    tubes: &'a mut Slab<Tube>,
+    tubes: &'a mut Slots<Tube>,
     jobs: &'a Arena<Job>,
 }
-struct PauseTimerOrder<'a>(&'a mut Slab<Tube>);
-struct ClientTimerOrder<'a>(&'a mut Slab<Client>);
+struct PauseTimerOrder<'a>(&'a mut Slots<Tube>);
+struct ClientTimerOrder<'a>(&'a mut Slots<Client>);
 
 fn ready_less(jobs: &Arena<Job>, a: u32, b: u32) -> bool {
     let (a, b) = (&jobs[a], &jobs[b]);

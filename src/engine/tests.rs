@@ -65,7 +65,7 @@ fn woken_id(w: &Wake) -> u64 {
 #[test]
 fn ready_jobs_come_out_by_priority_then_id() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let a = t.put(c, 5, 0, 10, 0);
     let b = t.put(c, 1, 0, 10, 0);
     let d = t.put(c, 5, 0, 10, 0);
@@ -78,16 +78,16 @@ fn ready_jobs_come_out_by_priority_then_id() {
 fn best_job_across_watched_tubes() {
     // The spec's live example: B2(pri 1), A2(5, id 8), B1(5, id 9), A1(10).
     let mut t = T::new();
-    let p = t.e.connect();
-    let w = t.e.connect();
-    t.e.use_tube(p, "a");
+    let p = t.e.connect().unwrap();
+    let w = t.e.connect().unwrap();
+    t.e.use_tube(p, "a").unwrap();
     let a1 = t.put(p, 10, 0, 10, 0);
     let a2 = t.put(p, 5, 0, 10, 0);
-    t.e.use_tube(p, "b");
+    t.e.use_tube(p, "b").unwrap();
     let b1 = t.put(p, 5, 0, 10, 0);
     let b2 = t.put(p, 1, 0, 10, 0);
-    t.e.watch(w, "a");
-    t.e.watch(w, "b");
+    t.e.watch(w, "a").unwrap();
+    t.e.watch(w, "b").unwrap();
     t.e.ignore(w, "default");
     let order: Vec<u64> = (0..4).map(|_| reserved_id(&t.reserve(w, None, 0))).collect();
     assert_eq!(order, vec![b2, a2, b1, a1]);
@@ -96,8 +96,8 @@ fn best_job_across_watched_tubes() {
 #[test]
 fn waiters_are_served_first_come_first_served() {
     let mut t = T::new();
-    let p = t.e.connect();
-    let waiters: Vec<ClientId> = (0..6).map(|_| t.e.connect()).collect();
+    let p = t.e.connect().unwrap();
+    let waiters: Vec<ClientId> = (0..6).map(|_| t.e.connect().unwrap()).collect();
     for &w in &waiters {
         assert_eq!(t.reserve(w, None, 0), ReserveOutcome::Waiting);
     }
@@ -114,17 +114,17 @@ fn waiters_are_served_first_come_first_served() {
 #[test]
 fn a_waiter_served_elsewhere_leaves_no_trace() {
     let mut t = T::new();
-    let p = t.e.connect();
-    let w1 = t.e.connect();
-    let w2 = t.e.connect();
-    t.e.watch(w1, "other");
+    let p = t.e.connect().unwrap();
+    let w1 = t.e.connect().unwrap();
+    let w2 = t.e.connect().unwrap();
+    t.e.watch(w1, "other").unwrap();
     assert_eq!(t.reserve(w1, None, 0), ReserveOutcome::Waiting);
     assert_eq!(t.reserve(w2, None, 0), ReserveOutcome::Waiting);
-    t.e.use_tube(p, "other");
+    t.e.use_tube(p, "other").unwrap();
     t.put(p, 0, 0, 10, 0);
     assert_eq!(t.wakes().into_iter().map(|(c, _)| c).collect::<Vec<_>>(), vec![w1]);
     // w1 was also queued on default; the next default job goes to w2.
-    t.e.use_tube(p, "default");
+    t.e.use_tube(p, "default").unwrap();
     t.put(p, 0, 0, 10, 0);
     assert_eq!(t.wakes().into_iter().map(|(c, _)| c).collect::<Vec<_>>(), vec![w2]);
     t.e.check_invariants(0);
@@ -133,9 +133,9 @@ fn a_waiter_served_elsewhere_leaves_no_trace() {
 #[test]
 fn stale_waiter_entries_are_swept() {
     let mut t = T::new();
-    let p = t.e.connect();
-    let w = t.e.connect();
-    t.e.watch(w, "quiet");
+    let p = t.e.connect().unwrap();
+    let w = t.e.connect().unwrap();
+    t.e.watch(w, "quiet").unwrap();
     for i in 0..1000 {
         assert_eq!(t.reserve(w, None, i), ReserveOutcome::Waiting);
         t.put(p, 0, 0, 10, i);
@@ -149,7 +149,7 @@ fn stale_waiter_entries_are_swept() {
 #[test]
 fn reserve_with_timeout_times_out() {
     let mut t = T::new();
-    let w = t.e.connect();
+    let w = t.e.connect().unwrap();
     assert_eq!(t.reserve(w, Some(2), 0), ReserveOutcome::Waiting);
     assert_eq!(t.e.next_deadline(), Some(2 * S));
     t.e.advance(2 * S - 1);
@@ -163,7 +163,7 @@ fn reserve_with_timeout_times_out() {
 #[test]
 fn ttr_expiry_returns_the_job_to_ready_strictly_after_the_deadline() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let id = t.put(c, 0, 0, 2, 0);
     reserved_id(&t.reserve(c, None, 0));
     assert_eq!(t.e.stats_job(id, S).unwrap().time_left_s, 1);
@@ -182,7 +182,7 @@ fn ttr_expiry_returns_the_job_to_ready_strictly_after_the_deadline() {
 #[test]
 fn deadline_soon() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     t.put(c, 0, 0, 2, 0);
     reserved_id(&t.reserve(c, None, 0));
     // Outside the margin, the second reserve waits, and the margin ends it.
@@ -194,7 +194,7 @@ fn deadline_soon() {
     assert_eq!(t.reserve(c, None, S + 1), ReserveOutcome::DeadlineSoon);
     // ...unless a watched tube has a ready job, even a paused one: then it
     // waits, and the margin ends the wait at once.
-    let p = t.e.connect();
+    let p = t.e.connect().unwrap();
     let id = t.put(p, 0, 0, 10, S + 2);
     assert!(t.e.pause_tube("default", 100, S + 2));
     assert_eq!(t.reserve(c, None, S + 3), ReserveOutcome::Waiting);
@@ -212,7 +212,7 @@ fn a_leaving_client_is_never_answered() {
     // paused tube, so its reserve waits for the next tick, which would
     // answer DEADLINE_SOON; it disconnects before that tick.
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let id = t.put(c, 0, 0, 1, 0);
     reserved_id(&t.reserve(c, None, 0));
     t.put(c, 0, 0, 10, 0);
@@ -227,7 +227,7 @@ fn a_leaving_client_is_never_answered() {
 #[test]
 fn ttr_of_one_second_is_deadline_soon_at_once() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let id = t.put(c, 0, 0, 0, 0);
     assert_eq!(t.e.stats_job(id, 0).unwrap().ttr_s, 1);
     reserved_id(&t.reserve(c, None, 0));
@@ -237,7 +237,7 @@ fn ttr_of_one_second_is_deadline_soon_at_once() {
 #[test]
 fn delayed_jobs_become_ready_at_their_deadline() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let late = t.put(c, 0, 2, 10, 0);
     let early = t.put(c, 9, 1, 10, 0);
     assert_eq!(t.e.peek_delayed(c).unwrap().id, early);
@@ -254,7 +254,7 @@ fn delayed_jobs_become_ready_at_their_deadline() {
 #[test]
 fn kick_takes_buried_first_and_never_both() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let buried: Vec<u64> = (0..3)
         .map(|_| {
             let id = t.put(c, 0, 0, 10, 0);
@@ -279,7 +279,7 @@ fn kick_takes_buried_first_and_never_both() {
 #[test]
 fn kick_job_and_reserve_job() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let ready = t.put(c, 0, 0, 10, 0);
     let delayed = t.put(c, 0, 5, 10, 0);
     assert!(!t.e.kick_job(ready, 0));
@@ -288,7 +288,7 @@ fn kick_job_and_reserve_job() {
     assert!(!t.e.kick_job(999, 0));
     // reserve-job ignores pauses and tubes.
     t.e.pause_tube("default", 100, 0);
-    let other = t.e.connect();
+    let other = t.e.connect().unwrap();
     assert_eq!(t.e.reserve_job(other, delayed, 0).unwrap().id, delayed);
     assert!(t.e.reserve_job(c, delayed, 0).is_none());
     assert!(!t.e.delete(c, delayed, 0), "reserved by another client");
@@ -299,16 +299,16 @@ fn kick_job_and_reserve_job() {
 #[test]
 fn closing_returns_reservations_in_order_and_frees_tubes() {
     let mut t = T::new();
-    let p = t.e.connect();
-    let c = t.e.connect();
-    t.e.use_tube(p, "jobs");
+    let p = t.e.connect().unwrap();
+    let c = t.e.connect().unwrap();
+    t.e.use_tube(p, "jobs").unwrap();
     let ids: Vec<u64> = (0..3).map(|_| t.put(p, 0, 0, 10, 0)).collect();
-    t.e.watch(c, "jobs");
+    t.e.watch(c, "jobs").unwrap();
     for _ in 0..3 {
         reserved_id(&t.reserve(c, None, 0));
     }
-    let w = t.e.connect();
-    t.e.watch(w, "jobs");
+    let w = t.e.connect().unwrap();
+    t.e.watch(w, "jobs").unwrap();
     assert_eq!(t.reserve(w, None, 0), ReserveOutcome::Waiting);
     t.e.disconnect(c, 0);
     assert_eq!(t.wakes(), vec![(w, Wake::Reserved(JobRef { id: ids[0], body: body("x") }))]);
@@ -318,7 +318,7 @@ fn closing_returns_reservations_in_order_and_frees_tubes() {
     t.e.disconnect(p, 0);
     // Jobs keep the tube alive; deleting the last one destroys it.
     assert!(t.e.stats_tube("jobs", 0).is_some());
-    let q = t.e.connect();
+    let q = t.e.connect().unwrap();
     for id in ids {
         assert!(t.e.delete(q, id, 0));
     }
@@ -330,9 +330,9 @@ fn closing_returns_reservations_in_order_and_frees_tubes() {
 #[test]
 fn tube_list_fills_gaps_with_the_last_tube() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     for name in ["ta", "tb", "tc", "td"] {
-        t.e.watch(c, name);
+        t.e.watch(c, name).unwrap();
     }
     t.e.ignore(c, "ta");
     assert_eq!(t.e.tube_names().collect::<Vec<_>>(), vec!["default", "td", "tb", "tc"]);
@@ -348,13 +348,13 @@ fn tube_list_fills_gaps_with_the_last_tube() {
 #[test]
 fn pause_holds_back_reserve_until_it_ends() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let id = t.put(c, 0, 0, 10, 0);
     assert!(t.e.pause_tube("default", 2, 0));
     assert!(!t.e.pause_tube("nope", 2, 0));
     let ts = t.e.stats_tube("default", S / 2).unwrap();
     assert_eq!((ts.pause_s, ts.pause_left_s, ts.pauses), (2, 1, 1));
-    let w = t.e.connect();
+    let w = t.e.connect().unwrap();
     assert_eq!(t.reserve(w, None, S), ReserveOutcome::Waiting);
     assert_eq!(t.e.peek_ready(c).unwrap().id, id, "peek ignores pauses");
     assert_eq!(t.e.next_deadline(), Some(2 * S));
@@ -367,10 +367,10 @@ fn pause_holds_back_reserve_until_it_ends() {
 #[test]
 fn pause_zero_unpauses_at_once() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     t.put(c, 0, 0, 10, 0);
     t.e.pause_tube("default", 86400, 0);
-    let w = t.e.connect();
+    let w = t.e.connect().unwrap();
     assert_eq!(t.reserve(w, None, 0), ReserveOutcome::Waiting);
     t.e.pause_tube("default", 0, 1);
     assert_eq!(t.wakes().len(), 1);
@@ -390,7 +390,7 @@ fn ids_encode_the_shard() {
 #[test]
 fn draining_refuses_puts() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     t.e.set_draining();
     let id = t.e.allocate_id();
     assert_eq!(t.e.put(c, id, 0, 0, 0, 1, body("x"), 0), PutOutcome::Draining);
@@ -401,14 +401,14 @@ fn draining_refuses_puts() {
 #[test]
 fn touch_moves_the_deadline() {
     let mut t = T::new();
-    let c = t.e.connect();
+    let c = t.e.connect().unwrap();
     let id = t.put(c, 0, 0, 3, 0);
     reserved_id(&t.reserve(c, None, 0));
     assert!(t.e.touch(c, id, 2 * S));
     t.e.advance(4 * S);
     assert_eq!(t.state(id, 4 * S), "reserved");
     assert_eq!(t.e.stats_job(id, 4 * S).unwrap().time_left_s, 1);
-    let other = t.e.connect();
+    let other = t.e.connect().unwrap();
     assert!(!t.e.touch(other, id, 4 * S));
     t.e.advance(5 * S + 1);
     assert_eq!(t.state(id, 5 * S + 1), "ready");
@@ -419,19 +419,46 @@ fn a_pause_ending_with_due_jobs_serves_the_best_job() {
     // Waiter W watches a (paused, holding a pri-5 job) and b (a pri-1 job
     // falls due as a's pause ends): W gets the better job.
     let mut t = T::new();
-    let p = t.e.connect();
-    let w = t.e.connect();
-    t.e.use_tube(p, "a");
+    let p = t.e.connect().unwrap();
+    let w = t.e.connect().unwrap();
+    t.e.use_tube(p, "a").unwrap();
     t.put(p, 5, 0, 10, 0);
-    t.e.use_tube(p, "b");
+    t.e.use_tube(p, "b").unwrap();
     let best = t.put(p, 1, 2, 10, 0);
     t.e.pause_tube("a", 2, 0);
-    t.e.watch(w, "a");
-    t.e.watch(w, "b");
+    t.e.watch(w, "a").unwrap();
+    t.e.watch(w, "b").unwrap();
     assert_eq!(t.reserve(w, None, 0), ReserveOutcome::Waiting);
     t.e.advance(3 * S);
     assert_eq!(woken_id(&t.wakes()[0].1), best);
     t.e.check_invariants(3 * S);
+}
+
+#[test]
+fn rare_fields_cost_pages_only_while_jobs_have_them() {
+    let mut e = Engine::new(EngineConfig::default());
+    let c = e.connect().unwrap();
+    let put = |e: &mut Engine, delay_s| {
+        let id = e.allocate_id();
+        assert_eq!(e.put(c, id, 0, 0, delay_s, 10, body("x"), 0), PutOutcome::Inserted);
+        id
+    };
+    // Three arena chunks of plain jobs, then three of delayed ones.
+    let plain: Vec<u64> = (0..3 * column::PAGE_SLOTS).map(|_| put(&mut e, 0)).collect();
+    assert_eq!(e.extras.pages(), 0, "plain ready jobs cost no page");
+    let delayed: Vec<u64> = (0..3 * column::PAGE_SLOTS).map(|_| put(&mut e, 5)).collect();
+    assert_eq!(e.extras.pages(), 3);
+    assert_eq!(e.stats_job(*delayed.last().unwrap(), 0).unwrap().delay_s, 5);
+    assert_eq!(e.stats_job(plain[0], 0).unwrap().delay_s, 0);
+    e.check_invariants(0);
+    for id in delayed {
+        assert!(e.delete(c, id, 0));
+    }
+    assert_eq!(e.extras.pages(), 0, "pages go with the last job that used them");
+    // A key reused by a new job starts with nothing set.
+    let fresh = put(&mut e, 0);
+    assert_eq!(e.stats_job(fresh, 0).unwrap().delay_s, 0);
+    e.check_invariants(0);
 }
 
 // ----- model-based test ---------------------------------------------------
@@ -1016,7 +1043,7 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
         match *step {
             Step::Connect => {
                 if let Some(free) = slots.iter().position(Option::is_none) {
-                    let id = e.connect();
+                    let id = e.connect().unwrap();
                     m.connect(id.index());
                     slots[free] = Some(id);
                 }
@@ -1086,13 +1113,13 @@ fn run_steps(steps: &[Step]) -> Result<(), TestCaseError> {
             }
             Step::Use { c, tube } => {
                 if let Some(cl) = slot_of(c) {
-                    e.use_tube(cl, TUBES[tube]);
+                    e.use_tube(cl, TUBES[tube]).unwrap();
                     m.use_tube(cl.index(), TUBES[tube]);
                 }
             }
             Step::Watch { c, tube } => {
                 if let Some(cl) = slot_of(c) {
-                    outcome = format!("{}", e.watch(cl, TUBES[tube]));
+                    outcome = format!("{}", e.watch(cl, TUBES[tube]).unwrap());
                     model_outcome = format!("{}", m.watch(cl.index(), TUBES[tube]));
                 }
             }
@@ -1167,4 +1194,119 @@ proptest! {
     fn engine_matches_the_naive_model(steps in proptest::collection::vec(step(), 1..120)) {
         run_steps(&steps)?;
     }
+}
+
+// ----- running out of memory ---------------------------------------------
+
+/// Runs `f` with every fallible reservation refused after the first `k`.
+fn failing_after<R>(k: u32, f: impl FnOnce() -> R) -> R {
+    memory::fail_for_test(k, u32::MAX);
+    let result = f();
+    memory::fail_for_test(0, 0);
+    result
+}
+
+#[test]
+fn a_put_refused_for_want_of_memory_changes_nothing() {
+    for (delay_s, tube) in [(0, "default"), (5, "default"), (0, "other")] {
+        let mut e = Engine::new(EngineConfig::default());
+        let c = e.connect().unwrap();
+        e.use_tube(c, tube).unwrap();
+        // A full arena chunk, id page and heap: the next put needs a new
+        // one of each, and room in every heap.
+        for _ in 0..arena::CHUNK {
+            let id = e.allocate_id();
+            assert_eq!(e.put(c, id, 0, 0, delay_s, 10, body("x"), 0), PutOutcome::Inserted);
+        }
+        let before = format!("{:?}", e.stats());
+        let mut k = 0;
+        loop {
+            let id = e.allocate_id();
+            let job_body = body("y");
+            let outcome = failing_after(k, || e.put(c, id, 0, 0, delay_s, 10, job_body, 0));
+            e.check_invariants(0);
+            if outcome == PutOutcome::Inserted {
+                assert_eq!(e.peek(id).unwrap().body, body("y"));
+                break;
+            }
+            assert_eq!(outcome, PutOutcome::OutOfMemory);
+            assert_eq!(format!("{:?}", e.stats()), before, "a refused put left a trace (failing at {k})");
+            assert!(e.peek(id).is_none());
+            k += 1;
+        }
+        assert!(k >= 4, "only {k} reservations were tried");
+    }
+}
+
+#[test]
+fn a_client_tube_or_wait_refused_for_want_of_memory_changes_nothing() {
+    let mut e = Engine::new(EngineConfig::default());
+    // The first client needs room of every kind.
+    let mut k = 0;
+    let a = loop {
+        match failing_after(k, || e.connect()) {
+            Ok(a) => break a,
+            Err(OutOfMemory) => {
+                e.check_invariants(0);
+                assert_eq!(e.stats().connections, 0);
+                k += 1;
+            }
+        }
+    };
+    assert!(k >= 2, "only {k} reservations were tried");
+    for watch in [false, true] {
+        let mut k = 0;
+        loop {
+            let made =
+                failing_after(k, || if watch { e.watch(a, "fresh").map(|_| ()) } else { e.use_tube(a, "fresh") });
+            e.check_invariants(0);
+            if made.is_ok() {
+                break;
+            }
+            assert!(!e.has_tube("fresh"), "a tube made for a refused command stayed (failing at {k})");
+            k += 1;
+        }
+        assert!(k >= 1);
+        // Back as it was.
+        if watch {
+            assert_eq!(e.ignore(a, "fresh"), Some(1));
+        } else {
+            e.use_tube(a, "default").unwrap();
+        }
+        assert!(!e.has_tube("fresh"));
+    }
+    assert_eq!(e.used_tube(a), "default");
+    assert_eq!(e.watched_tubes(a).count(), 1);
+    assert_eq!(failing_after(0, || e.reserve(a, None, 0)), ReserveOutcome::OutOfMemory);
+    e.check_invariants(0);
+    assert!(!e.is_waiting(a));
+    assert_eq!(e.reserve(a, None, 0), ReserveOutcome::Waiting);
+    e.check_invariants(0);
+}
+
+#[test]
+fn deleting_needs_no_memory() {
+    let mut e = Engine::new(EngineConfig::default());
+    let c = e.connect().unwrap();
+    // Enough jobs that deleting most leaves sparse id pages to evict.
+    let ids: Vec<u64> = (0..10 * arena::CHUNK)
+        .map(|_| {
+            let id = e.allocate_id();
+            assert_eq!(e.put(c, id, 0, 0, 0, 10, body("x"), 0), PutOutcome::Inserted);
+            id
+        })
+        .collect();
+    failing_after(0, || {
+        for &id in ids.iter().filter(|&&id| id % 10 != 0) {
+            assert!(e.delete(c, id, 0));
+        }
+    });
+    // Pages left sparse for want of room in the overflow still find every
+    // job, and go with the next delete that touches them.
+    assert!(ids.iter().filter(|&&id| id % 10 == 0).all(|&id| e.peek(id).is_some()));
+    for &id in ids.iter().filter(|&&id| id % 10 == 0) {
+        assert!(e.delete(c, id, 0));
+    }
+    e.check_invariants(0);
+    assert_eq!(e.stats().ready, 0);
 }

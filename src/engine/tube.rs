@@ -51,9 +51,9 @@ pub struct Tube {
 }
 
 impl Tube {
-    pub fn new(name: &str, list_pos: u32) -> Tube {
+    pub fn new(name: Box<str>, list_pos: u32) -> Tube {
         Tube {
-            name: name.into(),
+            name,
             ready: IndexedHeap::default(),
             delayed: IndexedHeap::default(),
             buried: JobList::default(),

@@ -22,10 +22,10 @@
 //! ([`WalPos`]), and the log's count of live bytes is the sum over live jobs
 //! of their job record and, if they have one since, a state record.
 
-use std::collections::HashMap;
-
+use super::column::Column;
 use super::job::{Extras, JobState};
 use super::{BodyBuilder, Engine, Nanos};
+use crate::memory::OutOfMemory;
 use crate::wal::image::{Counters, ImageState};
 use crate::wal::log::Log;
 use crate::wal::record::{self, StateFields};
@@ -43,23 +43,31 @@ pub struct WalPos {
     pub has_state: bool,
 }
 
-/// The positions of the jobs that have records, by job key.
+/// The positions of the jobs that have records, by job key: a column,
+/// whose page is reserved with the job's other room (see
+/// `Engine::make_room_for_job`), so that setting it never allocates.
 #[derive(Default)]
 pub struct WalPositions {
-    map: HashMap<u32, WalPos>,
+    column: Column<WalPos>,
 }
 
 impl WalPositions {
     pub fn get(&self, k: u32) -> WalPos {
-        self.map.get(&k).copied().unwrap_or_default()
+        self.column.get(k)
+    }
+
+    pub fn try_reserve(&mut self, k: u32) -> Result<(), OutOfMemory> {
+        self.column.try_reserve(k)
     }
 
     pub fn set(&mut self, k: u32, pos: WalPos) {
-        self.map.insert(k, pos);
+        // The page was reserved when room for the job was made.
+        let set = self.column.update(k, |p| *p = pos);
+        assert!(set.is_ok(), "the log position of a job without reserved room");
     }
 
     pub fn clear(&mut self, k: u32) {
-        self.map.remove(&k);
+        self.column.clear(k);
     }
 }
 
@@ -243,10 +251,14 @@ impl Engine {
             };
             builder.fill(&image.body);
             let body = builder.finish();
-            let tube = self.tube_for_name(&image.tube);
+            let oom = |what: &str| format!("out of memory restoring job {} ({what})", image.id);
+            let tube = self.tube_for_name(&image.tube).map_err(|_| oom("its tube"))?;
+            let delayed = image.state == ImageState::Delayed;
+            let k = self.make_room_for_job(image.id, tube, delayed).map_err(|_| oom("its place"))?;
             let mut j = super::job::Job::new(image.id, image.created_at, image.pri, image.ttr_s.max(1), tube, body);
             j.reserves = image.counters.reserves;
-            let k = self.insert_job(j);
+            let inserted = self.jobs.insert(j);
+            debug_assert_eq!(inserted, k);
             let c = image.counters;
             let extras = Extras {
                 delay_s: image.delay_s,
@@ -256,7 +268,9 @@ impl Engine {
                 kicks: c.kicks,
             };
             if extras != Extras::default() {
-                *self.extras_mut(k) = extras;
+                // Counters shown by stats-job only: without memory for
+                // their page they start from zero.
+                self.note(k, |e| *e = extras);
             }
             self.tubes[tube as usize].jobs += 1;
             if self.wal.is_some() && job.segment.shard == self.config.shard {
@@ -325,7 +339,7 @@ impl Engine {
     /// Each tube's buried jobs, oldest first, by tube name.
     pub fn buried_order(&self) -> std::collections::BTreeMap<String, Vec<u64>> {
         let mut out = std::collections::BTreeMap::new();
-        for (_, tube) in &self.tubes {
+        for (_, tube) in self.tubes.iter() {
             let mut ids = Vec::new();
             let mut k = tube.buried.head;
             while k != super::job::NIL {

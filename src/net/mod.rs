@@ -624,7 +624,16 @@ impl<I: Io> Server<I> {
         if self.settings.verbosity > 0 {
             println!("accept {fd}");
         }
-        let conn = self.shard.open(fd);
+        let Some(conn) = self.shard.open(fd) else {
+            // Out of memory: the connection is closed at once, as
+            // beanstalkd does when it cannot allocate one.
+            if self.settings.verbosity > 0 {
+                println!("close {fd}");
+            }
+            // Safety: a descriptor just accepted, with nothing in flight.
+            unsafe { libc::close(fd) };
+            return;
+        };
         let i = conn.0 as usize;
         if self.conns.len() <= i {
             self.conns.resize_with(i + 1, || None);

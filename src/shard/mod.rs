@@ -32,14 +32,14 @@ pub mod session;
 
 use std::collections::VecDeque;
 
-use slab::Slab;
-
+use crate::engine::arena::Slots;
 use crate::engine::{BodyBuilder, Change, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
+use crate::memory::{self, OutOfMemory};
 use crate::protocol::command::{self, Command, ParseError};
 use crate::protocol::output::{Mark, Output, Segment};
 use crate::protocol::reply;
 use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
-use session::{LineScan, Mode, Pending, PendingPut, Session, find_crlf, scan_line};
+use session::{Input, LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
 
 /// Commands pipelined behind a blocked reserve are buffered up to this
 /// many bytes; beyond it the connection is not read until it unblocks.
@@ -53,8 +53,8 @@ pub const OUTPUT_BYTES_HIGH: usize = 4 * 1024 * 1024;
 /// The same for the part of those replies the session holds in text
 /// buffers of its own (lines, documents, small bodies), which is what a
 /// connection's backlog costs in memory; large bodies are sent from their
-/// jobs. A client that floods `stats` and never reads costs this much here,
-/// besides what the kernel's socket buffers hold (as with beanstalkd).
+/// jobs. A reader that pipelines deeply gets its replies in batches this
+/// large, which keeps system calls few.
 pub const OUTPUT_TEXT_BYTES_HIGH: usize = 256 * 1024;
 
 /// Commands one connection may run in one turn of the event loop before
@@ -68,6 +68,41 @@ pub const OUTPUT_TEXT_BYTES_HIGH: usize = 256 * 1024;
 /// calls; a larger one makes every turn, and so every other client's wait,
 /// longer.
 pub const COMMANDS_PER_TURN_MAX: u32 = 64;
+/// The reply text all of a shard's connections may hold together before
+/// each is held to [`OUTPUT_TEXT_FLOOR_BYTES`]: 128 connections at the
+/// per-connection mark. Without it, connections that flood `stats` and
+/// never read cost the per-connection mark each, with no overall bound:
+/// 2,000 of them held 840 MB, 10,000 held 3.5 GB (C beanstalkd: 23 MB).
+pub const OUTPUT_TEXT_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
+/// What a connection may still hold in reply text once the shard's budget
+/// is spent: a few replies, so a client that reads gets on, slowly, while
+/// one that does not costs about this much (C beanstalkd holds one reply).
+pub const OUTPUT_TEXT_FLOOR_BYTES: usize = 4 * 1024;
+
+const _: () = assert!(OUTPUT_TEXT_FLOOR_BYTES < OUTPUT_TEXT_BYTES_HIGH);
+const _: () = assert!(OUTPUT_TEXT_BYTES_HIGH < OUTPUT_TEXT_BUDGET_BYTES);
+const _: () = assert!(OUTPUT_TEXT_BYTES_HIGH < OUTPUT_BYTES_HIGH);
+
+/// A session's input buffer larger than this is freed once it is empty, so
+/// that a burst of pipelined commands leaves nothing behind; below it the
+/// buffer is kept, so partial lines cost no allocation.
+pub const PENDING_KEPT_BYTES_MAX: usize = 1024;
+
+/// Room made for the documents of `stats`, `stats-tube` and `stats-job`
+/// before they are written: `stats` takes about 1.5 KB, with runnerbean's
+/// own keys and long host names well under this.
+const DOCUMENT_BYTES_MAX: usize = 4096;
+
+/// Room for the `OK <bytes>\r\n` before a document and the CRLF after it.
+const DOCUMENT_HEADER_BYTES_MAX: usize = 32;
+
+/// Room made in a connection's reply text before each of its commands
+/// runs (and before a waiter's answer), when memory is short: the longest
+/// reply line with a body copied into it, so that no reply but a document
+/// needs an allocation of its own. Outside a shortage the room is taken
+/// as the replies are written, and a failure there spends the reserve.
+const REPLY_ROOM_BYTES: usize = crate::protocol::LINE_BYTES_MAX + crate::protocol::output::BODY_INLINE_BYTES_MAX + 2;
 
 /// Put bodies with at least this many bytes still to come are received
 /// straight into the job's memory (see [`Shard::wants_direct_body`]).
@@ -122,7 +157,7 @@ pub enum ReadGate {
 pub struct Shard {
     engine: Engine,
     info: ServerInfo,
-    sessions: Slab<Session>,
+    sessions: Slots<Session>,
     /// Engine client index → session key.
     conn_of_client: Vec<u32>,
     /// Sessions unblocked by a wake, to run their pipelined commands.
@@ -138,6 +173,12 @@ pub struct Shard {
     carried: VecDeque<u32>,
     /// Sessions with replies held for the write-ahead log.
     fenced: Vec<u32>,
+    /// Reply text held by all sessions, waiting and in flight: the sum of
+    /// their `text_counted` (see [`OUTPUT_TEXT_BUDGET_BYTES`]).
+    text_held: usize,
+    /// Taking the memory reserve back and giving freed memory to the
+    /// kernel, from [`Shard::tick`].
+    upkeep: memory::Upkeep,
 }
 
 impl Shard {
@@ -145,7 +186,7 @@ impl Shard {
         Shard {
             engine: Engine::new(config),
             info,
-            sessions: Slab::new(),
+            sessions: Slots::default(),
             conn_of_client: Vec::new(),
             runnable: VecDeque::new(),
             dirty: Vec::new(),
@@ -155,6 +196,8 @@ impl Shard {
             turn: 0,
             carried: VecDeque::new(),
             fenced: Vec::new(),
+            text_held: 0,
+            upkeep: memory::Upkeep::default(),
         }
     }
 
@@ -189,7 +232,7 @@ impl Shard {
         let mut i = 0;
         while i < self.fenced.len() {
             let conn = self.fenced[i];
-            let Some(session) = self.sessions.get_mut(conn as usize) else {
+            let Some(session) = self.sessions.get_mut(conn) else {
                 self.fenced.swap_remove(i);
                 continue;
             };
@@ -224,7 +267,7 @@ impl Shard {
             return;
         }
         let batch = log.filling();
-        let Some(session) = self.sessions.get_mut(conn as usize) else { return };
+        let Some(session) = self.sessions.get_mut(conn) else { return };
         session.out.fence(mark, batch);
         if session.out.is_fenced() && !session.log_fenced {
             session.log_fenced = true;
@@ -232,20 +275,38 @@ impl Shard {
         }
     }
 
-    /// A new connection; `label` names it in log lines.
-    pub fn open(&mut self, label: i32) -> ConnId {
-        let client = self.engine.connect();
-        let conn = self.sessions.insert(Session::new(client, label)) as u32;
+    /// A new connection; `label` names it in log lines. `None` when memory
+    /// is short or the memory for it cannot be had: the network then
+    /// closes it at once, as beanstalkd does when it cannot allocate one.
+    pub fn open(&mut self, label: i32) -> Option<ConnId> {
+        if memory::is_short() {
+            return None;
+        }
+        // Room for the session, its place in every per-session list, and
+        // the engine's client, before anything changes.
+        let sessions = self.sessions.len() + 1;
+        self.sessions.try_reserve().ok()?;
+        reserve_total(&mut self.dirty, sessions).ok()?;
+        reserve_total(&mut self.wakes, sessions).ok()?;
+        let more = sessions.saturating_sub(self.runnable.len());
+        memory::attempt(|| self.runnable.try_reserve(more)).ok()?;
+        let client = self.engine.connect().ok()?;
+        if reserve_total(&mut self.conn_of_client, client.index() + 1).is_err() {
+            self.engine.disconnect(client, self.clock);
+            return None;
+        }
+        let conn = self.sessions.insert(Session::new(client, label));
         if self.conn_of_client.len() <= client.index() {
             self.conn_of_client.resize(client.index() + 1, u32::MAX);
         }
         self.conn_of_client[client.index()] = conn;
-        ConnId(conn)
+        Some(ConnId(conn))
     }
 
     /// Bytes received on a connection.
     pub fn input(&mut self, conn: ConnId, data: &[u8], now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
         let k = conn.0 as usize;
@@ -257,9 +318,13 @@ impl Shard {
             // The common case: run straight from the read buffer and keep
             // only an incomplete tail.
             let used = self.process(conn.0, data, now);
-            self.sessions[k].pending.extend(&data[used..]);
+            if self.sessions[k].pending.extend_from_slice(&data[used..]).is_err() {
+                return self.abort(conn, now);
+            }
         } else {
-            session.pending.extend(data);
+            if session.pending.extend_from_slice(data).is_err() {
+                return self.abort(conn, now);
+            }
             self.run(conn.0, now);
         }
         self.settle(now);
@@ -278,6 +343,7 @@ impl Shard {
     /// [`Shard::sent`]).
     pub fn eof(&mut self, conn: ConnId, now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
         let k = conn.0 as usize;
@@ -289,6 +355,7 @@ impl Shard {
                 self.engine.cancel_wait(client);
                 session.blocked = false;
                 session.out.push(reply::TIMED_OUT);
+                self.recount(conn.0);
             }
             self.run(conn.0, now);
             if self.sessions[k].stalled || self.sessions[k].carried {
@@ -307,12 +374,16 @@ impl Shard {
     /// Timers: call at (or after) [`Shard::next_deadline`].
     pub fn tick(&mut self, now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.tick(now);
         self.engine.advance(now);
         self.settle(now);
     }
 
     pub fn next_deadline(&self) -> Option<Nanos> {
-        self.engine.next_deadline()
+        match (self.engine.next_deadline(), self.upkeep.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A new turn of the event loop: every connection may run
@@ -375,7 +446,7 @@ impl Shard {
         let now = self.observe(now);
         let session = &mut self.sessions[conn.0 as usize];
         session.closing = true;
-        session.pending = Pending::default();
+        session.pending = Input::default();
         session.mode = Mode::Line;
         if let Some(client) = session.client.take() {
             self.engine.disconnect(client, now);
@@ -384,12 +455,23 @@ impl Shard {
         self.mark_dirty(conn.0);
     }
 
+    /// A connection that cannot be answered for want of memory: drop its
+    /// output and close it, without settling (for callers that are).
+    fn kill(&mut self, conn: u32, now: Nanos) {
+        let session = &mut self.sessions[conn as usize];
+        session.dead = true;
+        session.out = Output::default();
+        self.recount(conn);
+        self.close(ConnId(conn), now);
+    }
+
     /// Writing failed: drop the output and close.
     pub fn abort(&mut self, conn: ConnId, now: Nanos) {
         let now = self.observe(now);
         let session = &mut self.sessions[conn.0 as usize];
         session.dead = true;
         session.out = Output::default();
+        self.recount(conn.0);
         self.close(conn, now);
         self.settle(now);
     }
@@ -436,20 +518,21 @@ impl Shard {
 
     /// Forgets a closed connection once nothing is in flight on its socket.
     pub fn remove(&mut self, conn: ConnId) {
-        let session = self.sessions.remove(conn.0 as usize);
+        let session = self.sessions.remove(conn.0);
         assert!(session.closing && session.client.is_none(), "removing a live session");
         if session.carried {
             // The slot may be reused; a new session must not inherit this
             // place in the queue.
             self.carried.retain(|&c| c != conn.0);
         }
+        self.text_held -= session.text_counted;
     }
 
     pub fn read_gate(&self, conn: ConnId) -> ReadGate {
         let s = &self.sessions[conn.0 as usize];
         if s.closing || s.eof {
             ReadGate::Stop
-        } else if s.over_high_mark() || s.pending.len() >= PENDING_BYTES_MAX || s.carried {
+        } else if s.over_high_mark(self.budget_left(s)) || s.pending.len() >= PENDING_BYTES_MAX || s.carried {
             // A connection carrying input is read again once that input
             // has run: reading more meanwhile would only pile it up.
             ReadGate::Wait
@@ -478,9 +561,16 @@ impl Shard {
     /// for them closes once they have.
     pub fn sent(&mut self, conn: ConnId, now: Nanos) {
         let now = self.observe(now);
+        self.upkeep.note_activity(now);
         let k = conn.0 as usize;
-        self.sessions[k].in_flight = 0;
-        self.sessions[k].in_flight_text = 0;
+        let session = &mut self.sessions[k];
+        session.in_flight = 0;
+        session.in_flight_text = 0;
+        if session.out.is_empty() {
+            // The burst is over: large buffers go back to the allocator.
+            session.out.shrink();
+        }
+        self.recount(conn.0);
         if !self.sessions[k].stalled || self.sessions[k].closing {
             return;
         }
@@ -509,7 +599,7 @@ impl Shard {
     /// call.
     pub fn take_dirty(&mut self, into: &mut Vec<ConnId>) {
         for conn in self.dirty.drain(..) {
-            if let Some(s) = self.sessions.get_mut(conn.0 as usize) {
+            if let Some(s) = self.sessions.get_mut(conn.0) {
                 s.dirty = false;
                 into.push(conn);
             }
@@ -558,11 +648,18 @@ impl Shard {
                 let session = &mut self.sessions[conn as usize];
                 debug_assert!(session.blocked, "wake for a session that is not blocked");
                 session.blocked = false;
+                if session.make_room().is_err() {
+                    // The answer cannot be written: the connection goes,
+                    // and a job it was handed goes back to ready.
+                    self.kill(conn, now);
+                    continue;
+                }
                 match wake {
                     Wake::Reserved(job) => reply::reserved(&mut session.out, &job),
                     Wake::TimedOut => session.out.push(reply::TIMED_OUT),
                     Wake::DeadlineSoon => session.out.push(reply::DEADLINE_SOON),
                 }
+                self.recount(conn);
                 self.mark_dirty(conn);
                 self.runnable.push_back(conn);
             }
@@ -575,14 +672,13 @@ impl Shard {
     /// Runs a session's buffered input as far as it goes.
     fn run(&mut self, conn: u32, now: Nanos) {
         let mut input = std::mem::take(&mut self.sessions[conn as usize].pending);
-        let used = self.process(conn, input.as_slice(), now);
+        let used = self.process(conn, input.bytes(), now);
         let session = &mut self.sessions[conn as usize];
         if session.closing {
             return;
         }
         debug_assert!(session.pending.is_empty());
-        // Keep the allocation unless it grew large behind a reserve.
-        input.consume(used, PENDING_BYTES_MAX);
+        input.consume(used);
         session.pending = input;
     }
 
@@ -592,13 +688,15 @@ impl Shard {
         let mut pos = 0;
         let start_len = self.sessions[conn as usize].out.len();
         self.sessions[conn as usize].stalled = false;
+        // No other session's replies change while this one runs commands.
+        let budget_left = self.budget_left(&self.sessions[conn as usize]);
         loop {
             let session = &mut self.sessions[conn as usize];
             if !session.runnable() {
                 break;
             }
             let rest = &input[pos..];
-            let over_high_mark = session.over_high_mark();
+            let over_high_mark = session.over_high_mark(budget_left);
             match &mut session.mode {
                 Mode::Line if over_high_mark && !rest.is_empty() => {
                     session.stalled = true;
@@ -610,6 +708,11 @@ impl Shard {
                             session.carried = true;
                             self.carried.push_back(conn);
                         }
+                        break;
+                    }
+                    LineScan::Line(_) if session.make_room().is_err() => {
+                        // Not even room for OUT_OF_MEMORY.
+                        self.kill(conn, now);
                         break;
                     }
                     LineScan::Line(len) => {
@@ -654,9 +757,45 @@ impl Shard {
             }
         }
         if self.sessions[conn as usize].out.len() != start_len {
+            self.recount(conn);
             self.mark_dirty(conn);
         }
         pos
+    }
+
+    /// Brings the shard's count of reply text held up to date with one
+    /// session's.
+    fn recount(&mut self, conn: u32) {
+        let session = &mut self.sessions[conn as usize];
+        let held = session.text_held();
+        self.text_held = self.text_held - session.text_counted + held;
+        session.text_counted = held;
+    }
+
+    /// What is left of the shard's reply text budget for `session`, which
+    /// may hold its own text and this: nothing while memory is short.
+    fn budget_left(&self, session: &Session) -> usize {
+        if memory::is_short() {
+            return 0;
+        }
+        OUTPUT_TEXT_BUDGET_BYTES.saturating_sub(self.text_held - session.text_counted)
+    }
+
+    /// Reply text held by all sessions; see [`OUTPUT_TEXT_BUDGET_BYTES`].
+    pub fn text_held(&self) -> usize {
+        self.text_held
+    }
+
+    /// Checks the count of reply text held against every session; for
+    /// tests.
+    #[cfg(test)]
+    fn check_text_held(&self) {
+        let mut sum = 0;
+        for (_, session) in self.sessions.iter() {
+            assert_eq!(session.text_counted, session.text_held(), "a session's text held, as counted");
+            sum += session.text_counted;
+        }
+        assert_eq!(sum, self.text_held);
     }
 
     fn finish_put(&mut self, conn: u32, put: PendingPut, now: Nanos) {
@@ -678,6 +817,7 @@ impl Shard {
             PutOutcome::Inserted => reply::number_line(&mut session.out, b"INSERTED", put.id),
             PutOutcome::Draining => session.out.push(reply::DRAINING),
             PutOutcome::NoLogSpace => session.out.push(reply::OUT_OF_MEMORY),
+            PutOutcome::OutOfMemory => session.out.push(reply::OUT_OF_MEMORY),
         }
     }
 
@@ -730,7 +870,10 @@ impl Shard {
                     return out.push(reply::BAD_FORMAT);
                 }
                 engine.set_producer(client);
-                let Some(body) = BodyBuilder::try_new(size as usize) else {
+                // While memory is short no body is even tried: the memory
+                // freed goes to the reserve first.
+                let body = if memory::is_short() { None } else { BodyBuilder::try_new(size as usize) };
+                let Some(body) = body else {
                     session.mode = Mode::Discard { remaining: body_bytes, reply: reply::OUT_OF_MEMORY };
                     return;
                 };
@@ -783,6 +926,7 @@ impl Shard {
                         out.push(reply::TIMED_OUT);
                     }
                     ReserveOutcome::Waiting => session.blocked = true,
+                    ReserveOutcome::OutOfMemory => out.push(reply::OUT_OF_MEMORY),
                 }
             }
             C::ReserveJob(id) => {
@@ -820,10 +964,7 @@ impl Shard {
             C::StatsJob(id) => {
                 engine.count(Op::StatsJob);
                 match engine.stats_job(id, now) {
-                    Some(stats) => {
-                        yaml::job_stats(&mut self.scratch, &stats);
-                        reply::ok_document(out, &self.scratch);
-                    }
+                    Some(stats) => document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::job_stats(d, &stats)),
                     None => out.push(reply::NOT_FOUND),
                 }
             }
@@ -831,8 +972,7 @@ impl Shard {
                 engine.count(Op::StatsTube);
                 match engine.stats_tube(name, now) {
                     Some(stats) => {
-                        yaml::tube_stats(&mut self.scratch, &stats);
-                        reply::ok_document(out, &self.scratch);
+                        document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::tube_stats(d, &stats))
                     }
                     None => out.push(reply::NOT_FOUND),
                 }
@@ -864,18 +1004,25 @@ impl Shard {
                     platform: &info.platform,
                     extra: &extra,
                 };
-                yaml::stats(&mut self.scratch, &engine.stats(), &process);
-                reply::ok_document(out, &self.scratch);
+                let stats = engine.stats();
+                document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::stats(d, &stats, &process));
             }
             C::Use(name) => {
                 engine.count(Op::Use);
-                engine.use_tube(client, name);
-                reply::using(out, name);
+                // No new tube while memory is short, as with puts.
+                let refused = memory::is_short() && !engine.has_tube(name);
+                match if refused { Err(OutOfMemory) } else { engine.use_tube(client, name) } {
+                    Ok(()) => reply::using(out, name),
+                    Err(OutOfMemory) => out.push(reply::OUT_OF_MEMORY),
+                }
             }
             C::Watch(name) => {
                 engine.count(Op::Watch);
-                let n = engine.watch(client, name);
-                reply::number_line(out, b"WATCHING", n as u64);
+                let refused = memory::is_short() && !engine.has_tube(name);
+                match if refused { Err(OutOfMemory) } else { engine.watch(client, name) } {
+                    Ok(n) => reply::number_line(out, b"WATCHING", n as u64),
+                    Err(OutOfMemory) => out.push(reply::OUT_OF_MEMORY),
+                }
             }
             C::Ignore(name) => {
                 engine.count(Op::Ignore);
@@ -886,8 +1033,8 @@ impl Shard {
             }
             C::ListTubesWatched => {
                 engine.count(Op::ListTubesWatched);
-                yaml::list(&mut self.scratch, engine.watched_tubes(client));
-                reply::ok_document(out, &self.scratch);
+                let size = list_bytes(engine.watched_tubes(client));
+                document(out, &mut self.scratch, size, |d| yaml::list(d, engine.watched_tubes(client)));
             }
             C::ListTubeUsed => {
                 engine.count(Op::ListTubeUsed);
@@ -895,8 +1042,8 @@ impl Shard {
             }
             C::ListTubes => {
                 engine.count(Op::ListTubes);
-                yaml::list(&mut self.scratch, engine.tube_names());
-                reply::ok_document(out, &self.scratch);
+                let size = list_bytes(engine.tube_names());
+                document(out, &mut self.scratch, size, |d| yaml::list(d, engine.tube_names()));
             }
             C::Quit => {
                 self.close(ConnId(conn), now);
@@ -911,6 +1058,46 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+/// Writes a document reply (`OK <bytes>` and the YAML), its text first
+/// built in `scratch` with room for `size` bytes made beforehand; answers
+/// OUT_OF_MEMORY when that room, or the room for the reply, cannot be had.
+///
+/// Outside a shortage, the room for a document of at most
+/// [`DOCUMENT_BYTES_MAX`] is taken infallibly, so that `stats` still
+/// answers when memory has just run out (spending the reserve if need be,
+/// which makes memory short); larger ones, lists of many tubes, are always
+/// made room for fallibly.
+fn document(out: &mut Output, scratch: &mut Vec<u8>, size: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    let fallibly = size > DOCUMENT_BYTES_MAX || memory::is_short();
+    scratch.clear();
+    if fallibly {
+        if memory::try_reserve(scratch, size).is_err() {
+            return out.push(reply::OUT_OF_MEMORY);
+        }
+    } else {
+        scratch.reserve(size);
+    }
+    write(scratch);
+    debug_assert!(scratch.len() <= size, "a document larger than its room");
+    if fallibly && out.try_reserve(scratch.len() + DOCUMENT_HEADER_BYTES_MAX).is_err() {
+        return out.push(reply::OUT_OF_MEMORY);
+    }
+    reply::ok_document(out, scratch);
+}
+
+/// The size of `yaml::list` of these names: `---\n`, then `- <name>\n` each.
+fn list_bytes<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    4 + names.map(|name| name.len() + 3).sum::<usize>()
+}
+
+/// Makes sure `v` holds `total` elements without allocating, or refuses.
+fn reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
+    match total.checked_sub(v.len()) {
+        Some(more) if total > v.capacity() => memory::try_reserve(v, more),
+        _ => Ok(()),
     }
 }
 

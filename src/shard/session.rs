@@ -17,9 +17,90 @@
 use memchr::memchr_iter;
 
 use crate::engine::{BodyBuilder, ClientId, Nanos};
+use crate::memory::{self, OutOfMemory};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
-use crate::shard::{COMMANDS_PER_TURN_MAX, OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BYTES_HIGH};
+use crate::shard::{
+    COMMANDS_PER_TURN_MAX, OUTPUT_BYTES_HIGH, OUTPUT_TEXT_BYTES_HIGH, OUTPUT_TEXT_FLOOR_BYTES, PENDING_KEPT_BYTES_MAX,
+    REPLY_ROOM_BYTES,
+};
+
+/// Received bytes not processed yet, consumed from the front.
+///
+/// Commands held back behind a blocked reserve or a high mark run a few at
+/// a time as the way clears; moving every byte after them to the front
+/// each time would cost the size of the backlog per few commands. The
+/// consumed front is dropped only once it is at least as large as what is
+/// left, so each byte is moved at most once on average, and the buffer
+/// shrinks with its contents.
+#[derive(Default)]
+pub struct Input {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already consumed.
+    start: usize,
+}
+
+impl Input {
+    pub fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The bytes not consumed yet.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Appends received bytes; refuses, keeping what it had, when the
+    /// memory for them cannot be had.
+    pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<(), OutOfMemory> {
+        if self.buf.len() + data.len() > self.buf.capacity() {
+            // The consumed front goes first, then the buffer grows by half
+            // rather than doubling: a backlog is held, not built up.
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let need = self.buf.len() + data.len();
+            if need > self.buf.capacity() {
+                let more = need.max(self.buf.capacity() + self.buf.capacity() / 2) - self.buf.len();
+                let buf = &mut self.buf;
+                memory::try_or_spend(|| memory::try_reserve_exact(buf, more))?;
+            }
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Memory the buffer takes.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Drops the first `n` bytes not consumed yet.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            // A buffer a burst made large is freed; a small one is kept
+            // for the partial lines of everyday traffic.
+            if self.buf.capacity() > PENDING_KEPT_BYTES_MAX {
+                self.buf = Vec::new();
+            }
+        } else if self.start >= self.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+            if self.buf.capacity() > PENDING_KEPT_BYTES_MAX && self.buf.capacity() > 4 * self.buf.len() {
+                self.buf.shrink_to(2 * self.buf.len());
+            }
+        }
+    }
+}
 
 /// A put line accepted, its body still arriving.
 pub struct PendingPut {
@@ -55,56 +136,6 @@ impl PendingPut {
     }
 }
 
-/// Received bytes not processed yet. They are consumed from the front
-/// without moving the rest: a connection that carries input over many turns
-/// (see `shard::COMMANDS_PER_TURN_MAX`) uses a little of it each turn, and
-/// moving what is left every time cost more than running the commands (two
-/// thirds of the server's time with 20 connections flooding puts). The
-/// consumed front is dropped when new bytes are appended and it is at least
-/// half of the buffer, so appending stays amortized O(1).
-#[derive(Default)]
-pub struct Pending {
-    bytes: Vec<u8>,
-    /// Bytes at the front already consumed.
-    start: usize,
-}
-
-impl Pending {
-    pub fn is_empty(&self) -> bool {
-        self.start == self.bytes.len()
-    }
-
-    pub fn len(&self) -> usize {
-        self.bytes.len() - self.start
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
-
-    pub fn extend(&mut self, data: &[u8]) {
-        if self.start > 0 && self.start >= self.bytes.len() / 2 {
-            self.bytes.drain(..self.start);
-            self.start = 0;
-        }
-        self.bytes.extend_from_slice(data);
-    }
-
-    /// Drops the first `n` unconsumed bytes. Once all are consumed the
-    /// buffer is kept for reuse, unless it grew beyond `keep_bytes_max`.
-    pub fn consume(&mut self, n: usize, keep_bytes_max: usize) {
-        self.start += n;
-        debug_assert!(self.start <= self.bytes.len());
-        if self.is_empty() {
-            self.start = 0;
-            self.bytes.clear();
-            if self.bytes.capacity() > keep_bytes_max {
-                self.bytes = Vec::new();
-            }
-        }
-    }
-}
-
 /// What a session expects next.
 ///
 /// A put is pending on every connection of a busy producer: keeping it inline
@@ -126,13 +157,16 @@ pub struct Session {
     pub client: Option<ClientId>,
     pub mode: Mode,
     /// Received bytes not processed yet: a partial command line, or
-    /// commands pipelined behind a blocked reserve.
-    pub pending: Pending,
+    /// commands pipelined behind a blocked reserve or a high mark.
+    pub pending: Input,
     pub out: Output,
     /// Reply bytes handed to the network and not yet reported sent.
     pub in_flight: usize,
     /// The part of `in_flight` in text buffers.
     pub in_flight_text: usize,
+    /// This session's part of the shard's count of reply text held, as
+    /// last counted.
+    pub text_counted: usize,
     /// Commands were left in `pending` because the replies owed reached
     /// a high mark ([`Session::over_high_mark`]); they run once those are
     /// sent.
@@ -165,10 +199,11 @@ impl Session {
         Session {
             client: Some(client),
             mode: Mode::Line,
-            pending: Pending::default(),
+            pending: Input::default(),
             out: Output::default(),
             in_flight: 0,
             in_flight_text: 0,
+            text_counted: 0,
             stalled: false,
             blocked: false,
             eof: false,
@@ -202,11 +237,31 @@ impl Session {
         true
     }
 
+    /// Reply text this session holds, waiting and in flight.
+    pub fn text_held(&self) -> usize {
+        self.out.text_len() + self.in_flight_text
+    }
+
     /// Whether the replies owed (waiting here or on their way out) are
-    /// enough that no further command should run nor input be read.
-    pub fn over_high_mark(&self) -> bool {
+    /// enough that no further command should run nor input be read, when
+    /// `budget_left` bytes of the shard's reply text budget are left to
+    /// this session (none while memory is short).
+    pub fn over_high_mark(&self, budget_left: usize) -> bool {
+        let text = self.text_held();
         self.out.len() + self.in_flight >= OUTPUT_BYTES_HIGH
-            || self.out.text_len() + self.in_flight_text >= OUTPUT_TEXT_BYTES_HIGH
+            || text >= OUTPUT_TEXT_BYTES_HIGH
+            || (text >= OUTPUT_TEXT_FLOOR_BYTES && text >= budget_left)
+    }
+
+    /// Makes room for one reply, fallibly, while memory is short (see
+    /// `REPLY_ROOM_BYTES`); outside a shortage there is nothing to do.
+    pub fn make_room(&mut self) -> Result<(), OutOfMemory> {
+        if memory::is_short() {
+            let out = &mut self.out;
+            memory::try_or_spend(|| out.try_reserve(REPLY_ROOM_BYTES))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -240,24 +295,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_input_is_consumed_from_the_front_in_order() {
-        let mut p = Pending::default();
-        p.extend(b"abcdef");
-        p.consume(2, 1024);
-        assert_eq!((p.as_slice(), p.len(), p.is_empty()), (&b"cdef"[..], 4, false));
-        // Less than half consumed: appending keeps the front as it is.
-        p.extend(b"gh");
-        assert_eq!(p.as_slice(), b"cdefgh");
-        p.consume(4, 1024);
-        // Half or more consumed: appending drops the consumed front.
-        p.extend(b"ij");
-        assert_eq!((p.as_slice(), p.start), (&b"ghij"[..], 0));
-        p.consume(4, 1024);
-        assert!(p.is_empty());
-        assert!(p.bytes.capacity() > 0, "a small buffer is kept");
-        p.extend(&[b'x'; 2048]);
-        p.consume(2048, 1024);
-        assert_eq!(p.bytes.capacity(), 0, "a large one is not");
+    fn input_is_consumed_from_the_front_and_shrinks_with_it() {
+        let mut input = Input::default();
+        let backlog: Vec<u8> = (0..=255u8).cycle().take(256 * 1024).collect();
+        input.extend_from_slice(&backlog).unwrap();
+        let mut taken = 0;
+        // A few bytes at a time, as held-back commands run.
+        while input.len() > 1000 {
+            assert_eq!(input.bytes()[0], backlog[taken]);
+            input.consume(100);
+            taken += 100;
+            assert!(input.capacity() <= (4 * input.len()).max(256 * 1024), "{} for {}", input.capacity(), input.len());
+        }
+        assert_eq!(input.bytes(), &backlog[taken..]);
+        assert!(input.capacity() <= 4 * PENDING_KEPT_BYTES_MAX, "{}", input.capacity());
+        input.consume(input.len());
+        assert!(input.is_empty());
+        assert!(input.capacity() <= PENDING_KEPT_BYTES_MAX, "{}", input.capacity());
+        input.extend_from_slice(&backlog).unwrap();
+        input.consume(backlog.len());
+        assert_eq!(input.capacity(), 0, "a large buffer is freed once empty");
+        input.extend_from_slice(b"put 0 0 1").unwrap();
+        input.consume(4);
+        input.extend_from_slice(b"0 5\r\n").unwrap();
+        assert_eq!(input.bytes(), b"0 0 10 5\r\n");
+        input.consume(input.len());
+        assert!(input.capacity() > 0, "a small buffer is kept");
     }
 
     #[test]

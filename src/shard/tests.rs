@@ -38,7 +38,7 @@ impl Conv {
     }
 
     fn open(&mut self) -> ConnId {
-        self.shard.open(0)
+        self.shard.open(0).expect("memory for a connection")
     }
 
     /// Input, then as many turns as the carried input needs (see
@@ -46,6 +46,7 @@ impl Conv {
     fn send(&mut self, conn: ConnId, bytes: &[u8], now: Nanos) {
         self.shard.input(conn, bytes, now);
         self.shard.engine().check_invariants(now);
+        self.shard.check_text_held();
         self.turns(now);
     }
 
@@ -70,10 +71,13 @@ impl Conv {
         self.turns(now);
     }
 
-    /// Everything the connection was sent since the last call.
+    /// Everything the connection was sent since the last call, written
+    /// out as the network would: one send, completed at once.
     fn out(&mut self, conn: ConnId) -> Vec<u8> {
         let mut segments = Vec::new();
-        self.shard.output(conn).take(&mut segments);
+        self.shard.start_send(conn, &mut segments);
+        self.shard.sent(conn, 0);
+        self.shard.check_text_held();
         segments.iter().flat_map(|s: &Segment| s.bytes().to_vec()).collect()
     }
 
@@ -269,6 +273,67 @@ fn bodies_sent_by_reference_count_against_the_larger_mark() {
 }
 
 #[test]
+fn connections_that_never_read_share_one_budget() {
+    let mut c = Conv::new();
+    let probe = c.open();
+    let reply = c.ask(probe, b"stats-tube default\r\n", 0).len();
+    let flood = b"stats-tube default\r\n".repeat(OUTPUT_TEXT_BYTES_HIGH / reply + 2);
+    // Enough connections that their high marks together would be far
+    // beyond the budget. Each floods and never reads: its first send never
+    // completes.
+    let first = OUTPUT_TEXT_BUDGET_BYTES / OUTPUT_TEXT_BYTES_HIGH;
+    let conns: Vec<ConnId> = (0..first + 50).map(|_| c.open()).collect();
+    let mut held = Vec::new();
+    for &w in &conns {
+        c.send(w, &flood, 0);
+        held.push(start_send(&mut c, w));
+        assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    }
+    assert!(held[..first - 1].iter().all(|&h| h >= OUTPUT_TEXT_BYTES_HIGH), "{held:?}");
+    let late = &held[first + 1..];
+    assert!(late.iter().all(|&h| (OUTPUT_TEXT_FLOOR_BYTES..OUTPUT_TEXT_FLOOR_BYTES + reply).contains(&h)), "{late:?}");
+    assert!(
+        c.shard.text_held()
+            < OUTPUT_TEXT_BUDGET_BYTES + OUTPUT_TEXT_BYTES_HIGH + 50 * (OUTPUT_TEXT_FLOOR_BYTES + reply)
+    );
+    // A connection that reads still gets on, a floor at a time.
+    let reader = conns[first + 10];
+    c.shard.sent(reader, 0);
+    let next = start_send(&mut c, reader);
+    assert!((OUTPUT_TEXT_FLOOR_BYTES..OUTPUT_TEXT_FLOOR_BYTES + reply).contains(&next), "{next}");
+    c.shard.check_text_held();
+    // The budget comes back as connections go.
+    for w in conns {
+        c.shard.abort(w, 0);
+        c.shard.sent(w, 0);
+        c.shard.remove(w);
+    }
+    c.shard.check_text_held();
+    assert_eq!(c.shard.text_held(), 0);
+}
+
+#[test]
+fn a_burst_leaves_no_large_buffer_behind() {
+    let mut c = Conv::new();
+    let w = c.open();
+    // 300 documents in one write, pipelined behind a blocked reserve.
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    let burst = b"stats-tube default\r\n".repeat(300);
+    c.send(w, b"reserve-with-timeout 1\r\n", 0);
+    c.send(w, &burst, 0);
+    assert!(c.shard.sessions[w.0 as usize].pending.capacity() >= burst.len());
+    c.shard.tick(2 * S);
+    // The burst runs over several turns (COMMANDS_PER_TURN_MAX a turn).
+    c.turns(2 * S);
+    assert_eq!(c.out(w).len(), "TIMED_OUT\r\n".len() + 300 * reply);
+    let session = &c.shard.sessions[w.0 as usize];
+    assert_eq!(session.pending.capacity(), 0, "the input buffer of the burst is freed");
+    assert!(session.out.capacity() <= crate::protocol::output::KEPT_BUFFER_BYTES_MAX, "{}", session.out.capacity());
+    // And the connection still works, with small buffers.
+    assert_eq!(c.ask(w, b"list-tube-used\r\n", 2 * S), "USING default\r\n");
+}
+
+#[test]
 fn a_quit_behind_the_high_mark_answers_what_came_before_it() {
     let mut c = Conv::new();
     let w = c.open();
@@ -375,7 +440,8 @@ fn reserve_with_timeout_and_the_clock() {
     assert_eq!(c.ask(w, b"reserve-with-timeout 0\r\n", 0), "TIMED_OUT\r\n");
     c.send(w, b"reserve-with-timeout 2\r\nlist-tube-used\r\n", 0);
     // Each command runs a nanosecond after the one before: this one at 2 ns.
-    assert_eq!(c.shard.next_deadline(), Some(2 * S + 2));
+    assert_eq!(c.shard.engine().next_deadline(), Some(2 * S + 2));
+    assert!(c.shard.next_deadline() <= Some(2 * S + 2));
     c.shard.tick(2 * S + 1);
     assert_eq!(c.out(w), b"");
     c.shard.tick(2 * S + 2);
@@ -610,7 +676,137 @@ mod random_input {
 #[should_panic(expected = "a command for shard 1 reached shard 0")]
 fn every_command_goes_through_the_router() {
     let mut shard = Shard::new(EngineConfig { shard: 0, shards: 2 }, info(65535));
-    let a = shard.open(0);
+    let a = shard.open(0).unwrap();
     shard.input(a, b"peek 2\r\n", 0);
     shard.input(a, b"peek 3\r\n", 0);
+}
+
+/// Runs `f` with memory short on this thread.
+fn while_short<R>(f: impl FnOnce() -> R) -> R {
+    crate::memory::set_short_for_test(true);
+    let result = f();
+    crate::memory::set_short_for_test(false);
+    result
+}
+
+#[test]
+fn while_memory_is_short_new_jobs_tubes_and_connections_are_refused() {
+    let mut c = Conv::new();
+    let a = c.open();
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\nx\r\nwatch old\r\n", 0), "INSERTED 1\r\nWATCHING 2\r\n");
+    while_short(|| {
+        // The body is read and thrown away, as after JOB_TOO_BIG, and no
+        // id is used up.
+        assert_eq!(c.ask(a, b"put 0 0 10 5\r\nhello\r\nlist-tube-used\r\n", S), "OUT_OF_MEMORY\r\nUSING default\r\n");
+        assert_eq!(
+            c.ask(a, b"use new\r\nwatch new\r\nlist-tubes\r\n", S),
+            "OUT_OF_MEMORY\r\nOUT_OF_MEMORY\r\nOK 20\r\n---\n- default\n- old\n\r\n"
+        );
+        // Existing tubes and jobs work as ever.
+        assert_eq!(c.ask(a, b"use old\r\nwatch default\r\n", S), "USING old\r\nWATCHING 2\r\n");
+        assert!(c.ask(a, b"stats\r\n", S).starts_with("OK "));
+        assert_eq!(c.ask(a, b"reserve\r\n", S), "RESERVED 1 1\r\nx\r\n");
+        assert_eq!(c.ask(a, b"delete 1\r\n", S), "DELETED\r\n");
+        assert!(c.shard.open(0).is_none(), "a new connection is refused");
+    });
+    assert_eq!(c.ask(a, b"put 0 0 10 1\r\ny\r\nuse new\r\n", 2 * S), "INSERTED 2\r\nUSING new\r\n");
+    assert!(c.shard.open(0).is_some());
+}
+
+#[test]
+fn while_memory_is_short_each_connection_is_held_to_the_floor() {
+    let mut c = Conv::new();
+    let w = c.open();
+    let reply = c.ask(w, b"stats-tube default\r\n", 0).len();
+    let flood = b"stats-tube default\r\n".repeat(OUTPUT_TEXT_BYTES_HIGH / reply);
+    while_short(|| {
+        c.send(w, &flood, 0);
+        let first = start_send(&mut c, w);
+        assert!((OUTPUT_TEXT_FLOOR_BYTES..OUTPUT_TEXT_FLOOR_BYTES + reply).contains(&first), "{first}");
+        assert_eq!(c.shard.read_gate(w), ReadGate::Wait);
+    });
+    // Once memory is back, the connection gets its full share again (over
+    // as many turns as its commands take).
+    c.sent(w, 0);
+    let next = start_send(&mut c, w);
+    assert!(next >= OUTPUT_TEXT_BYTES_HIGH / 2, "{next}");
+}
+
+#[test]
+fn a_connection_whose_input_cannot_be_kept_is_closed_alone() {
+    let mut c = Conv::new();
+    let (a, b) = (c.open(), c.open());
+    c.send(a, b"put 0 0 10 1\r\nx\r\nreserve\r\nreserve\r\n", 0);
+    // Behind its blocked reserve, a's next commands must be kept, and the
+    // memory for them cannot be had.
+    crate::memory::fail_for_test(0, 1);
+    c.shard.input(a, b"list-tube-used\r\n", 0);
+    crate::memory::fail_for_test(0, 0);
+    assert!(c.shard.finished(a) && c.shard.is_dead(a));
+    assert_eq!(c.shard.read_gate(a), ReadGate::Stop);
+    // Its reservation went back, and b is served as ever.
+    assert_eq!(c.ask(b, b"reserve-with-timeout 0\r\n", 0), "RESERVED 1 1\r\nx\r\n");
+    c.shard.remove(a);
+    c.shard.check_text_held();
+}
+
+#[test]
+fn a_waiter_whose_answer_cannot_be_written_goes_and_its_job_to_the_next() {
+    let mut c = Conv::new();
+    let (p, w1, w2) = (c.open(), c.open(), c.open());
+    c.send(w1, b"reserve\r\n", 0);
+    c.send(w2, b"reserve\r\n", 0);
+    c.send(p, b"put 0 1 10 1\r\nx\r\n", 0);
+    assert_eq!(c.out(p), b"INSERTED 1\r\n");
+    while_short(|| {
+        // The job falls due and goes to w1, whose answer finds no room.
+        crate::memory::fail_for_test(0, 1);
+        c.shard.tick(2 * S);
+        crate::memory::fail_for_test(0, 0);
+    });
+    assert!(c.shard.finished(w1) && c.shard.is_dead(w1));
+    assert_eq!(c.out(w2), b"RESERVED 1 1\r\nx\r\n");
+    c.shard.engine().check_invariants(2 * S);
+}
+
+#[test]
+fn a_connection_refused_for_want_of_memory_leaves_nothing() {
+    let mut c = Conv::new();
+    let a = c.open();
+    for k in 0..3 {
+        crate::memory::fail_for_test(k, u32::MAX);
+        let refused = c.shard.open(0);
+        crate::memory::fail_for_test(0, 0);
+        if let Some(conn) = refused {
+            // Every reservation was made before the k-th.
+            c.shard.close(conn, 0);
+            c.shard.remove(conn);
+        }
+        assert_eq!(c.shard.engine().stats().connections, 1);
+        c.shard.engine().check_invariants(0);
+    }
+    assert_eq!(c.ask(a, b"list-tube-used\r\n", 0), "USING default\r\n");
+}
+
+#[test]
+fn memory_upkeep_wakes_the_loop_only_while_the_server_has_been_busy() {
+    use crate::memory::{COLLECT_INTERVAL_NS, COLLECT_QUIET_NS};
+    let mut c = Conv::new();
+    let w = c.open();
+    c.shard.tick(0);
+    assert_eq!(c.shard.next_deadline(), None, "nothing to do before any work");
+    assert!(c.ask(w, b"stats\r\n", S).starts_with("OK "));
+    // A collection a second after the last, while work was recent.
+    let mut now = S;
+    let mut wakes = 0;
+    while let Some(at) = c.shard.next_deadline() {
+        // (Commands move the shard's clock on by a nanosecond each.)
+        assert!(at <= now + COLLECT_INTERVAL_NS + 100, "{at} after {now}");
+        now = at.max(now);
+        c.shard.tick(now);
+        wakes += 1;
+        assert!(wakes < 10, "the loop never gets to sleep");
+    }
+    assert!(now >= S + COLLECT_QUIET_NS - COLLECT_INTERVAL_NS, "collections stopped too soon, at {now}");
+    assert!(wakes >= 2);
 }

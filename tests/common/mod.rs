@@ -34,17 +34,28 @@ impl Server {
 
     /// The same, allowed at most `files` open descriptors.
     pub fn start_with_files_limit(backend: &'static str, args: &[&str], files: u64) -> Server {
+        Server::start_with_limit(backend, args, libc::RLIMIT_NOFILE, files)
+    }
+
+    /// The same, with at most `bytes` of address space (`ulimit -v`), so
+    /// that allocations fail once it is used up.
+    pub fn start_with_address_space_limit(backend: &'static str, args: &[&str], bytes: u64) -> Server {
+        Server::start_with_limit(backend, args, libc::RLIMIT_AS, bytes)
+    }
+
+    fn start_with_limit(
+        backend: &'static str,
+        args: &[&str],
+        resource: libc::__rlimit_resource_t,
+        value: u64,
+    ) -> Server {
         use std::os::unix::process::CommandExt;
         let mut command = Server::command(backend, args);
         // Safety: setrlimit is async-signal-safe and touches only the child.
         unsafe {
             command.pre_exec(move || {
-                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
+                let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+                if libc::setrlimit(resource, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
             });
         }
         Server::spawn(command, backend)
@@ -92,6 +103,18 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// A line of the process's /proc status, such as `VmSize`, in KiB.
+    pub fn status_kb(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in status"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     pub fn signal(&self, sig: &str) {

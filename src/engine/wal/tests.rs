@@ -103,7 +103,7 @@ impl Run {
         let now = 1_700_000_000 * NANOS_PER_SEC;
         let mut e = Engine::new(EngineConfig::default());
         e.attach_log(Log::open(config(segment_bytes), Box::new(files.clone()), &Recovered::default(), now).unwrap());
-        let c = e.connect();
+        let c = e.connect().unwrap();
         let empty = Snapshot { appended: 0, jobs: BTreeMap::new(), buried: BTreeMap::new(), max_id: 0 };
         let mut run = Run { e, files, clients: vec![Some(c)], ids: Vec::new(), now, snaps: vec![empty], max_id: 0 };
         run.snapshot();
@@ -130,7 +130,7 @@ impl Run {
     fn apply(&mut self, step: &Step) {
         let now = self.now;
         match *step {
-            Step::Connect => self.clients.push(Some(self.e.connect())),
+            Step::Connect => self.clients.push(Some(self.e.connect().unwrap())),
             Step::Disconnect(c) => {
                 if let Some(cl) = self.client(c) {
                     self.e.disconnect(cl, now);
@@ -139,12 +139,12 @@ impl Run {
             }
             Step::Use(c, t) => {
                 if let Some(cl) = self.client(c) {
-                    self.e.use_tube(cl, TUBES[t]);
+                    self.e.use_tube(cl, TUBES[t]).unwrap();
                 }
             }
             Step::Watch(c, t) => {
                 if let Some(cl) = self.client(c) {
-                    self.e.watch(cl, TUBES[t]);
+                    self.e.watch(cl, TUBES[t]).unwrap();
                 }
             }
             Step::Put { c, pri, delay_s, ttr_s, body } => {
