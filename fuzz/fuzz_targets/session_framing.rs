@@ -16,8 +16,8 @@
 //!   (on the split shard; on the reference at the end);
 //! * both shards agree on everything the network can see of each
 //!   connection (read gate, finished, dead, bytes owed, direct-body wish,
-//!   blocked with input behind),
-//!   on the next deadline and on the engine's counters;
+//!   blocked with input behind), on the next deadline and on the engine's
+//!   counters;
 //! * every send takes the same bytes from both shards, and those bytes are
 //!   a whole number of well-formed replies (reply words, numbers, the byte
 //!   counts of RESERVED / FOUND / OK and the body behind them).
@@ -45,9 +45,9 @@
 //! length + 1). Connection slot 0 is open when the script starts. A step on
 //! a slot whose connection is not open, or that the network could not take
 //! (bytes after a half-close, a second send in flight), is skipped.
-//! Set `RUNNERBEAN_FUZZ_TRACE=1` to have each step printed as it runs (to
-//! turn a crash into a unit test). `fuzz/seeds-from-corpus` writes inputs in this format from the
-//! conformance corpus; keep the two in step.
+//! `fuzz/seeds-from-corpus` writes inputs in this format from the
+//! conformance corpus; keep the two in step. Set `RUNNERBEAN_FUZZ_TRACE=1`
+//! to have each step printed as it runs (to turn a crash into a unit test).
 
 #![no_main]
 
@@ -69,12 +69,6 @@ const JOB_LIMITS: [u64; 8] = [65_535, 0, 5, 10, 100, 70_000, 1 << 20, 65_535];
 
 /// Cut points per delivery, at most (three bits of the count byte).
 const CUTS_MAX: u8 = 7;
-
-/// Sends completed per connection while draining at the end before it
-/// counts as stuck. A connection owes at most what its input asked for,
-/// and each send takes everything owed, so a handful suffices; the rest
-/// is headroom.
-const DRAIN_SENDS_MAX: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&limit, steps)) = data.split_first() else { return };
@@ -442,16 +436,19 @@ impl Run {
             self.check();
             self.step(Step::Eof { slot });
             self.check();
-            for _ in 0..DRAIN_SENDS_MAX {
-                if self.slots[slot].conns.is_none() {
-                    break;
-                }
+            // Each send takes at least one reply, and a connection gets at
+            // most one reply per command line (two bytes at least) and one
+            // for its half-close: more sends than that is a loop.
+            let sends_max = self.bytes_delivered / 2 + 2;
+            let mut sends = 0;
+            while self.slots[slot].conns.is_some() {
                 let started = self.start_send(slot);
                 assert!(started, "slot {slot}: stuck: not finished, and nothing to send");
+                sends += 1;
+                assert!(sends <= sends_max, "slot {slot}: still not finished after {sends} sends");
                 self.complete_send(slot);
                 self.check();
             }
-            assert!(self.slots[slot].conns.is_none(), "slot {slot}: still not finished after {DRAIN_SENDS_MAX} sends");
         }
         self.reference.engine().check_invariants(self.now);
         assert_eq!(self.reference.engine().stats().connections, 0, "connections left after the drain");
@@ -484,7 +481,10 @@ fn deliver_piece(shard: &mut Shard, conn: ConnId, mut piece: &[u8], direct: bool
 fn take_output(shard: &mut Shard, conn: ConnId) -> Vec<u8> {
     let mut segments = Vec::new();
     shard.start_send(conn, &mut segments);
-    let bytes = segments.iter().flat_map(|s| s.bytes().iter().copied()).collect();
+    let mut bytes = Vec::with_capacity(segments.iter().map(|s| s.bytes().len()).sum());
+    for segment in &segments {
+        bytes.extend_from_slice(segment.bytes());
+    }
     for segment in segments {
         if let Segment::Text(text) = segment {
             shard.output(conn).recycle(text);
