@@ -595,6 +595,18 @@ impl Shard {
         self.sessions[conn.0 as usize].dead
     }
 
+    /// Whether the connection is blocked in a reserve with input buffered
+    /// behind it: commands that will run as soon as an answer comes, in the
+    /// middle of whatever brought it. The fuzz target (fuzz/) needs to know
+    /// this: cutting another connection's input at a different point can
+    /// then change the order in which the two connections' commands run,
+    /// which is correct behaviour, not a framing fault.
+    #[doc(hidden)]
+    pub fn blocked_with_input(&self, conn: ConnId) -> bool {
+        let session = &self.sessions[conn.0 as usize];
+        session.blocked && !session.pending.is_empty()
+    }
+
     /// Connections whose output, blocking or closing changed since the last
     /// call.
     pub fn take_dirty(&mut self, into: &mut Vec<ConnId>) {

@@ -434,6 +434,54 @@ fn a_session_closed_with_carried_input_leaves_the_queue() {
 }
 
 #[test]
+fn an_answered_waiter_runs_its_pipelined_commands_when_the_input_ends() {
+    // Commands pipelined behind an answered reserve run once the input that
+    // answered it has run, all of it: where the network's reads end decides
+    // how the two connections' commands interleave (here, which put gets
+    // which id). This is why the fuzz target keeps such deliveries whole
+    // when it compares cut and uncut input (fuzz/, `Run::may_cut`).
+    let input = b"put 0 0 10 1\r\na\r\nput 0 0 10 1\r\nb\r\n";
+    for (cut, waiter_put, second_put) in [(None, 3, 2), (Some(17), 2, 3)] {
+        let mut c = Conv::new();
+        let (w, p) = (c.open(), c.open());
+        c.send(w, b"reserve\r\nput 0 0 10 1\r\nw\r\n", 0);
+        match cut {
+            None => c.send(p, input, 0),
+            Some(at) => {
+                c.send(p, &input[..at], 0);
+                c.send(p, &input[at..], 0);
+            }
+        }
+        assert_eq!(String::from_utf8(c.out(w)).unwrap(), format!("RESERVED 1 1\r\na\r\nINSERTED {waiter_put}\r\n"));
+        assert_eq!(String::from_utf8(c.out(p)).unwrap(), format!("INSERTED 1\r\nINSERTED {second_put}\r\n"));
+    }
+}
+
+#[test]
+fn timers_run_between_inputs_not_inside_one() {
+    // The job's reservation (ttr 1 s, reserved at 3 ns) expires once the
+    // clock is past 1 s + 3 ns. Commands read at 1 s run at 1 s + 1 ns,
+    // + 2 ns, ...: the fifth is past the expiry, but timers run only when
+    // an input begins, so it still sees the job reserved unless the input
+    // was cut before it. The fuzz target therefore keeps deliveries whole
+    // when a deadline falls within them (fuzz/, `Run::may_cut`).
+    let input = b"list-tube-used\r\n".repeat(4);
+    for (cut, state) in [(false, "reserved"), (true, "ready")] {
+        let mut c = Conv::new();
+        let w = c.open();
+        assert_eq!(c.ask(w, b"put 0 0 1 1\r\nx\r\nreserve\r\n", 0), "INSERTED 1\r\nRESERVED 1 1\r\nx\r\n");
+        if cut {
+            c.send(w, &input, S);
+            c.send(w, b"stats-job 1\r\n", S);
+        } else {
+            c.send(w, &[input.as_slice(), b"stats-job 1\r\n"].concat(), S);
+        }
+        let replies = String::from_utf8(c.out(w)).unwrap();
+        assert!(replies.contains(&format!("\nstate: {state}\n")), "{replies}");
+    }
+}
+
+#[test]
 fn reserve_with_timeout_and_the_clock() {
     let mut c = Conv::new();
     let w = c.open();
