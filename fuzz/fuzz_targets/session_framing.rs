@@ -221,6 +221,7 @@ fn server_info(max_job_size: u64) -> ServerInfo {
         // Fixed, so `stats` replies are the same on both shards.
         cpu_times: || (CpuTime::default(), CpuTime::default()),
         verbosity: 0,
+        started_at: 0,
     }
 }
 
@@ -268,12 +269,34 @@ impl Run {
     fn open(&mut self, slot: usize) {
         let label = slot as i32;
         self.slots[slot] =
-            Slot { conns: Some((self.reference.open(label), self.split.open(label))), ..Slot::default() };
+            Slot {
+                conns: Some((
+                    self.reference.open(label).expect("memory for a connection"),
+                    self.split.open(label).expect("memory for a connection"),
+                )),
+                ..Slot::default()
+            };
     }
 
     /// Runs one step; false when it was skipped (nothing reached the
     /// shards).
+    /// Runs one step as one turn of the event loop: a fresh command budget
+    /// for every connection, the step, then the turns the input carried
+    /// over needs (as the loop runs them without waiting).
     fn step(&mut self, step: Step<'_>) -> bool {
+        self.reference.begin_turn();
+        self.split.begin_turn();
+        let reached = self.step_in_turn(step);
+        for shard in [&mut self.reference, &mut self.split] {
+            while shard.has_carried() {
+                shard.begin_turn();
+                shard.run_carried(self.now);
+            }
+        }
+        reached
+    }
+
+    fn step_in_turn(&mut self, step: Step<'_>) -> bool {
         let now = self.now;
         match step {
             Step::Advance { nanos } => {
