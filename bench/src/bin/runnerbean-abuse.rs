@@ -76,7 +76,8 @@ const READ_BYTES: usize = 64 * 1024;
 const POLL_MS: u64 = 20;
 /// A normal client that waits longer than this for one reply declares the
 /// server hung. It is far above any stall seen (the worst, under 20
-/// pipelining flooders, was 0.7 s) and far below the harness's own limits.
+/// pipelining flooders, was about 1.5 s) and far below the harness's own
+/// limits.
 const REPLY_SECS_MAX: u64 = 60;
 /// How often the server's resident memory is sampled during a flood.
 const RSS_SAMPLE_MS: u64 = 100;
