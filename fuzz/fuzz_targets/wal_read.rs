@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..2 {
         let recovered = recover(&dir).unwrap();
         let got: BTreeMap<u64, (ImageState, u32, Vec<u8>)> =
-            recovered.jobs.iter().map(|j| (j.image.id, (j.image.state, j.image.pri, j.image.body.clone()))).collect();
+            recovered.jobs.iter().map(|j| (j.image.id, (j.image.state, j.image.pri, j.body_bytes().to_vec()))).collect();
         let want: BTreeMap<u64, (ImageState, u32, Vec<u8>)> =
             model.iter().map(|(&id, (f, body))| (id, (f.state, f.pri, body.clone()))).collect();
         assert_eq!(got, want);

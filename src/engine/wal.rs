@@ -244,13 +244,18 @@ impl Engine {
         let mut buried: Vec<(u64, u32)> = Vec::new();
         let mut max_id = 0;
         for job in jobs {
+            let body = match job.body {
+                Some(body) => body,
+                None => {
+                    let Some(mut builder) = BodyBuilder::try_new(job.image.body.len()) else {
+                        return Err(format!("out of memory restoring job {}", job.image.id));
+                    };
+                    builder.fill(&job.image.body);
+                    builder.finish()
+                }
+            };
             let image = job.image;
             max_id = max_id.max(image.id);
-            let Some(mut builder) = BodyBuilder::try_new(image.body.len()) else {
-                return Err(format!("out of memory restoring job {}", image.id));
-            };
-            builder.fill(&image.body);
-            let body = builder.finish();
             let oom = |what: &str| format!("out of memory restoring job {} ({what})", image.id);
             let tube = self.tube_for_name(&image.tube).map_err(|_| oom("its tube"))?;
             let delayed = image.state == ImageState::Delayed;

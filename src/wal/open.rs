@@ -109,8 +109,11 @@ pub fn open(dir: &Path, max_job_bytes: u64, now_wall_ns: u64) -> Result<Opened, 
         skipped: import.skipped.len(),
     };
     let no_segment = SegmentId { shard: u32::MAX, seq: 0 };
-    let jobs =
-        import.jobs.into_iter().map(|image| RecoveredJob { image, segment: no_segment, has_state: false }).collect();
+    let jobs = import
+        .jobs
+        .into_iter()
+        .map(|image| RecoveredJob { image, body: None, segment: no_segment, has_state: false })
+        .collect();
     let recovered = Recovered { jobs, next_id: import.next_id, warnings, ..Recovered::default() };
     Ok(Opened { lock, recovered, import: Some(pending) })
 }
@@ -227,7 +230,7 @@ pub fn export(dir: &Path, out: &Path) -> Result<Exported, OpenError> {
         )));
     }
     let path = out.join("binlog.1");
-    let jobs: Vec<JobImage> = recovered.jobs.into_iter().map(|j| j.image).collect();
+    let jobs: Vec<JobImage> = recovered.jobs.into_iter().map(|j| j.into_image()).collect();
     let written = cbinlog::write_v7(&path, &jobs, recovered.next_id)
         .map_err(|e| fail(&format!("{}: cannot write it", path.display()), e))?;
     Ok(Exported { path, jobs: written.jobs, job_size_min: written.c_job_size_min(), warnings: recovered.warnings })

@@ -16,17 +16,23 @@
 //! describe; a job is never made up from bytes that failed a check.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::image::{Counters, ImageState, JobImage};
 use super::record::{self, Record, StateFields};
 use super::segment::{self, BadHeader, Damage, End};
+use crate::engine::body::{Body, BodyBuilder};
 
 /// A recovered job and where its records are.
 #[derive(Debug)]
 pub struct RecoveredJob {
+    /// Everything but the body, which is in `body` (read straight into a
+    /// job body: copying it again into the engine's memory cost a recovery
+    /// a second copy of every byte). Imported jobs have it in the image.
     pub image: JobImage,
+    pub body: Option<Body>,
     /// The segment holding the job's latest job record.
     pub segment: SegmentId,
     /// Whether a state record was written after that job record.
@@ -84,6 +90,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     found.sort_by_key(|&(id, _)| (id.seq, id.shard));
     let mut replay = Replay::default();
     let mut out = Recovered { next_id: 1, ..Recovered::default() };
+    let mut buf = Vec::new();
     let mut last_seq: HashMap<u32, u64> = HashMap::new();
     for (id, path) in found {
         let name = path.display().to_string();
@@ -100,7 +107,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         }
         last_seq.insert(id.shard, id.seq);
         let mut job_ids = Vec::new();
-        let scan = segment::read(&path, |_, record| {
+        let scan = segment::read_with(&path, &mut buf, |_, record| {
             if let Record::Job { fields, .. } = &record {
                 job_ids.push(fields.id);
             }
@@ -143,6 +150,9 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
             used_bytes: segment::HEADER_BYTES as u64 + scan.record_bytes,
         });
     }
+    if replay.out_of_memory {
+        return Err(io::Error::new(io::ErrorKind::OutOfMemory, "not enough memory for the jobs in the log"));
+    }
     out.next_id = out.next_id.max(replay.max_id + 1);
     out.jobs = replay.jobs.into_iter().flatten().collect();
     Ok(out)
@@ -152,9 +162,34 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
 #[derive(Default)]
 struct Replay {
     jobs: Vec<Option<RecoveredJob>>,
-    /// Job id → index in `jobs`.
-    index: HashMap<u64, usize>,
+    /// Job id → index in `jobs`. Ids come from the log, not from a client,
+    /// so a plain multiplicative hash is enough (SipHash was a tenth of a
+    /// million-job recovery).
+    index: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
     max_id: u64,
+    /// A body could not be allocated.
+    out_of_memory: bool,
+}
+
+/// Hashes job ids for [`Replay::index`].
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // The high half folded down, so the bucket bits depend on every
+        // bit of the id.
+        let x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
+    }
 }
 
 impl Replay {
@@ -162,6 +197,11 @@ impl Replay {
         match record {
             Record::Job { fields, ttr_s, created_at, tube, body } => {
                 self.max_id = self.max_id.max(fields.id);
+                let Some(mut builder) = BodyBuilder::try_new(body.len()) else {
+                    self.out_of_memory = true;
+                    return;
+                };
+                builder.fill(body);
                 let image = JobImage {
                     id: fields.id,
                     tube: tube.to_string(),
@@ -172,9 +212,9 @@ impl Replay {
                     created_at,
                     deadline: fields.deadline,
                     counters: fields.counters,
-                    body: body.to_vec(),
+                    body: Vec::new(),
                 };
-                let job = RecoveredJob { image, segment, has_state: false };
+                let job = RecoveredJob { image, body: Some(builder.finish()), segment, has_state: false };
                 match self.index.get(&fields.id) {
                     Some(&i) => self.jobs[i] = Some(job),
                     None => {
@@ -220,10 +260,29 @@ pub fn state_fields(image: &JobImage) -> StateFields {
     }
 }
 
+impl RecoveredJob {
+    /// The body's bytes, wherever they are.
+    pub fn body_bytes(&self) -> &[u8] {
+        match &self.body {
+            Some(body) => body.bytes(),
+            None => &self.image.body,
+        }
+    }
+
+    /// The whole image, body included (for the export).
+    pub fn into_image(self) -> JobImage {
+        let mut image = self.image;
+        if let Some(body) = self.body {
+            image.body = body.bytes().to_vec();
+        }
+        image
+    }
+}
+
 /// Bytes of the records that describe a recovered job now: its job record,
 /// and a state record after it if there is one.
 pub fn live_bytes(job: &RecoveredJob) -> u64 {
-    let full = record::job_record_bytes(job.image.tube.len(), job.image.body.len());
+    let full = record::job_record_bytes(job.image.tube.len(), job.body_bytes().len());
     (full + if job.has_state { record::STATE_RECORD_BYTES } else { 0 }) as u64
 }
 

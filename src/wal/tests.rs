@@ -252,7 +252,7 @@ impl Jobs {
         want.sort_unstable();
         assert_eq!(got, want);
         for j in &r.jobs {
-            assert_eq!(j.image.body, self.live[&j.image.id].1.bytes());
+            assert_eq!(j.body_bytes(), self.live[&j.image.id].1.bytes());
         }
         assert!(r.next_id >= self.next_id);
     }
