@@ -120,8 +120,9 @@ fn perform(request: Request) -> io::Result<usize> {
         // descriptors belong to the log until the completion is read.
         let r = unsafe {
             match request {
-                Request::Write { fd, iov, count, offset } => {
-                    libc::pwritev(fd, iov, count as libc::c_int, offset as libc::off_t) as i64
+                Request::Write { fd, iov, count, offset, dsync } => {
+                    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                    libc::pwritev2(fd, iov, count as libc::c_int, offset as libc::off_t, flags) as i64
                 }
                 Request::Sync { fd, data_only: true } => i64::from(libc::fdatasync(fd)),
                 Request::Sync { fd, data_only: false } => i64::from(libc::fsync(fd)),
@@ -152,7 +153,7 @@ mod tests {
             parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr().cast_mut().cast(), iov_len: p.len() }).collect();
         let fd = file.as_raw_fd();
         // Safety: `parts` and `iov` outlive the completion read below.
-        unsafe { t.submit(1, Request::Write { fd, iov: iov.as_ptr(), count: 2, offset: 3 }) };
+        unsafe { t.submit(1, Request::Write { fd, iov: iov.as_ptr(), count: 2, offset: 3, dsync: true }) };
         let mut got = Vec::new();
         while got.is_empty() {
             let mut pfd = libc::pollfd { fd: t.eventfd(), events: libc::POLLIN, revents: 0 };

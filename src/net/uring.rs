@@ -439,8 +439,9 @@ impl Io for Uring {
     unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
         use crate::wal::flush::Request;
         let entry = match request {
-            Request::Write { fd, iov, count, offset } => {
-                opcode::Writev::new(types::Fd(fd), iov, count as u32).offset(offset).build()
+            Request::Write { fd, iov, count, offset, dsync } => {
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                opcode::Writev::new(types::Fd(fd), iov, count as u32).offset(offset).rw_flags(flags).build()
             }
             Request::Sync { fd, data_only } => {
                 let flags = if data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };

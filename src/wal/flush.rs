@@ -38,18 +38,13 @@ const IOVECS_PER_WRITE_MAX: usize = 1024;
 /// until [`Flush::complete`] is called for it.
 #[derive(Clone, Copy, Debug)]
 pub enum Request {
-    Write {
-        fd: i32,
-        iov: *const libc::iovec,
-        count: usize,
-        offset: u64,
-    },
+    /// A vectored write at `offset`; with `dsync`, the write also makes
+    /// its data durable before it completes (`RWF_DSYNC`), so `-f0` needs
+    /// one operation per batch instead of a write and a sync.
+    Write { fd: i32, iov: *const libc::iovec, count: usize, offset: u64, dsync: bool },
     /// `fdatasync` of a segment file, or `fsync` of the log directory (for
     /// the entries of files made in it).
-    Sync {
-        fd: i32,
-        data_only: bool,
-    },
+    Sync { fd: i32, data_only: bool },
 }
 
 /// What a completion finished.
@@ -77,9 +72,12 @@ struct InFlight {
     iovecs: Vec<Vec<libc::iovec>>,
     /// The files the batch wrote, each once.
     files: Vec<FileRef>,
-    /// What a `-f0` batch syncs: its files, then the directory if it
-    /// started a file.
+    /// What a `-f0` batch syncs after its writes: the directory if it
+    /// started a file (the files' data is synced by their writes), or, at
+    /// a stop, the files too.
     targets: Vec<i32>,
+    /// The writes sync their own data (`-f0`).
+    dsync: bool,
     phase: Phase,
 }
 
@@ -168,7 +166,14 @@ impl Flush {
                 files.push(w.file);
             }
         }
-        let mut targets: Vec<i32> = files.iter().map(|f| f.0).collect();
+        let dsync = self.policy == SyncPolicy::Always;
+        // Files written by earlier batches are synced too at a stop; with
+        // `-f0` a batch's own writes sync their data.
+        let mut targets: Vec<i32> = Vec::new();
+        if !dsync {
+            targets.extend(files.iter().map(|f| f.0));
+            targets.extend(self.unsynced.iter().filter(|f| !files.contains(f)).map(|f| f.0));
+        }
         if batch.new_file || self.unsynced_dir {
             targets.push(self.dir_fd);
         }
@@ -179,6 +184,7 @@ impl Flush {
             iovecs,
             files,
             targets,
+            dsync,
             phase: Phase::Writing { write: 0, first: 0, offset },
         });
         if let Some(b) = self.batch.as_mut()
@@ -203,6 +209,7 @@ impl Flush {
                         iov: iov.as_ptr(),
                         count: iov.len().min(IOVECS_PER_WRITE_MAX),
                         offset,
+                        dsync: b.dsync,
                     }
                 }
                 Phase::Syncing { next } => {
@@ -298,9 +305,16 @@ impl Flush {
                     b.phase = Phase::Writing { write: write + 1, first: 0, offset: b.writes[write + 1].offset };
                     return Ok(Progress::default());
                 }
-                if self.policy == SyncPolicy::Always || self.final_sync {
+                if (self.policy == SyncPolicy::Always || self.final_sync) && !b.targets.is_empty() {
                     b.phase = Phase::Syncing { next: 0 };
                     return Ok(Progress { written: Some(b.number), synced: None });
+                }
+                if b.dsync {
+                    // Written with its data synced, and no new file's entry
+                    // to sync: durable now.
+                    let b = self.batch.take().expect("checked above");
+                    self.last_sync_at = now;
+                    return Ok(Progress { written: Some(b.number), synced: Some(b.number) });
                 }
                 let b = self.batch.take().expect("checked above");
                 for f in b.files {
@@ -324,7 +338,11 @@ impl Flush {
                 // Files written by earlier batches and not synced yet stay
                 // listed unless this batch synced them too; the batch counts
                 // as synced only when nothing earlier is left.
-                self.unsynced.retain(|f| !b.files.contains(f));
+                if b.dsync {
+                    self.unsynced.retain(|f| !b.files.contains(f));
+                } else {
+                    self.unsynced.retain(|f| !b.targets.contains(&f.0));
+                }
                 self.last_sync_at = now;
                 let synced = if self.unsynced.is_empty() { Some(b.number) } else { None };
                 if synced.is_none() {
@@ -388,4 +406,115 @@ pub fn write_blocking(batch: &Batch, dir_fd: i32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::log::{Part, Write};
+    use crate::wal::recover::SegmentId;
+
+    const DIR: i32 = 99;
+    const MS: u64 = 1_000_000;
+
+    fn batch(number: u64, files: &[i32], new_file: bool) -> Batch {
+        let writes = files
+            .iter()
+            .map(|&fd| Write {
+                segment: SegmentId { shard: 0, seq: fd as u64 },
+                file: FileRef(fd),
+                offset: 64,
+                parts: vec![Part::Text(b"abc".to_vec()), Part::Text(b"defg".to_vec())],
+                len: 7,
+            })
+            .collect();
+        Batch { number, writes, new_file }
+    }
+
+    /// Runs requests to completion, each finishing whole, and returns them
+    /// with the progress reported.
+    fn run(f: &mut Flush, now: u64) -> (Vec<String>, Progress) {
+        let mut seen = Vec::new();
+        let mut progress = Progress::default();
+        while let Some(r) = f.request(now) {
+            let (text, n) = match r {
+                Request::Write { fd, count, offset, dsync, .. } => {
+                    (format!("write {fd}@{offset}x{count} dsync={dsync}"), 7)
+                }
+                Request::Sync { fd, data_only } => (format!("sync {fd} data={data_only}"), 0),
+            };
+            seen.push(text);
+            let p = f.complete(Ok(n), now).unwrap();
+            progress.written = p.written.or(progress.written);
+            progress.synced = p.synced.or(progress.synced);
+        }
+        (seen, progress)
+    }
+
+    #[test]
+    fn f0_writes_sync_their_own_data_and_a_new_file_syncs_its_directory() {
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        f.start(batch(1, &[5], true));
+        let (ops, p) = run(&mut f, 0);
+        assert_eq!(ops, ["write 5@64x2 dsync=true", "sync 99 data=false"]);
+        assert_eq!(p, Progress { written: Some(1), synced: Some(1) });
+        f.start(batch(2, &[5], false));
+        let (ops, p) = run(&mut f, 0);
+        assert_eq!(ops, ["write 5@64x2 dsync=true"]);
+        assert_eq!(p, Progress { written: Some(2), synced: Some(2) });
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn every_ms_syncs_what_was_written_once_the_time_has_come_even_when_idle() {
+        let mut f = Flush::new(SyncPolicy::EveryMs(50), DIR, 0);
+        f.start(batch(1, &[5, 6], false));
+        let (ops, p) = run(&mut f, 10 * MS);
+        assert_eq!(ops, ["write 5@64x2 dsync=false", "write 6@64x2 dsync=false"]);
+        assert_eq!(p, Progress { written: Some(1), synced: None });
+        assert_eq!(f.next_deadline(), Some(50 * MS));
+        assert!(f.request(49 * MS).is_none());
+        // Due: no new batch starts before the sync.
+        assert!(!f.can_start(50 * MS));
+        let (ops, p) = run(&mut f, 50 * MS);
+        assert_eq!(ops, ["sync 5 data=true", "sync 6 data=true"]);
+        assert_eq!(p, Progress { written: None, synced: Some(1) });
+        assert!(f.is_idle() && f.can_start(50 * MS));
+    }
+
+    #[test]
+    fn at_a_stop_everything_written_is_synced_whatever_the_policy() {
+        let mut f = Flush::new(SyncPolicy::Never, DIR, 0);
+        f.start(batch(1, &[5], false));
+        run(&mut f, 0);
+        assert!(!f.is_idle(), "written, not synced");
+        f.sync_all();
+        f.start(batch(2, &[6], false));
+        let (ops, p) = run(&mut f, 0);
+        assert_eq!(ops, ["write 6@64x2 dsync=false", "sync 6 data=true", "sync 5 data=true"]);
+        assert_eq!(p, Progress { written: Some(2), synced: Some(2) });
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn short_writes_go_on_from_where_they_stopped_and_errors_are_retried_later() {
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        f.start(batch(1, &[5], false));
+        let Some(Request::Write { iov, count, offset, .. }) = f.request(0) else { panic!() };
+        assert_eq!((count, offset), (2, 64));
+        // Safety: the iovecs live in `f` until the completion.
+        let first = unsafe { &*iov };
+        assert_eq!(first.iov_len, 3);
+        assert_eq!(f.complete(Ok(4), 0).unwrap(), Progress::default());
+        let Some(Request::Write { iov, count, offset, .. }) = f.request(0) else { panic!() };
+        // Safety: as above.
+        let rest = unsafe { std::slice::from_raw_parts(iov, count) };
+        assert_eq!((count, offset, rest[0].iov_len), (1, 68, 3));
+        assert!(f.complete(Err(std::io::Error::from_raw_os_error(libc::EIO)), 0).is_err());
+        assert!(f.request(RETRY_NS - 1).is_none(), "no retry before the pause");
+        assert_eq!(f.next_deadline(), Some(RETRY_NS));
+        let Some(Request::Write { offset, .. }) = f.request(RETRY_NS) else { panic!() };
+        assert_eq!(offset, 68);
+        assert_eq!(f.complete(Ok(3), RETRY_NS).unwrap(), Progress { written: Some(1), synced: Some(1) });
+    }
 }
