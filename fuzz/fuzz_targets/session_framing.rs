@@ -268,14 +268,13 @@ impl Run {
 
     fn open(&mut self, slot: usize) {
         let label = slot as i32;
-        self.slots[slot] =
-            Slot {
-                conns: Some((
-                    self.reference.open(label).expect("memory for a connection"),
-                    self.split.open(label).expect("memory for a connection"),
-                )),
-                ..Slot::default()
-            };
+        self.slots[slot] = Slot {
+            conns: Some((
+                self.reference.open(label).expect("memory for a connection"),
+                self.split.open(label).expect("memory for a connection"),
+            )),
+            ..Slot::default()
+        };
     }
 
     /// Runs one step; false when it was skipped (nothing reached the

@@ -29,7 +29,8 @@ use runnerbean::wal::segment::{self, End, Header};
 
 fuzz_target!(|data: &[u8]| {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("rb-fuzz-wal-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir =
+        std::env::temp_dir().join(format!("rb-fuzz-wal-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).unwrap();
     let header = Header { shard: 0, shards: 1, seq: 1, next_id: 1, created_at: 0 };
     let mut file = header.encode().to_vec();
@@ -61,7 +62,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let at = offset as usize;
-        assert_eq!(&file[at..at + encoded.len()], encoded.as_slice(), "an accepted record is exactly what the writer writes");
+        assert_eq!(
+            &file[at..at + encoded.len()],
+            encoded.as_slice(),
+            "an accepted record is exactly what the writer writes"
+        );
         next = offset + encoded.len() as u64;
     })
     .unwrap()
@@ -78,8 +83,11 @@ fuzz_target!(|data: &[u8]| {
     // The whole directory: the jobs are those of the model, twice over.
     for _ in 0..2 {
         let recovered = recover(&dir).unwrap();
-        let got: BTreeMap<u64, (ImageState, u32, Vec<u8>)> =
-            recovered.jobs.iter().map(|j| (j.image.id, (j.image.state, j.image.pri, j.body_bytes().to_vec()))).collect();
+        let got: BTreeMap<u64, (ImageState, u32, Vec<u8>)> = recovered
+            .jobs
+            .iter()
+            .map(|j| (j.image.id, (j.image.state, j.image.pri, j.body_bytes().to_vec())))
+            .collect();
         let want: BTreeMap<u64, (ImageState, u32, Vec<u8>)> =
             model.iter().map(|(&id, (f, body))| (id, (f.state, f.pri, body.clone()))).collect();
         assert_eq!(got, want);
