@@ -472,6 +472,25 @@ mod opening {
     }
 
     #[test]
+    fn an_import_keeps_cs_next_id_across_restarts() {
+        // C's next id is above every live job when the last jobs were deleted ("files"), or
+        // when every job was ("all-deleted", where the import writes no record at all): the
+        // header of the log's first segment is then all that carries it to the next start.
+        for case in ["files", "all-deleted"] {
+            let dir = with_c_files(case);
+            let c = cbinlog::read_dir(&fixture(case), 65535).unwrap();
+            let max_live = c.jobs.iter().map(|j| j.id).max().unwrap_or(0);
+            assert!(c.next_id > max_live + 1, "{case}: the fixture no longer ends with deleted jobs");
+            let (e, opened) = start(&dir, true);
+            drop((e, opened));
+            let (mut e, opened) = start(&dir, true);
+            assert!(opened.import.is_none(), "{case}: imported again");
+            assert_eq!(e.allocate_id(), c.next_id, "{case}: ids handed out again after the import");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
     fn an_interrupted_import_starts_again() {
         let dir = with_c_files("files");
         let (e, opened) = start(&dir, false);
