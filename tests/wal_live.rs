@@ -1486,10 +1486,14 @@ fn c_serves_runnerbeans_export_with_the_jobs_a_restart_would_bring_back() {
     let tmp = TempDir::new("export");
     let dirs: Vec<PathBuf> = BACKENDS.iter().map(|b| tmp.dir(b)).collect();
     let outs: Vec<PathBuf> = BACKENDS.iter().map(|b| tmp.0.join(format!("out-{b}"))).collect();
-    let extra = ["-s", SEGMENT_BYTES];
+    // A body over C's default -z, so that the export says which -z C needs.
+    let extra = ["-s", SEGMENT_BYTES, "-z", "100000"];
+    let big_body_bytes = 70_000;
     let rbs: Vec<Proc> = BACKENDS.iter().zip(&dirs).map(|(b, dir)| Proc::start(&Kind::Rb(b), dir, &extra)).collect();
     let mut d = Drive::new(&rbs, CONNECTIONS);
     let ids = history(&mut d);
+    d.use_tube(PRODUCER, "big");
+    d.put(PRODUCER, 3, 0, 60, &vec![b'z'; big_body_bytes]);
     d.check(&rbs);
     let due_while_down = put_due_while_down(&mut d);
     // While a server runs, its directory is locked.
@@ -1513,7 +1517,12 @@ fn c_serves_runnerbeans_export_with_the_jobs_a_restart_would_bring_back() {
         let binlog = out.join("binlog.1");
         assert_eq!(
             stdout,
-            format!("wrote {jobs} jobs to {}; start C beanstalkd with -b {}\n", binlog.display(), out.display())
+            format!(
+                "wrote {jobs} jobs to {}; start C beanstalkd with -b {} -z {}\n",
+                binlog.display(),
+                out.display(),
+                big_body_bytes + 2
+            )
         );
         assert_eq!(stderr, "");
         // Never into a directory that has binlog files.
@@ -1533,7 +1542,8 @@ fn c_serves_runnerbeans_export_with_the_jobs_a_restart_would_bring_back() {
     let mut servers = Vec::new();
     for (i, backend) in BACKENDS.iter().enumerate() {
         let c_side = d.sides[i].exported_to_c(now);
-        let c = Proc::start(&Kind::C(c_binary.clone()), &outs[i], &[]);
+        let c_z = (big_body_bytes + 2).to_string();
+        let c = Proc::start(&Kind::C(c_binary.clone()), &outs[i], &["-z", &c_z]);
         let label = format!("C beanstalkd on the export of runnerbean ({backend})");
         let (c_view, found) = check_side(&label, &c, &c_side, d.last_id, &no_tubes.0, &no_tubes.1);
         bad.extend(found);
