@@ -1566,6 +1566,19 @@ fn c_serves_runnerbeans_export_with_the_jobs_a_restart_would_bring_back() {
         assert_eq!(side.buried_orders()["order"], [third, ids.order[0], second]);
         assert_eq!(next_id(&mut client), d.last_id + 1);
     }
+    // C's directory is not runnerbean's to export: refused while C holds its lock, and after.
+    let scratch = tmp.0.join("never-written");
+    let (code, _, stderr) = export(&outs[0], &scratch);
+    assert_eq!(code, Some(10), "{stderr}");
+    drop(servers);
+    let (code, _, stderr) = export(&outs[0], &scratch);
+    assert_eq!(code, Some(1), "{stderr}");
+    let message = format!(
+        "{}: no runnerbean log to export; it holds C beanstalkd's binlog files, which C beanstalkd reads as they are",
+        outs[0].display()
+    );
+    assert!(stderr.contains(&message), "{stderr}");
+    assert!(!scratch.exists());
 }
 
 // -----------------------------------------------------------------------------------------------

@@ -537,6 +537,21 @@ mod opening {
     }
 
     #[test]
+    fn a_directory_without_runnerbeans_log_is_not_exported() {
+        // C beanstalkd's own directory, never imported, and an empty one: nothing is written.
+        for dir in [with_c_files("basic"), temp_dir()] {
+            let out = temp_dir();
+            let Err(OpenError::Failed(message)) = open::export(&dir, &out) else { panic!("exported") };
+            assert!(message.contains("no runnerbean log to export"), "{message}");
+            let c_files = std::fs::read_dir(&dir).unwrap().any(|e| e.unwrap().file_name() == "binlog.1");
+            assert_eq!(message.contains("C beanstalkd reads as they are"), c_files, "{message}");
+            assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+            std::fs::remove_dir_all(&dir).unwrap();
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+    }
+
+    #[test]
     fn a_held_lock_or_both_kinds_of_file_refuse_to_open() {
         let dir = temp_dir();
         let first = open::open(&dir, 65535, NOW);
