@@ -365,9 +365,13 @@ fn yaml_list(data: &[u8]) -> BTreeSet<String> {
 /// `stats-job` fields compared exactly.
 const JOB_KEYS_EXACT: [&str; 11] =
     ["id", "tube", "state", "pri", "delay", "ttr", "reserves", "timeouts", "releases", "buries", "kicks"];
-/// `stats-job` fields in whole seconds of a clock that runs on between two servers' answers:
-/// compared within a second.
+/// `stats-job` fields in whole seconds of a clock that runs on: `age` goes up and `time-left`
+/// down between two views by the time between them, and each is compared within a second of
+/// that.
 const JOB_KEYS_NEAR: [&str; 2] = ["age", "time-left"];
+/// Leeway in those comparisons: the model reads the clock when it sends a command, a server
+/// when it runs it.
+const CLOCK_SLACK_S: f64 = 0.25;
 /// `stats-tube` fields compared.
 const TUBE_KEYS: [&str; 6] = [
     "current-jobs-urgent",
@@ -389,11 +393,13 @@ struct JobView {
 struct View {
     jobs: BTreeMap<u64, JobView>,
     tubes: BTreeMap<String, Fields>,
+    /// When it was taken: wall-clock ns before the first question and after the last answer.
+    taken: (u64, u64),
 }
 
 impl View {
     fn take(c: &mut Client, ids: impl IntoIterator<Item = u64>) -> View {
-        let mut view = View::default();
+        let mut view = View { taken: (now_ns(), 0), ..View::default() };
         for id in ids {
             let stats = ask_line(c, &format!("stats-job {id}"));
             if stats.line == "NOT_FOUND" {
@@ -411,6 +417,7 @@ impl View {
             assert!(stats.line.starts_with("OK "), "stats-tube {tube}: {}", stats.line);
             view.tubes.insert(tube, yaml_map(&stats.data));
         }
+        view.taken.1 = now_ns();
         view
     }
 
@@ -430,7 +437,7 @@ impl View {
     /// The jobs of `ids` alone, without the tubes (whose counts depend on the other jobs).
     fn only(&self, ids: &BTreeSet<u64>) -> View {
         let jobs = self.jobs.iter().filter(|(id, _)| ids.contains(id)).map(|(&id, j)| (id, j.clone())).collect();
-        View { jobs, tubes: BTreeMap::new() }
+        View { jobs, tubes: BTreeMap::new(), taken: self.taken }
     }
 
     fn ids_in(&self, state: &str) -> BTreeSet<u64> {
@@ -441,6 +448,9 @@ impl View {
 /// Every way `got` differs from `want`, each line naming `who`.
 fn differences(who: &str, want: &View, got: &View) -> Vec<String> {
     let mut bad = Vec::new();
+    // How far the clock moved from `want` to `got`, at least and at most, in seconds.
+    let s = |ns: u64| ns as f64 / NS_PER_S as f64;
+    let moved = (s(got.taken.0) - s(want.taken.1), s(got.taken.1) - s(want.taken.0));
     for (id, w) in &want.jobs {
         let Some(g) = got.jobs.get(id) else {
             bad.push(format!("{who}: job {id} is missing"));
@@ -456,9 +466,19 @@ fn differences(who: &str, want: &View, got: &View) -> Vec<String> {
                 bad.push(format!("{who}: job {id}: {key} {:?}, expected {:?}", g.stats.get(key), w.stats.get(key)));
                 continue;
             };
-            let (gv, wv): (i64, i64) = (gv.parse().unwrap(), wv.parse().unwrap());
-            if (gv - wv).abs() > 1 {
-                bad.push(format!("{who}: job {id}: {key} {gv}, expected {wv} within a second"));
+            let (gv, wv): (f64, f64) = (gv.parse().unwrap(), wv.parse().unwrap());
+            // A time left of 0 (a ready or buried job) stays 0.
+            let sign = if key == "age" {
+                1.0
+            } else if wv == 0.0 {
+                0.0
+            } else {
+                -1.0
+            };
+            let (lo, hi) = (wv + sign * moved.0, wv + sign * moved.1);
+            let (lo, hi) = (lo.min(hi) - 1.0 - CLOCK_SLACK_S, lo.max(hi) + 1.0 + CLOCK_SLACK_S);
+            if !(lo < gv && gv < hi) {
+                bad.push(format!("{who}: job {id}: {key} {gv}, expected {wv} within a second (moved by {moved:?} s)"));
             }
         }
         if g.stats.get("file").is_none_or(|f| f.parse::<u64>().is_err()) {
@@ -641,7 +661,7 @@ impl Side {
     /// What `View::take` should find at `now` (tubes also those in use by connections, and
     /// their pauses).
     fn expected(&self, now: u64, tubes_in_use: &BTreeSet<String>, paused: &BTreeMap<String, u32>) -> View {
-        let mut view = View::default();
+        let mut view = View { taken: (now, now), ..View::default() };
         for (&id, j) in &self.live {
             let left = match j.state {
                 State::Delayed | State::Reserved => j.deadline_ns.saturating_sub(now) / NS_PER_S,
