@@ -1246,23 +1246,19 @@ fn c_and_runnerbean_bring_back_the_same_jobs_after_sigkill_but_for_known_differe
     procs = restart_all(procs, &dirs, &extra, &mut d);
     d.check(&procs);
     // What the model says differs between C and runnerbean, and why. The jobs released at
-    // once: their last release is not in C's log, nor the reservation before it.
-    let released_now = ids.released_now;
-    let due = ids.due_then_released_now;
-    let again = ids.reserved_at_kill[1];
-    let lost_release = |id: u64| [(id, "pri"), (id, "reserves"), (id, "releases")];
-    let mut known: Vec<(u64, String)> = Vec::new();
-    known.extend(lost_release(released_now).map(|(id, k)| (id, k.to_string())));
-    // Also the delay of 1 s set by the release before.
-    known.extend(
-        [(due, "pri"), (due, "delay"), (due, "reserves"), (due, "releases")].map(|(id, k)| (id, k.to_string())),
-    );
-    known.extend(lost_release(again).map(|(id, k)| (id, k.to_string())));
+    // once: their last release is not in C's log, nor the reservation before it (and for one,
+    // the release before set a delay of 1 s).
+    let fields = |id: u64, keys: &[&str]| keys.iter().map(|k| (id, k.to_string())).collect::<Vec<_>>();
+    let mut known = fields(ids.released_now, &["pri", "reserves", "releases"]);
+    known.extend(fields(ids.due_then_released_now, &["pri", "delay", "reserves", "releases"]));
+    known.extend(fields(ids.reserved_at_kill[1], &["pri", "reserves", "releases"]));
     // Every buried job: one more bury in C.
     let buried: Vec<u64> =
         d.sides[1].live.iter().filter(|(_, j)| j.state == State::Buried).map(|(&id, _)| id).collect();
     assert_eq!(buried.len(), 5, "the history buries five jobs");
-    known.extend(buried.iter().map(|&id| (id, "buries".to_string())));
+    for id in buried {
+        known.extend(fields(id, &["buries"]));
+    }
     known.sort();
     let mut found = model_differences(&d.sides[1], &d.sides[0], now_ns());
     found.sort();
@@ -1278,12 +1274,11 @@ fn c_and_runnerbean_bring_back_the_same_jobs_after_sigkill_but_for_known_differe
     // more than runnerbean's count now.
     let buries = |v: &View| -> u64 { v.jobs[&ids.buried].stats["buries"].parse().unwrap() };
     assert_eq!((buries(&views[0]), buries(&views[1]), buries(&views[2])), (4, 2, 2));
-    let pri = |v: &View| v.jobs[&released_now].stats["pri"].clone();
+    let pri = |v: &View| v.jobs[&ids.released_now].stats["pri"].clone();
     assert_eq!((pri(&views[0]), pri(&views[1])), ("5".to_string(), "9".to_string()));
 
     // The buried order: C's is the order of the jobs' first records (put order), runnerbean's
-    // the order of the buries.
-    // Buried in the order third, first, second; the first was kicked after the restart.
+    // the order of the buries (third, first, second; the first was kicked after the restart).
     let [_, second, third] = ids.order;
     let expected_order = [vec![second, third], vec![third, second]];
     let mut next_ids = Vec::new();
@@ -1327,10 +1322,9 @@ fn ids_never_come_back_where_c_hands_them_out_again() {
 // -----------------------------------------------------------------------------------------------
 
 /// A history for C with small files: after a churn of jobs deleted at once, puts of 200-byte
-/// bodies in three tubes, each round
-/// ending in another state, so that records spread over many files and C's compaction moves
-/// some jobs forward and deletes the files in front. Ends with a job reserved, and a job put
-/// and deleted. Returns the last id.
+/// bodies in three tubes, each round ending in another state, so that records spread over
+/// many files, C's compaction moves some jobs forward, and C deletes its oldest files. Ends
+/// with a job reserved, and a job put and deleted. Returns the last id.
 fn c_files_history(d: &mut Drive) -> u64 {
     // Jobs put and deleted at once fill the first files, which C then deletes.
     d.use_tube(PRODUCER, "churn");
