@@ -309,7 +309,7 @@ impl Engine {
         }
         self.next_id = id;
         if let Some(log) = self.wal.as_deref_mut() {
-            log.note_next_id(id);
+            log.note_restored_next_id(id);
         }
         Ok(())
     }

@@ -467,6 +467,32 @@ impl Log {
         self.next_id = next_id;
     }
 
+    /// The engine has restored its jobs at start-up and hands out ids from
+    /// `next_id` on. The current segment was started when the log was
+    /// opened, before that id was known: an import from C beanstalkd opens
+    /// the log empty, and C's next id can be above every job it brings (its
+    /// last jobs were deleted), or there may be no job at all. Nothing but
+    /// this segment's header would carry the id to the next start, so the
+    /// header, still in the filling batch, says it too. Called before the
+    /// first batch is taken.
+    pub fn note_restored_next_id(&mut self, next_id: u64) {
+        self.next_id = self.next_id.max(next_id);
+        let current = self.current();
+        let text = self
+            .writes
+            .iter_mut()
+            .find(|w| w.segment == current && w.offset == 0)
+            .and_then(|w| match w.parts.first_mut() {
+                Some(Part::Text(text)) if text.len() >= HEADER_BYTES => Some(text),
+                _ => None,
+            })
+            .expect("the current segment's header is still in the filling batch");
+        let bytes: &[u8; HEADER_BYTES] = text[..HEADER_BYTES].try_into().expect("a header's bytes");
+        let mut header = Header::decode(bytes).expect("the header this log encoded");
+        header.next_id = self.next_id;
+        text[..HEADER_BYTES].copy_from_slice(&header.encode());
+    }
+
     /// Starts writing in a new segment (the first, or after the current one
     /// filled up), which must have room for `bytes`.
     fn start_segment(&mut self, bytes: u64) -> io::Result<()> {

@@ -211,7 +211,8 @@ pub struct Exported {
 /// `--export-binlog DIR OUT`: the live jobs of runnerbean's log in `dir`
 /// as one `OUT/binlog.1` that C beanstalkd starts from. The directory is
 /// locked while it is read, so a running server's log is never exported
-/// half-written.
+/// half-written. A directory without runnerbean's log is refused rather
+/// than exported as an empty binlog.
 pub fn export(dir: &Path, out: &Path) -> Result<Exported, OpenError> {
     let fail = |what: &str, e: io::Error| OpenError::Failed(format!("{what}: {e}"));
     if !dir.is_dir() {
@@ -221,6 +222,18 @@ pub fn export(dir: &Path, out: &Path) -> Result<Exported, OpenError> {
         LockError::Held => OpenError::Locked,
         LockError::Io(e) => fail(&format!("{}: cannot lock it", dir.display()), e),
     })?;
+    // A directory runnerbean never ran on would export as an empty binlog, which looks like
+    // success and is most likely the wrong directory (or C beanstalkd's own, which it reads
+    // as it is).
+    if !has_segments(dir).map_err(|e| fail(&format!("{}: cannot list it", dir.display()), e))? {
+        let c_files = c_binlog_names(dir).map_err(|e| fail(&format!("{}: cannot list it", dir.display()), e))?;
+        let why = if c_files.is_empty() {
+            String::new()
+        } else {
+            "; it holds C beanstalkd's binlog files, which C beanstalkd reads as they are".to_string()
+        };
+        return Err(OpenError::Failed(format!("{}: no runnerbean log to export{why}", dir.display())));
+    }
     let recovered = recover::recover(dir).map_err(|e| fail(&format!("{}: cannot read the log", dir.display()), e))?;
     std::fs::create_dir_all(out).map_err(|e| fail(&format!("{}: cannot create it", out.display()), e))?;
     if !c_binlog_names(out).map_err(|e| fail(&format!("{}: cannot list it", out.display()), e))?.is_empty() {

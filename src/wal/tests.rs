@@ -472,6 +472,25 @@ mod opening {
     }
 
     #[test]
+    fn an_import_keeps_cs_next_id_across_restarts() {
+        // C's next id is above every live job when the last jobs were deleted ("files"), or
+        // when every job was ("all-deleted", where the import writes no record at all): the
+        // header of the log's first segment is then all that carries it to the next start.
+        for case in ["files", "all-deleted"] {
+            let dir = with_c_files(case);
+            let c = cbinlog::read_dir(&fixture(case), 65535).unwrap();
+            let max_live = c.jobs.iter().map(|j| j.id).max().unwrap_or(0);
+            assert!(c.next_id > max_live + 1, "{case}: the fixture no longer ends with deleted jobs");
+            let (e, opened) = start(&dir, true);
+            drop((e, opened));
+            let (mut e, opened) = start(&dir, true);
+            assert!(opened.import.is_none(), "{case}: imported again");
+            assert_eq!(e.allocate_id(), c.next_id, "{case}: ids handed out again after the import");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
     fn an_interrupted_import_starts_again() {
         let dir = with_c_files("files");
         let (e, opened) = start(&dir, false);
@@ -515,6 +534,21 @@ mod opening {
         assert!(matches!(open::export(&dir, &out), Err(OpenError::Failed(_))));
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_directory_without_runnerbeans_log_is_not_exported() {
+        // C beanstalkd's own directory, never imported, and an empty one: nothing is written.
+        for dir in [with_c_files("basic"), temp_dir()] {
+            let out = temp_dir();
+            let Err(OpenError::Failed(message)) = open::export(&dir, &out) else { panic!("exported") };
+            assert!(message.contains("no runnerbean log to export"), "{message}");
+            let c_files = std::fs::read_dir(&dir).unwrap().any(|e| e.unwrap().file_name() == "binlog.1");
+            assert_eq!(message.contains("C beanstalkd reads as they are"), c_files, "{message}");
+            assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+            std::fs::remove_dir_all(&dir).unwrap();
+            std::fs::remove_dir_all(&out).unwrap();
+        }
     }
 
     #[test]

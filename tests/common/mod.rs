@@ -178,9 +178,13 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client::try_connect(port).expect("connect")
+    }
+
+    pub fn try_connect(port: u16) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream, buf: Vec::new() })
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
