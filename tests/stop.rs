@@ -197,3 +197,45 @@ fn after_sigkill_a_new_server_starts_on_the_same_port_at_once() {
         }
     });
 }
+
+/// What a client library's test fixture does between two tests (beanstalkc's
+/// sends SIGTERM and starts the next server at once, without waiting): the
+/// new server on the same port starts while the last one is still stopping,
+/// and it is the one that answers. In the first round the old server still
+/// owes replies to a client that never reads, so it is alive for its whole
+/// grace period while the new one serves.
+#[test]
+fn a_new_server_starts_on_the_port_while_the_last_one_is_still_stopping() {
+    on_both(|backend| {
+        let port = fixed_port().to_string();
+        let mut old = Server::start(backend, &["-p", &port]);
+        for round in 0..ROUNDS {
+            let mut clients: Vec<Client> = (0..3).map(|_| old.connect()).collect();
+            let mut blocked = old.connect();
+            blocked.send(b"reserve\r\n");
+            let mut probe = old.connect();
+            wait_for_stat(&mut probe, "current-waiting", "1");
+            if round == 0 {
+                let mut greedy = old.connect();
+                assert_eq!(greedy.ask(&put(60_000, b'g'), 1), "INSERTED 1\r\n");
+                send_until_refused(&mut greedy, &b"peek 1\r\n".repeat(2000));
+                clients.push(greedy);
+            }
+            old.signal("TERM");
+            let new = Server::start(backend, &["-p", &port]);
+            let mut c = new.connect();
+            let stats = c.ask(b"stats\r\n", 1);
+            assert_eq!(
+                stat(&stats, "pid"),
+                new.pid().to_string(),
+                "{backend} round {round}: answered by the old server"
+            );
+            assert_eq!(c.ask(b"put 0 0 60 2\r\nhi\r\n", 1), "INSERTED 1\r\n", "{backend} round {round}");
+            assert_eq!(c.ask(b"reserve-with-timeout 0\r\n", 1), "RESERVED 1 2\r\nhi\r\n", "{backend} round {round}");
+            assert_eq!(c.ask(b"delete 1\r\n", 1), "DELETED\r\n", "{backend} round {round}");
+            assert_eq!(old.wait(REPLY_TIMEOUT), Some(0), "{backend} round {round}:\n{}", old.log_text());
+            drop((clients, blocked, probe));
+            old = new;
+        }
+    });
+}
