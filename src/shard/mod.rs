@@ -27,18 +27,20 @@
 //! not the whole of it: a turn stays short, other clients are answered
 //! within a turn or two, and timers fire on time.
 
+pub mod request;
 pub mod route;
 pub mod session;
 
 use std::collections::VecDeque;
 
 use crate::engine::arena::Slots;
-use crate::engine::{BodyBuilder, Change, ClientId, Engine, EngineConfig, Nanos, Op, PutOutcome, ReserveOutcome, Wake};
+use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, Wake};
 use crate::memory::{self, OutOfMemory};
 use crate::protocol::command::{self, Command, ParseError};
 use crate::protocol::output::{Mark, Output, Segment};
 use crate::protocol::reply;
 use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
+use request::{Reply, Request, Word};
 use session::{Input, LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
 
 /// Commands pipelined behind a blocked reserve are buffered up to this
@@ -825,12 +827,16 @@ impl Shard {
             return;
         }
         let client = session.client.expect("running session without a client");
-        match self.engine.put(client, put.id, put.created_at, put.pri, put.delay_s, put.ttr_s, body, now) {
-            PutOutcome::Inserted => reply::number_line(&mut session.out, b"INSERTED", put.id),
-            PutOutcome::Draining => session.out.push(reply::DRAINING),
-            PutOutcome::NoLogSpace => session.out.push(reply::OUT_OF_MEMORY),
-            PutOutcome::OutOfMemory => session.out.push(reply::OUT_OF_MEMORY),
-        }
+        let request = Request::Put(request::Put {
+            id: put.id,
+            created_at: put.created_at,
+            pri: put.pri,
+            delay_s: put.delay_s,
+            ttr_s: put.ttr_s,
+            body,
+        });
+        let answer = request::execute(&mut self.engine, client, request, now);
+        self.answer(conn, answer, now);
     }
 
     /// Runs one command line.
@@ -865,11 +871,10 @@ impl Shard {
             None => assert_eq!(config.shards, 1, "a command spanning shards needs the mailbox between cores"),
         }
 
-        let engine = &mut self.engine;
-        let out = &mut session.out;
         use Command as C;
-        match cmd {
+        let request = match cmd {
             C::Put { pri, delay_s, ttr_s, size, trailing_garbage } => {
+                let engine = &mut self.engine;
                 engine.count(Op::Put);
                 // JOB_TOO_BIG comes before the trailing-garbage check, and
                 // the body is read and thrown away before the reply.
@@ -879,7 +884,7 @@ impl Shard {
                     return;
                 }
                 if trailing_garbage {
-                    return out.push(reply::BAD_FORMAT);
+                    return session.out.push(reply::BAD_FORMAT);
                 }
                 engine.set_producer(client);
                 // While memory is short no body is even tried: the memory
@@ -901,96 +906,65 @@ impl Shard {
                     trailer_len: 0,
                 };
                 session.mode = Mode::Body(put);
+                return;
             }
-            C::Peek(id) => {
-                engine.count(Op::Peek);
-                found_or_not(out, engine.peek(id));
+            C::Quit => return self.close(ConnId(conn), now),
+            C::Peek(id) => Request::Peek(id),
+            C::PeekReady => Request::PeekReady,
+            C::PeekDelayed => Request::PeekDelayed,
+            C::PeekBuried => Request::PeekBuried,
+            C::Reserve => Request::Reserve(None),
+            C::ReserveWithTimeout(t) => Request::Reserve(Some(t)),
+            C::ReserveJob(id) => Request::ReserveJob(id),
+            C::Delete(id) => Request::Delete(id),
+            C::Release { id, pri, delay_s } => Request::Release { id, pri, delay_s },
+            C::Bury { id, pri } => Request::Bury { id, pri },
+            C::Kick(bound) => Request::Kick(bound),
+            C::KickJob(id) => Request::KickJob(id),
+            C::Touch(id) => Request::Touch(id),
+            C::StatsJob(id) => Request::StatsJob(id),
+            C::StatsTube(name) => Request::StatsTube(name),
+            C::Stats => Request::Stats,
+            C::Use(name) => Request::Use(name),
+            C::Watch(name) => Request::Watch(name),
+            C::Ignore(name) => Request::Ignore(name),
+            C::ListTubesWatched => Request::ListTubesWatched,
+            C::ListTubeUsed => Request::ListTubeUsed,
+            C::ListTubes => Request::ListTubes,
+            C::PauseTube { name, delay_s } => Request::PauseTube { name, delay_s },
+        };
+        let answer = request::execute(&mut self.engine, client, request, now);
+        self.answer(conn, answer, now);
+    }
+
+    /// Writes an engine's reply into a session's output.
+    fn answer(&mut self, conn: u32, answer: Reply, now: Nanos) {
+        let session = &mut self.sessions[conn as usize];
+        let out = &mut session.out;
+        match answer {
+            Reply::Word(word) => out.push(word_line(word)),
+            Reply::Inserted(id) => reply::number_line(out, b"INSERTED", id),
+            Reply::KickedCount(n) => reply::number_line(out, b"KICKED", u64::from(n)),
+            Reply::Watching(n) => reply::number_line(out, b"WATCHING", n as u64),
+            Reply::Using(name) => reply::using(out, &name),
+            Reply::Reserved(job) => reply::reserved(out, &job),
+            Reply::Found(job) => reply::found(out, &job),
+            Reply::Waiting if session.eof => {
+                // A client that half-closed is not left waiting: beanstalkd
+                // answers it at once.
+                let client = session.client.expect("running session without a client");
+                self.engine.cancel_wait(client);
+                out.push(reply::TIMED_OUT);
             }
-            C::PeekReady => {
-                engine.count(Op::PeekReady);
-                found_or_not(out, engine.peek_ready(client));
+            Reply::Waiting => session.blocked = true,
+            Reply::JobStats(stats) => {
+                document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::job_stats(d, &stats))
             }
-            C::PeekDelayed => {
-                engine.count(Op::PeekDelayed);
-                found_or_not(out, engine.peek_delayed(client));
+            Reply::TubeStats(stats) => {
+                document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::tube_stats(d, &stats))
             }
-            C::PeekBuried => {
-                engine.count(Op::PeekBuried);
-                found_or_not(out, engine.peek_buried(client));
-            }
-            C::Reserve | C::ReserveWithTimeout(_) => {
-                let timeout = match cmd {
-                    C::ReserveWithTimeout(t) => {
-                        engine.count(Op::ReserveWithTimeout);
-                        Some(t)
-                    }
-                    _ => {
-                        engine.count(Op::Reserve);
-                        None
-                    }
-                };
-                match engine.reserve(client, timeout, now) {
-                    ReserveOutcome::Reserved(job) => reply::reserved(out, &job),
-                    ReserveOutcome::DeadlineSoon => out.push(reply::DEADLINE_SOON),
-                    ReserveOutcome::TimedOut => out.push(reply::TIMED_OUT),
-                    ReserveOutcome::Waiting if session.eof => {
-                        engine.cancel_wait(client);
-                        out.push(reply::TIMED_OUT);
-                    }
-                    ReserveOutcome::Waiting => session.blocked = true,
-                    ReserveOutcome::OutOfMemory => out.push(reply::OUT_OF_MEMORY),
-                }
-            }
-            C::ReserveJob(id) => {
-                engine.count(Op::ReserveJob);
-                match engine.reserve_job(client, id, now) {
-                    Some(job) => reply::reserved(out, &job),
-                    None => out.push(reply::NOT_FOUND),
-                }
-            }
-            C::Delete(id) => {
-                engine.count(Op::Delete);
-                yes_or_not_found(out, engine.delete(client, id, now), reply::DELETED);
-            }
-            C::Release { id, pri, delay_s } => {
-                engine.count(Op::Release);
-                changed(out, engine.release(client, id, pri, delay_s, now), reply::RELEASED, reply::OUT_OF_MEMORY);
-            }
-            C::Bury { id, pri } => {
-                engine.count(Op::Bury);
-                changed(out, engine.bury(client, id, pri, now), reply::BURIED, reply::INTERNAL_ERROR);
-            }
-            C::Kick(bound) => {
-                engine.count(Op::Kick);
-                let kicked = engine.kick(client, bound, now);
-                reply::number_line(out, b"KICKED", u64::from(kicked));
-            }
-            C::KickJob(id) => {
-                engine.count(Op::KickJob);
-                yes_or_not_found(out, engine.kick_job(id, now), reply::KICKED);
-            }
-            C::Touch(id) => {
-                engine.count(Op::Touch);
-                yes_or_not_found(out, engine.touch(client, id, now), reply::TOUCHED);
-            }
-            C::StatsJob(id) => {
-                engine.count(Op::StatsJob);
-                match engine.stats_job(id, now) {
-                    Some(stats) => document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::job_stats(d, &stats)),
-                    None => out.push(reply::NOT_FOUND),
-                }
-            }
-            C::StatsTube(name) => {
-                engine.count(Op::StatsTube);
-                match engine.stats_tube(name, now) {
-                    Some(stats) => {
-                        document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::tube_stats(d, &stats))
-                    }
-                    None => out.push(reply::NOT_FOUND),
-                }
-            }
-            C::Stats => {
-                engine.count(Op::Stats);
+            Reply::Stats(figures) => {
+                let (stats, log) = *figures;
                 let info = &self.info;
                 let (utime, stime) = (info.cpu_times)();
                 let extra: Vec<(&str, &str)> = info.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -1000,7 +974,7 @@ impl Shard {
                     utime,
                     stime,
                     uptime_s: now.saturating_sub(info.started_at) / crate::engine::NANOS_PER_SEC,
-                    binlog: match engine.log().map(|l| l.stats()) {
+                    binlog: match log {
                         Some(l) => BinlogStats {
                             oldest_index: l.oldest_seq,
                             current_index: l.current_seq,
@@ -1016,60 +990,33 @@ impl Shard {
                     platform: &info.platform,
                     extra: &extra,
                 };
-                let stats = engine.stats();
                 document(out, &mut self.scratch, DOCUMENT_BYTES_MAX, |d| yaml::stats(d, &stats, &process));
             }
-            C::Use(name) => {
-                engine.count(Op::Use);
-                // No new tube while memory is short, as with puts.
-                let refused = memory::is_short() && !engine.has_tube(name);
-                match if refused { Err(OutOfMemory) } else { engine.use_tube(client, name) } {
-                    Ok(()) => reply::using(out, name),
-                    Err(OutOfMemory) => out.push(reply::OUT_OF_MEMORY),
-                }
-            }
-            C::Watch(name) => {
-                engine.count(Op::Watch);
-                let refused = memory::is_short() && !engine.has_tube(name);
-                match if refused { Err(OutOfMemory) } else { engine.watch(client, name) } {
-                    Ok(n) => reply::number_line(out, b"WATCHING", n as u64),
-                    Err(OutOfMemory) => out.push(reply::OUT_OF_MEMORY),
-                }
-            }
-            C::Ignore(name) => {
-                engine.count(Op::Ignore);
-                match engine.ignore(client, name) {
-                    Some(n) => reply::number_line(out, b"WATCHING", n as u64),
-                    None => out.push(reply::NOT_IGNORED),
-                }
-            }
-            C::ListTubesWatched => {
-                engine.count(Op::ListTubesWatched);
-                let size = list_bytes(engine.watched_tubes(client));
-                document(out, &mut self.scratch, size, |d| yaml::list(d, engine.watched_tubes(client)));
-            }
-            C::ListTubeUsed => {
-                engine.count(Op::ListTubeUsed);
-                reply::using(out, engine.used_tube(client));
-            }
-            C::ListTubes => {
-                engine.count(Op::ListTubes);
-                let size = list_bytes(engine.tube_names());
-                document(out, &mut self.scratch, size, |d| yaml::list(d, engine.tube_names()));
-            }
-            C::Quit => {
-                self.close(ConnId(conn), now);
-            }
-            C::PauseTube { name, delay_s } => {
-                // Counted before the name is validated, as beanstalkd does.
-                engine.count(Op::PauseTube);
-                match name {
-                    None => out.push(reply::BAD_FORMAT),
-                    Some(name) if engine.pause_tube(name, delay_s, now) => out.push(reply::PAUSED),
-                    Some(_) => out.push(reply::NOT_FOUND),
-                }
+            Reply::Tubes(names) => {
+                let size = list_bytes(names.iter().map(String::as_str));
+                document(out, &mut self.scratch, size, |d| yaml::list(d, names.iter().map(String::as_str)));
             }
         }
+    }
+}
+
+/// The line of a fixed reply.
+fn word_line(word: Word) -> &'static [u8] {
+    match word {
+        Word::BadFormat => reply::BAD_FORMAT,
+        Word::OutOfMemory => reply::OUT_OF_MEMORY,
+        Word::InternalError => reply::INTERNAL_ERROR,
+        Word::Draining => reply::DRAINING,
+        Word::NotFound => reply::NOT_FOUND,
+        Word::DeadlineSoon => reply::DEADLINE_SOON,
+        Word::TimedOut => reply::TIMED_OUT,
+        Word::Deleted => reply::DELETED,
+        Word::Released => reply::RELEASED,
+        Word::Buried => reply::BURIED,
+        Word::Kicked => reply::KICKED,
+        Word::Touched => reply::TOUCHED,
+        Word::NotIgnored => reply::NOT_IGNORED,
+        Word::Paused => reply::PAUSED,
     }
 }
 
@@ -1111,27 +1058,6 @@ fn reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
         Some(more) if total > v.capacity() => memory::try_reserve(v, more),
         _ => Ok(()),
     }
-}
-
-fn found_or_not(out: &mut Output, job: Option<crate::engine::JobRef>) {
-    match job {
-        Some(job) => reply::found(out, &job),
-        None => out.push(reply::NOT_FOUND),
-    }
-}
-
-fn yes_or_not_found(out: &mut Output, ok: bool, yes: &'static [u8]) {
-    out.push(if ok { yes } else { reply::NOT_FOUND });
-}
-
-/// The reply to a change of one job: `yes`, NOT_FOUND, or `no_room` when
-/// the log had no room for it.
-fn changed(out: &mut Output, change: Change, yes: &'static [u8], no_room: &'static [u8]) {
-    out.push(match change {
-        Change::Done => yes,
-        Change::NotFound => reply::NOT_FOUND,
-        Change::NoLogSpace => no_room,
-    });
 }
 
 #[cfg(test)]
