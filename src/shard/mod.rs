@@ -864,7 +864,7 @@ impl Shard {
         // wrongly, so it stops the server instead (it cannot happen with one
         // shard, the only configuration that starts).
         let config = self.engine.config();
-        match route::owner(route::target(&cmd), self.engine.used_tube(client), config.shards) {
+        match route::owner(route::target(&cmd), &session.used, config.shards) {
             Some(owner) => {
                 assert_eq!(owner.0, config.shard, "a command for shard {} reached shard {}", owner.0, config.shard)
             }
@@ -872,6 +872,7 @@ impl Shard {
         }
 
         use Command as C;
+        let mut staged = None;
         let request = match cmd {
             C::Put { pri, delay_s, ttr_s, size, trailing_garbage } => {
                 let engine = &mut self.engine;
@@ -925,16 +926,61 @@ impl Shard {
             C::StatsJob(id) => Request::StatsJob(id),
             C::StatsTube(name) => Request::StatsTube(name),
             C::Stats => Request::Stats,
-            C::Use(name) => Request::Use(name),
-            C::Watch(name) => Request::Watch(name),
+            C::Use(name) | C::Watch(name) => {
+                // The session's copy of the name first (and room for it in
+                // the watch list): without it the engine is not asked, and
+                // nothing changes.
+                let watch = matches!(cmd, C::Watch(_));
+                let room = if watch { memory::attempt(|| session.watched.try_reserve(1)) } else { Ok(()) };
+                match room.and_then(|()| session::tube_name(name)) {
+                    Ok(owned) => staged = Some(owned),
+                    Err(OutOfMemory) => {
+                        self.engine.count(if watch { Op::Watch } else { Op::Use });
+                        return session.out.push(reply::OUT_OF_MEMORY);
+                    }
+                }
+                if watch { Request::Watch(name) } else { Request::Use(name) }
+            }
             C::Ignore(name) => Request::Ignore(name),
-            C::ListTubesWatched => Request::ListTubesWatched,
-            C::ListTubeUsed => Request::ListTubeUsed,
+            C::ListTubesWatched => {
+                // The connection's own state: counted by its core's engine,
+                // answered from the session.
+                self.engine.count(Op::ListTubesWatched);
+                let list = request::names(session.watched.len(), session.watched.iter().map(|n| &**n));
+                return self.answer(conn, list, now);
+            }
+            C::ListTubeUsed => {
+                self.engine.count(Op::ListTubeUsed);
+                return reply::using(&mut session.out, &session.used);
+            }
             C::ListTubes => Request::ListTubes,
             C::PauseTube { name, delay_s } => Request::PauseTube { name, delay_s },
         };
         let answer = request::execute(&mut self.engine, client, request, now);
+        self.follow(conn, &cmd, &answer, staged);
         self.answer(conn, answer, now);
+    }
+
+    /// Brings the session's own state in line with what the engine did:
+    /// the used tube and the watch list (`staged` is the name copied for a
+    /// `use` or `watch`).
+    fn follow(&mut self, conn: u32, cmd: &Command<'_>, answer: &Reply, staged: Option<session::TubeName>) {
+        let session = &mut self.sessions[conn as usize];
+        match (cmd, answer, staged) {
+            (Command::Use(_), Reply::Using(_), Some(name)) => session.used = name,
+            (Command::Watch(_), Reply::Watching(_), Some(name)) if !session.watched.contains(&name) => {
+                session.watched.push(name)
+            }
+            (Command::Ignore(name), Reply::Watching(_), _) => {
+                if let Some(i) = session.watched.iter().position(|w| w == name) {
+                    session.watched.swap_remove(i);
+                }
+            }
+            _ => {}
+        }
+        if let Reply::Watching(n) = answer {
+            debug_assert_eq!(*n, session.watched.len(), "the session's watch list and the engine's");
+        }
     }
 
     /// Writes an engine's reply into a session's output.

@@ -65,8 +65,6 @@ pub enum Request<'a> {
     Use(&'a str),
     Watch(&'a str),
     Ignore(&'a str),
-    ListTubesWatched,
-    ListTubeUsed,
     ListTubes,
     /// `pause-tube`; `name` is `None` when it is not a valid tube name
     /// (counted, then BAD_FORMAT).
@@ -235,14 +233,6 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
                 None => Word::NotIgnored.into(),
             }
         }
-        R::ListTubesWatched => {
-            engine.count(Op::ListTubesWatched);
-            names(engine.watched_tubes(c).count(), engine.watched_tubes(c))
-        }
-        R::ListTubeUsed => {
-            engine.count(Op::ListTubeUsed);
-            Reply::Using(engine.used_tube(c).to_string())
-        }
         R::ListTubes => {
             engine.count(Op::ListTubes);
             names(engine.tube_names().count(), engine.tube_names())
@@ -282,7 +272,7 @@ fn changed(change: Change, yes: Word, no_room: Word) -> Reply {
 
 /// The names as a list reply, or OUT_OF_MEMORY when the list cannot be
 /// had (a list of many tubes is large, and every name is copied).
-fn names<'a>(count: usize, names: impl Iterator<Item = &'a str>) -> Reply {
+pub fn names<'a>(count: usize, names: impl Iterator<Item = &'a str>) -> Reply {
     let mut list = Vec::new();
     if memory::try_reserve(&mut list, count).is_err() {
         return Word::OutOfMemory.into();

@@ -1,6 +1,6 @@
 //! One connection's protocol state: where it is in the byte stream (a
 //! command line, a put body, bytes to throw away), whether it is blocked in
-//! reserve, and the replies it is owed.
+//! reserve, the tubes it uses and watches, and the replies it is owed.
 //!
 //! # Framing rules
 //! * A command line ends at the first CRLF. A bare `\r` or `\n` inside a
@@ -14,9 +14,12 @@
 //! * After JOB_TOO_BIG (or OUT_OF_MEMORY) on a put line, exactly `size + 2`
 //!   bytes are thrown away before the reply is sent.
 
-use memchr::memchr_iter;
+use std::borrow::Cow;
 
-use crate::engine::{BodyBuilder, ClientId, Nanos};
+use memchr::memchr_iter;
+use smallvec::SmallVec;
+
+use crate::engine::{BodyBuilder, ClientId, DEFAULT_TUBE, Nanos};
 use crate::memory::{self, OutOfMemory};
 use crate::protocol::LINE_BYTES_MAX;
 use crate::protocol::output::Output;
@@ -152,9 +155,31 @@ pub enum Mode {
     Discard { remaining: u64, reply: &'static [u8] },
 }
 
+/// A tube's name as a session keeps it: `default`, which every connection
+/// starts with, costs no allocation.
+pub type TubeName = Cow<'static, str>;
+
+/// `name` as a [`TubeName`], or `OutOfMemory` when its copy cannot be had.
+pub fn tube_name(name: &str) -> Result<TubeName, OutOfMemory> {
+    if name == DEFAULT_TUBE {
+        return Ok(Cow::Borrowed(DEFAULT_TUBE));
+    }
+    let mut owned = String::new();
+    memory::attempt(|| owned.try_reserve_exact(name.len()))?;
+    owned.push_str(name);
+    Ok(Cow::Owned(owned))
+}
+
 pub struct Session {
     /// The engine's client, until the connection is closed.
     pub client: Option<ClientId>,
+    /// The tube `put` and the peeks go to, as the connection named it: what
+    /// routes those commands to the tube's shard.
+    pub used: TubeName,
+    /// The watched tubes in `list-tubes-watched` order: appended at the
+    /// end, and a removal moves the last entry into the gap, as beanstalkd
+    /// does. Which shards a reserve asks follows from it.
+    pub watched: SmallVec<[TubeName; 1]>,
     pub mode: Mode,
     /// Received bytes not processed yet: a partial command line, or
     /// commands pipelined behind a blocked reserve or a high mark.
@@ -198,6 +223,8 @@ impl Session {
     pub fn new(client: ClientId, label: i32) -> Session {
         Session {
             client: Some(client),
+            used: Cow::Borrowed(DEFAULT_TUBE),
+            watched: smallvec::smallvec![Cow::Borrowed(DEFAULT_TUBE)],
             mode: Mode::Line,
             pending: Input::default(),
             out: Output::default(),
