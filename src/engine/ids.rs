@@ -1,8 +1,8 @@
 //! Job id → arena key.
 //!
-//! A shard hands out its ids as one arithmetic sequence (`first`,
-//! `first + step`, …), so its live jobs cluster in runs of consecutive
-//! sequence numbers. The sequence is cut into pages of [`PAGE_SLOTS`] slots
+//! Ids are handed out in increasing order ([`IdSource`]), so a shard's live
+//! jobs cluster in runs of nearby ids (every id, with one shard; a part of
+//! them, with several, each shard's runs as dense as its share of puts). The sequence is cut into pages of [`PAGE_SLOTS`] slots
 //! holding arena keys, found through a small directory keyed by page number
 //! (one entry per 1024 ids): finding a job is a lookup in that directory and
 //! an index, and adding one never rehashes anything large. (A hash table of
@@ -23,9 +23,47 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::KeyHasher;
 use crate::memory::{self, OutOfMemory};
+
+/// Where job ids come from: one counter for the whole server, shared by
+/// the engines of every shard. A fresh server's first id is 1, and ids
+/// increase in the order puts are accepted across all tubes, whichever
+/// shard owns them, as C beanstalkd's do: equal-priority jobs come out in
+/// put order across shards, and a client's later put always gets a larger
+/// id. (Each increment is one read-modify-write, so the counter's single
+/// modification order is the order ids are handed out in; relaxed ordering
+/// is enough for that.)
+#[derive(Clone, Debug)]
+pub struct IdSource(Arc<AtomicU64>);
+
+impl Default for IdSource {
+    fn default() -> IdSource {
+        IdSource(Arc::new(AtomicU64::new(1)))
+    }
+}
+
+impl IdSource {
+    /// The next id; never handed out again.
+    pub fn take(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// No id below `floor` is handed out from now on (ids recovered from
+    /// the log, or handed out before a restart).
+    pub fn raise_to(&self, floor: u64) {
+        self.0.fetch_max(floor, Ordering::Relaxed);
+    }
+
+    /// The id the next [`IdSource::take`] would return, if no other shard
+    /// takes one first.
+    pub fn peek(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 const PAGE_BITS: u32 = 10;
 /// Slots per page.

@@ -27,8 +27,9 @@
 //! * Tubes are reference counted by the clients using and watching them and
 //!   by their jobs; an unreferenced tube other than `default` is destroyed at
 //!   once, its counters and pause with it.
-//! * Job ids: shard `s` of `n` hands out ids congruent to `s` modulo `n`,
-//!   increasing, starting above zero, so any shard can route an id.
+//! * Job ids come from one [`IdSource`] shared by every shard's engine:
+//!   increasing in the order puts are accepted, starting at 1, never
+//!   handed out twice (across restarts too, through the log).
 //! * Memory: what a call adds (a job, a tube, a client, a waiter, a
 //!   watched tube) is reserved first and fallibly, and a refusal changes
 //!   nothing and is reported (`PutOutcome::OutOfMemory` and the like).
@@ -62,6 +63,7 @@ use client::{Client, Wait};
 use column::Column;
 use heap::{HeapOrder, IndexedHeap, NO_POS};
 use ids::IdMap;
+pub use ids::IdSource;
 pub use job::JobState;
 use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
@@ -189,7 +191,7 @@ pub struct Engine {
     pause_timers: IndexedHeap,
     /// Waiting clients by wake-up time.
     client_timers: IndexedHeap,
-    next_id: u64,
+    id_source: IdSource,
     wait_seq: u64,
     counts: Counts,
     ops: OpCounts,
@@ -209,14 +211,22 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with ids of its own (one shard, or a test).
     pub fn new(config: EngineConfig) -> Engine {
+        Engine::with_id_source(config, IdSource::default())
+    }
+
+    /// An engine taking its ids from `id_source`, shared with the other
+    /// shards' engines.
+    pub fn with_id_source(config: EngineConfig, id_source: IdSource) -> Engine {
         assert!(config.shards >= 1 && config.shard < config.shards, "bad shard numbering");
-        let first_id = if config.shard == 0 { u64::from(config.shards) } else { u64::from(config.shard) };
         let mut engine = Engine {
             config,
             jobs: Arena::default(),
             extras: Column::default(),
-            ids: IdMap::new(first_id, u64::from(config.shards)),
+            // Ids are one sequence for the server; a shard's are a sparse
+            // part of it, which the map's overflow takes when it is thin.
+            ids: IdMap::new(1, 1),
             tubes: Slots::default(),
             tube_names: HashTable::new(),
             name_hasher: RandomState::new(),
@@ -227,7 +237,7 @@ impl Engine {
             delay_timers: IndexedHeap::default(),
             pause_timers: IndexedHeap::default(),
             client_timers: IndexedHeap::default(),
-            next_id: first_id,
+            id_source,
             wait_seq: 0,
             counts: Counts::default(),
             ops: OpCounts::default(),
@@ -450,10 +460,9 @@ impl Engine {
     /// accepted, before the body arrives, so a put that then fails still
     /// uses up its id.
     pub fn allocate_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += u64::from(self.config.shards);
+        let id = self.id_source.take();
         if let Some(log) = self.wal.as_deref_mut() {
-            log.note_next_id(self.next_id);
+            log.note_next_id(id + 1);
         }
         id
     }

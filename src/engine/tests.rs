@@ -378,11 +378,28 @@ fn pause_zero_unpauses_at_once() {
 }
 
 #[test]
-fn ids_encode_the_shard() {
-    let mut e = Engine::new(EngineConfig { shard: 2, shards: 4 });
-    assert_eq!((e.allocate_id(), e.allocate_id(), e.allocate_id()), (2, 6, 10));
-    let mut e = Engine::new(EngineConfig { shard: 0, shards: 4 });
-    assert_eq!((e.allocate_id(), e.allocate_id()), (4, 8));
+fn shards_share_one_sequence_of_ids() {
+    // Puts on different shards, one after another, get increasing ids from
+    // 1, as one server's would; each shard finds its own jobs by them.
+    let ids = IdSource::default();
+    let mut a = Engine::with_id_source(EngineConfig { shard: 0, shards: 2 }, ids.clone());
+    let mut b = Engine::with_id_source(EngineConfig { shard: 1, shards: 2 }, ids.clone());
+    let (ca, cb) = (a.connect().unwrap(), b.connect().unwrap());
+    let put = |e: &mut Engine, c, text: &str| {
+        let id = e.allocate_id();
+        assert_eq!(e.put(c, id, 0, 0, 0, 10, body(text), 0), PutOutcome::Inserted);
+        id
+    };
+    assert_eq!(put(&mut a, ca, "one"), 1);
+    assert_eq!(put(&mut b, cb, "two"), 2);
+    assert_eq!(put(&mut a, ca, "three"), 3);
+    assert_eq!(a.peek(3).map(|j| j.body.bytes().to_vec()), Some(b"three".to_vec()));
+    assert_eq!(a.peek(2), None);
+    assert_eq!(b.peek(2).map(|j| j.body.bytes().to_vec()), Some(b"two".to_vec()));
+    // A floor set from the log holds for every shard.
+    ids.raise_to(100);
+    assert_eq!(b.allocate_id(), 100);
+    assert_eq!(a.allocate_id(), 101);
     let mut e = Engine::new(EngineConfig::default());
     assert_eq!((e.allocate_id(), e.allocate_id()), (1, 2));
 }

@@ -298,18 +298,11 @@ impl Engine {
             self.bury_seq = self.bury_seq.max(order + 1);
             self.jobs[k].deadline = order;
         }
-        // The lowest id above everything seen that is congruent to this
-        // shard (and never 0).
-        let floor = next_id.max(max_id + 1).max(self.next_id);
-        let step = u64::from(self.config.shards);
-        let shard = u64::from(self.config.shard);
-        let mut id = floor + (shard + step - floor % step) % step;
-        if id == 0 {
-            id = step;
-        }
-        self.next_id = id;
+        // No id seen, in the log or handed out before it, comes again.
+        let floor = next_id.max(max_id + 1).max(self.id_source.peek());
+        self.id_source.raise_to(floor);
         if let Some(log) = self.wal.as_deref_mut() {
-            log.note_restored_next_id(id);
+            log.note_restored_next_id(floor);
         }
         Ok(())
     }

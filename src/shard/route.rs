@@ -1,8 +1,11 @@
 //! Which shard owns what a command touches.
 //!
 //! With N shards, a tube lives on the shard its name hashes to (a fixed
-//! hash, stable across restarts, because each shard will keep its own log)
-//! and a job on the shard its id is congruent to. Every command is routed by
+//! hash, stable across restarts, because each shard keeps its own log) and
+//! a job on its tube's shard. Ids come from one counter for the whole
+//! server (see [`crate::engine::IdSource`]), so an id alone does not say
+//! where its job is: a command on an id the connection has not seen goes
+//! to every shard, and at most one of them has the job. Every command is routed by
 //! [`target`] and [`owner`]: commands on the used tube go to that tube's
 //! shard, commands on an id to the id's shard, whole-server commands to all
 //! shards, and connection-only commands stay on the connection's core.
@@ -51,11 +54,6 @@ pub fn target<'a>(cmd: &Command<'a>) -> Target<'a> {
     }
 }
 
-/// The shard that owns job `id`.
-pub fn shard_of_job(id: u64, shards: u32) -> ShardId {
-    ShardId((id % u64::from(shards)) as u32)
-}
-
 /// The shard that owns the tube `name`: FNV-1a, fixed so that it never
 /// changes between runs or builds.
 pub fn shard_of_tube(name: &str, shards: u32) -> ShardId {
@@ -75,8 +73,7 @@ pub fn owner(target: Target<'_>, used_tube: &str, shards: u32) -> Option<ShardId
     match target {
         Target::UsedTube => Some(shard_of_tube(used_tube, shards)),
         Target::Tube(name) => Some(shard_of_tube(name, shards)),
-        Target::Job(id) => Some(shard_of_job(id, shards)),
-        Target::AllShards | Target::WatchedTubes | Target::Connection => None,
+        Target::Job(_) | Target::AllShards | Target::WatchedTubes | Target::Connection => None,
     }
 }
 
@@ -94,15 +91,17 @@ mod tests {
     }
 
     #[test]
-    fn ids_and_tubes_spread_over_shards() {
-        assert_eq!(shard_of_job(7, 4), ShardId(3));
-        assert_eq!(shard_of_job(8, 4), ShardId(0));
+    fn tubes_spread_over_shards_by_a_fixed_hash() {
         // Fixed values: changing the hash would strand tubes in old logs.
-        assert_eq!(shard_of_tube("default", 1 << 16), shard_of_tube("default", 1 << 16));
+        assert_eq!(shard_of_tube("default", 1 << 16), ShardId(0xc5fe));
+        assert_eq!(shard_of_tube("default", 4), ShardId(0xc5fe % 4));
         let spread: std::collections::HashSet<u32> = (0..64).map(|i| shard_of_tube(&format!("t{i}"), 4).0).collect();
         assert_eq!(spread.len(), 4);
-        let cmd = parse(b"release 6 0 0").unwrap();
-        assert_eq!(owner(target(&cmd), "default", 4), Some(ShardId(2)));
-        assert_eq!(owner(target(&parse(b"stats").unwrap()), "default", 4), None);
+        let used = "emails";
+        let put = parse(b"put 0 0 1 1").unwrap();
+        assert_eq!(owner(target(&put), used, 4), Some(shard_of_tube(used, 4)));
+        // An id does not name its shard; neither does a whole-server command.
+        assert_eq!(owner(target(&parse(b"release 6 0 0").unwrap()), used, 4), None);
+        assert_eq!(owner(target(&parse(b"stats").unwrap()), used, 4), None);
     }
 }

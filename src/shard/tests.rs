@@ -718,15 +718,16 @@ mod random_input {
 }
 
 /// Routing is consulted for every command, in release builds too: on
-/// shard 0 of two, a command whose owner is shard 1 (a job id congruent to
-/// 1) is refused loudly rather than answered from the wrong shard's state.
+/// shard 0 of two, a command whose owner is shard 1 (tube `b` hashes
+/// there) is refused loudly rather than answered from the wrong shard's
+/// state.
 #[test]
 #[should_panic(expected = "a command for shard 1 reached shard 0")]
 fn every_command_goes_through_the_router() {
     let mut shard = Shard::new(EngineConfig { shard: 0, shards: 2 }, info(65535));
     let a = shard.open(0).unwrap();
-    shard.input(a, b"peek 2\r\n", 0);
-    shard.input(a, b"peek 3\r\n", 0);
+    shard.input(a, b"stats-tube default\r\n", 0);
+    shard.input(a, b"stats-tube b\r\n", 0);
 }
 
 /// Runs `f` with memory short on this thread.
