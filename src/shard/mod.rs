@@ -34,7 +34,7 @@ pub mod session;
 use std::collections::VecDeque;
 
 use crate::engine::arena::Slots;
-use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, Wake};
+use crate::engine::{BodyBuilder, ClientId, Engine, EngineConfig, Nanos, Op, ServerStats, Wake};
 use crate::memory::{self, OutOfMemory};
 use crate::protocol::command::{self, Command, ParseError};
 use crate::protocol::output::{Mark, Output, Segment};
@@ -181,6 +181,9 @@ pub struct Shard {
     /// Taking the memory reserve back and giving freed memory to the
     /// kernel, from [`Shard::tick`].
     upkeep: memory::Upkeep,
+    /// Connections opened since start (`total-connections`), wrapping as
+    /// beanstalkd's does.
+    total_connections: u32,
 }
 
 impl Shard {
@@ -200,6 +203,7 @@ impl Shard {
             fenced: Vec::new(),
             text_held: 0,
             upkeep: memory::Upkeep::default(),
+            total_connections: 0,
         }
     }
 
@@ -298,6 +302,7 @@ impl Shard {
             return None;
         }
         let conn = self.sessions.insert(Session::new(client, label));
+        self.total_connections = self.total_connections.wrapping_add(1);
         if self.conn_of_client.len() <= client.index() {
             self.conn_of_client.resize(client.index() + 1, u32::MAX);
         }
@@ -888,6 +893,7 @@ impl Shard {
                     return session.out.push(reply::BAD_FORMAT);
                 }
                 engine.set_producer(client);
+                session.producer = true;
                 // While memory is short no body is even tried: the memory
                 // freed goes to the reserve first.
                 let body = if memory::is_short() { None } else { BodyBuilder::try_new(size as usize) };
@@ -914,8 +920,10 @@ impl Shard {
             C::PeekReady => Request::PeekReady,
             C::PeekDelayed => Request::PeekDelayed,
             C::PeekBuried => Request::PeekBuried,
-            C::Reserve => Request::Reserve(None),
-            C::ReserveWithTimeout(t) => Request::Reserve(Some(t)),
+            C::Reserve | C::ReserveWithTimeout(_) => {
+                session.worker = true;
+                Request::Reserve(if let C::ReserveWithTimeout(t) = cmd { Some(t) } else { None })
+            }
             C::ReserveJob(id) => Request::ReserveJob(id),
             C::Delete(id) => Request::Delete(id),
             C::Release { id, pri, delay_s } => Request::Release { id, pri, delay_s },
@@ -956,7 +964,10 @@ impl Shard {
             C::ListTubes => Request::ListTubes,
             C::PauseTube { name, delay_s } => Request::PauseTube { name, delay_s },
         };
-        let answer = request::execute(&mut self.engine, client, request, now);
+        let mut answer = request::execute(&mut self.engine, client, request, now);
+        if let Reply::Stats(figures) = &mut answer {
+            self.connection_figures(&mut figures.0);
+        }
         self.follow(conn, &cmd, &answer, staged);
         self.answer(conn, answer, now);
     }
@@ -967,6 +978,7 @@ impl Shard {
     fn follow(&mut self, conn: u32, cmd: &Command<'_>, answer: &Reply, staged: Option<session::TubeName>) {
         let session = &mut self.sessions[conn as usize];
         match (cmd, answer, staged) {
+            (Command::ReserveJob(_), Reply::Reserved(_), _) => session.worker = true,
             (Command::Use(_), Reply::Using(_), Some(name)) => session.used = name,
             (Command::Watch(_), Reply::Watching(_), Some(name)) if !session.watched.contains(&name) => {
                 session.watched.push(name)
@@ -980,6 +992,34 @@ impl Shard {
         }
         if let Reply::Watching(n) = answer {
             debug_assert_eq!(*n, session.watched.len(), "the session's watch list and the engine's");
+        }
+    }
+
+    /// Writes this core's connection figures into its part of `stats`:
+    /// connections, producers, workers and waiting clients are counted by
+    /// the sessions, which know them whichever shard their commands went
+    /// to (an engine knows only the clients that reached it).
+    fn connection_figures(&self, stats: &mut ServerStats) {
+        let live = self.sessions.iter().map(|(_, s)| s).filter(|s| s.client.is_some());
+        let (mut connections, mut producers, mut workers, mut waiting) = (0, 0, 0, 0);
+        for session in live {
+            connections += 1;
+            producers += u64::from(session.producer);
+            workers += u64::from(session.worker);
+            waiting += u64::from(session.blocked);
+        }
+        let engine = (stats.connections, stats.producers, stats.workers, stats.waiting, stats.total_connections);
+        stats.connections = connections;
+        stats.producers = producers;
+        stats.workers = workers;
+        stats.waiting = waiting;
+        stats.total_connections = self.total_connections;
+        if self.engine.config().shards == 1 {
+            debug_assert_eq!(
+                engine,
+                (connections, producers, workers, waiting, self.total_connections),
+                "the sessions' connection figures and the engine's"
+            );
         }
     }
 

@@ -217,6 +217,10 @@ pub struct Session {
     pub turn_commands: u32,
     /// A label for log lines (the socket's file descriptor).
     pub label: i32,
+    /// The connection has sent a put (`current-producers`).
+    pub producer: bool,
+    /// The connection has reserved, or tried to (`current-workers`).
+    pub worker: bool,
 }
 
 impl Session {
@@ -242,6 +246,8 @@ impl Session {
             turn: 0,
             turn_commands: 0,
             label,
+            producer: false,
+            worker: false,
         }
     }
 
