@@ -17,6 +17,7 @@ pub struct Wait {
 
 #[derive(Debug)]
 pub struct Client {
+    /// The used tube, or NIL when it is on another shard.
     pub used: u32,
     /// Watched tubes in `list-tubes-watched` order: appended at the end,
     /// and a removal moves the last entry into the gap, as beanstalkd does.
@@ -36,12 +37,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// A connection's client, using and watching `default_tube`.
     pub fn new(default_tube: u32) -> Client {
-        let mut watched = SmallVec::new();
-        watched.push(default_tube);
+        let mut client = Client::detached();
+        client.used = default_tube;
+        client.watched.push(default_tube);
+        client
+    }
+
+    /// A client using and watching none of the shard's tubes (`used` is
+    /// NIL): a connection whose commands reach this shard from another
+    /// core's session, which keeps the connection's whole state.
+    pub fn detached() -> Client {
         Client {
-            used: default_tube,
-            watched,
+            used: NIL,
+            watched: SmallVec::new(),
             reserved: JobList::default(),
             soonest: NIL,
             soonest_known: true,

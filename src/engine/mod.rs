@@ -68,6 +68,7 @@ pub use job::JobState;
 use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
 pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN, secs};
+pub use tube::shard_of_tube;
 use tube::{Pause, Tube, Waiter};
 pub use wal::NoLogSpace;
 
@@ -248,7 +249,12 @@ impl Engine {
             bury_seq: 0,
             unpaused: Vec::new(),
         };
-        engine.default_tube = engine.tube_for_name(DEFAULT_TUBE).expect("memory for the default tube at start-up");
+        // `default` lives on the shard its name hashes to, like any tube;
+        // the others never make it.
+        engine.default_tube = NIL;
+        if shard_of_tube(DEFAULT_TUBE, config.shards) == config.shard {
+            engine.default_tube = engine.tube_for_name(DEFAULT_TUBE).expect("memory for the default tube at start-up");
+        }
         engine
     }
 
@@ -258,20 +264,33 @@ impl Engine {
 
     // ----- clients -------------------------------------------------------
 
-    /// A new client, using and watching `default`; refused when the memory
-    /// for it cannot be had.
+    /// A new client, using and watching `default` (this shard must own
+    /// it); refused when the memory for it cannot be had.
     pub fn connect(&mut self) -> Result<ClientId, OutOfMemory> {
+        assert_ne!(self.default_tube, NIL, "a client of the default tube on a shard that does not own it");
+        let c = self.add_client(Client::new(self.default_tube))?;
+        let default = &mut self.tubes[self.default_tube as usize];
+        default.using += 1;
+        default.watching += 1;
+        self.counts.total_connections = self.counts.total_connections.wrapping_add(1);
+        Ok(c)
+    }
+
+    /// A client that uses and watches none of this shard's tubes: a
+    /// connection whose session is on another core, or that has not yet
+    /// named a tube of this shard. It is not counted as a connection (its
+    /// session's core counts it).
+    pub fn join(&mut self) -> Result<ClientId, OutOfMemory> {
+        self.add_client(Client::detached())
+    }
+
+    fn add_client(&mut self, client: Client) -> Result<ClientId, OutOfMemory> {
         self.clients.try_reserve()?;
         assert!(self.clients.next_key() < NIL, "too many clients");
         let clients = self.clients.len() + 1;
         self.client_timers.try_reserve(clients)?;
         reserve_total(&mut self.wakes, clients)?;
-        let key = self.clients.insert(Client::new(self.default_tube));
-        let default = &mut self.tubes[self.default_tube as usize];
-        default.using += 1;
-        default.watching += 1;
-        self.counts.total_connections = self.counts.total_connections.wrapping_add(1);
-        Ok(ClientId(key))
+        Ok(ClientId(self.clients.insert(client)))
     }
 
     /// Ends a client: it stops waiting, its reserved jobs go back to ready in
@@ -310,8 +329,10 @@ impl Engine {
             self.tubes[t as usize].watching -= 1;
             self.release_tube(t);
         }
-        self.tubes[client.used as usize].using -= 1;
-        self.release_tube(client.used);
+        if client.used != NIL {
+            self.tubes[client.used as usize].using -= 1;
+            self.release_tube(client.used);
+        }
     }
 
     pub fn set_producer(&mut self, c: ClientId) {
@@ -363,10 +384,22 @@ impl Engine {
         if old != t {
             self.tubes[t as usize].using += 1;
             self.clients[c.index()].used = t;
+            if old != NIL {
+                self.tubes[old as usize].using -= 1;
+                self.release_tube(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's used tube moved to another shard: this one's loses its
+    /// reference (and goes, if nothing else holds it).
+    pub fn unuse(&mut self, c: ClientId) {
+        let old = std::mem::replace(&mut self.clients[c.index()].used, NIL);
+        if old != NIL {
             self.tubes[old as usize].using -= 1;
             self.release_tube(old);
         }
-        Ok(())
     }
 
     /// Whether a tube of that name exists.
@@ -374,8 +407,10 @@ impl Engine {
         self.find_tube(name).is_some()
     }
 
-    pub fn used_tube(&self, c: ClientId) -> &str {
-        &self.tubes[self.clients[c.index()].used as usize].name
+    /// The client's used tube, when it is on this shard.
+    pub fn used_tube(&self, c: ClientId) -> Option<&str> {
+        let t = self.clients[c.index()].used;
+        (t != NIL).then(|| &*self.tubes[t as usize].name)
     }
 
     /// Adds a tube to the watch set, creating it if need be; returns the
@@ -412,6 +447,19 @@ impl Engine {
             self.release_tube(t);
         }
         Some(self.clients[c.index()].watched.len())
+    }
+
+    /// Removes a tube from the watch set even when it is the last one of
+    /// this shard (its session, which keeps the whole watch set, decides
+    /// NOT_IGNORED); false when it was not watched.
+    pub fn unwatch(&mut self, c: ClientId, name: &str) -> bool {
+        let Some(t) = self.find_tube(name) else { return false };
+        let client = &mut self.clients[c.index()];
+        let Some(i) = client.watched.iter().position(|&w| w == t) else { return false };
+        client.watched.swap_remove(i);
+        self.tubes[t as usize].watching -= 1;
+        self.release_tube(t);
+        true
     }
 
     pub fn watched_tubes(&self, c: ClientId) -> impl Iterator<Item = &str> {

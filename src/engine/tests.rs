@@ -1199,7 +1199,7 @@ fn compare(e: &Engine, m: &Model, slots: &[Option<ClientId>], now: Nanos) -> Res
     for c in slots.iter().flatten() {
         let watched: Vec<&str> = e.watched_tubes(*c).collect();
         prop_assert_eq!(watched, m.clients[&c.index()].watched.iter().map(String::as_str).collect::<Vec<_>>());
-        prop_assert_eq!(e.used_tube(*c), m.clients[&c.index()].used.as_str());
+        prop_assert_eq!(e.used_tube(*c), Some(m.clients[&c.index()].used.as_str()));
     }
     Ok(())
 }
@@ -1292,7 +1292,7 @@ fn a_client_tube_or_wait_refused_for_want_of_memory_changes_nothing() {
         }
         assert!(!e.has_tube("fresh"));
     }
-    assert_eq!(e.used_tube(a), "default");
+    assert_eq!(e.used_tube(a), Some("default"));
     assert_eq!(e.watched_tubes(a).count(), 1);
     assert_eq!(failing_after(0, || e.reserve(a, None, 0)), ReserveOutcome::OutOfMemory);
     e.check_invariants(0);
@@ -1326,4 +1326,37 @@ fn deleting_needs_no_memory() {
     }
     e.check_invariants(0);
     assert_eq!(e.stats().ready, 0);
+}
+
+#[test]
+fn a_shard_without_default_serves_clients_that_joined_it() {
+    // `default` hashes to shard 0 of two: shard 1 never makes it, and its
+    // clients start with no tube of it, used or watched.
+    let mut e = Engine::new(EngineConfig { shard: 1, shards: 2 });
+    assert!(!e.has_tube("default"));
+    assert_eq!(e.stats().tubes, 0);
+    let c = e.join().unwrap();
+    assert_eq!((e.used_tube(c), e.watched_tubes(c).count()), (None, 0));
+    e.use_tube(c, "b").unwrap();
+    assert_eq!(e.watch(c, "b").unwrap(), 1);
+    let id = e.allocate_id();
+    assert_eq!(e.put(c, id, 0, 5, 0, 10, body("job"), 0), PutOutcome::Inserted);
+    match e.reserve(c, None, 0) {
+        ReserveOutcome::Reserved(job) => assert_eq!(job.id, id),
+        other => panic!("{other:?}"),
+    }
+    // The used tube moving away and the last watch of this shard going
+    // leave the tube to its job.
+    e.unuse(c);
+    assert!(e.unwatch(c, "b"));
+    assert!(!e.unwatch(c, "b"), "not watched any more");
+    let tube = e.stats_tube("b", 0).unwrap();
+    assert_eq!((tube.using, tube.watching, tube.reserved), (0, 0, 1));
+    e.check_invariants(0);
+    // Deleting the job ends the tube; leaving ends the client.
+    assert!(e.delete(c, id, 0));
+    assert!(!e.has_tube("b"));
+    e.disconnect(c, 0);
+    assert_eq!(e.stats().tubes, 0);
+    e.check_invariants(0);
 }

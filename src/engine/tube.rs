@@ -16,6 +16,18 @@ pub struct Waiter {
     pub seq: u64,
 }
 
+/// The shard that owns the tube `name`, of `shards`: FNV-1a of the name,
+/// fixed so that it never changes between runs or builds (each shard keeps
+/// its own log, and a tube found in one must be looked for there again).
+pub fn shard_of_tube(name: &str, shards: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(shards)) as u32
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Pause {
     /// The requested pause length, as `stats-tube` shows it.

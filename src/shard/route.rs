@@ -54,15 +54,10 @@ pub fn target<'a>(cmd: &Command<'a>) -> Target<'a> {
     }
 }
 
-/// The shard that owns the tube `name`: FNV-1a, fixed so that it never
-/// changes between runs or builds.
+/// The shard that owns the tube `name` (see
+/// [`crate::engine::shard_of_tube`]).
 pub fn shard_of_tube(name: &str, shards: u32) -> ShardId {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in name.as_bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    ShardId((hash % u64::from(shards)) as u32)
+    ShardId(crate::engine::shard_of_tube(name, shards))
 }
 
 /// The single shard a target resolves to, or `None` when it spans shards.
