@@ -27,7 +27,7 @@ pub trait HeapOrder {
 pub const NO_POS: u32 = u32::MAX;
 
 /// The smallest room a heap is given, as a vector of `u32` would start.
-const MIN_CAPACITY: usize = 4;
+const CAPACITY_MIN: usize = 4;
 
 use super::keys::Keys;
 use crate::memory::OutOfMemory;
@@ -63,7 +63,7 @@ impl IndexedHeap {
 
     #[cold]
     fn grow(&mut self, total: usize) -> Result<(), OutOfMemory> {
-        self.keys.try_reserve(total.max(2 * self.keys.capacity()).max(MIN_CAPACITY))
+        self.keys.try_reserve(total.max(2 * self.keys.capacity()).max(CAPACITY_MIN))
     }
 
     /// The least item, if any.
@@ -198,7 +198,7 @@ mod tests {
         let mut heap = IndexedHeap::default();
         let mut items = Items { value: Vec::new(), pos: Vec::new() };
         heap.try_reserve(3).unwrap();
-        assert_eq!(heap.capacity(), MIN_CAPACITY);
+        assert_eq!(heap.capacity(), CAPACITY_MIN);
         for v in [5, 1, 4] {
             items.value.push(v);
             items.pos.push(NO_POS);

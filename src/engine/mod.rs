@@ -67,7 +67,7 @@ pub use ids::IdSource;
 pub use job::JobState;
 use job::{Extras, Job, NIL};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
-pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN, secs};
+pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN_NS, secs};
 pub use tube::shard_of_tube;
 use tube::{Pause, Tube, Waiter};
 pub use wal::NoLogSpace;
@@ -1149,7 +1149,7 @@ impl Engine {
     /// (Re)arms a waiting client's timer: the earlier of its timeout and the
     /// start of the safety margin before its soonest reservation's deadline.
     fn schedule_client(&mut self, c: u32) {
-        let soon = self.soonest_deadline(c).map(|d| d.saturating_sub(SAFETY_MARGIN));
+        let soon = self.soonest_deadline(c).map(|d| d.saturating_sub(SAFETY_MARGIN_NS));
         let client = &mut self.clients[c as usize];
         let timeout = client.wait.and_then(|w| w.timeout_at);
         let at = match (timeout, soon) {
@@ -1176,7 +1176,7 @@ impl Engine {
 
     /// Whether the client's soonest reservation is within the safety margin.
     fn deadline_soon(&mut self, c: u32, now: Nanos) -> bool {
-        self.soonest_deadline(c).is_some_and(|d| now >= d.saturating_sub(SAFETY_MARGIN))
+        self.soonest_deadline(c).is_some_and(|d| now >= d.saturating_sub(SAFETY_MARGIN_NS))
     }
 
     fn soonest_deadline(&mut self, c: u32) -> Option<Nanos> {

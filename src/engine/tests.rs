@@ -573,7 +573,7 @@ impl Model {
     }
 
     fn deadline_soon(&self, c: usize, now: Nanos) -> bool {
-        self.soonest(c).is_some_and(|d| now >= d.saturating_sub(SAFETY_MARGIN))
+        self.soonest(c).is_some_and(|d| now >= d.saturating_sub(SAFETY_MARGIN_NS))
     }
 
     fn reserve_for(&mut self, c: usize, id: u64, now: Nanos) {
@@ -658,7 +658,7 @@ impl Model {
                 .iter()
                 .filter_map(|(&c, cl)| {
                     let (_, timeout) = cl.wait?;
-                    let soon = self.soonest(c).map(|d| d.saturating_sub(SAFETY_MARGIN));
+                    let soon = self.soonest(c).map(|d| d.saturating_sub(SAFETY_MARGIN_NS));
                     let at = [timeout, soon].into_iter().flatten().min()?;
                     Some((at, c))
                 })

@@ -10,7 +10,7 @@ pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// The window before a reservation's deadline in which a waiting client is
 /// told DEADLINE_SOON.
-pub const SAFETY_MARGIN: Nanos = NANOS_PER_SEC;
+pub const SAFETY_MARGIN_NS: Nanos = NANOS_PER_SEC;
 
 /// Whole seconds as nanoseconds.
 pub fn secs(s: u32) -> Nanos {

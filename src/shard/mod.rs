@@ -85,6 +85,9 @@ pub const OUTPUT_TEXT_FLOOR_BYTES: usize = 4 * 1024;
 const _: () = assert!(OUTPUT_TEXT_FLOOR_BYTES < OUTPUT_TEXT_BYTES_HIGH);
 const _: () = assert!(OUTPUT_TEXT_BYTES_HIGH < OUTPUT_TEXT_BUDGET_BYTES);
 const _: () = assert!(OUTPUT_TEXT_BYTES_HIGH < OUTPUT_BYTES_HIGH);
+// A connection blocked in reserve can still buffer a whole command line
+// behind it, so a pipelined line is never cut by the bound.
+const _: () = assert!(PENDING_BYTES_MAX >= crate::protocol::LINE_BYTES_MAX);
 
 /// A session's input buffer larger than this is freed once it is empty, so
 /// that a burst of pipelined commands leaves nothing behind; below it the

@@ -34,6 +34,9 @@ pub const RETRY_NS: u64 = 1_000_000_000;
 /// Most iovecs in one vectored write (the kernel's IOV_MAX).
 const IOVECS_PER_WRITE_MAX: usize = 1024;
 
+// More would make the write fail with EINVAL.
+const _: () = assert!(IOVECS_PER_WRITE_MAX <= libc::UIO_MAXIOV as usize);
+
 /// A file operation to start now. The iovecs it points to stay valid
 /// until [`Flush::complete`] is called for it.
 #[derive(Clone, Copy, Debug)]

@@ -80,6 +80,8 @@ const SPARES_MIN: usize = 1;
 /// tiny `-s`, a burst that needs more makes them as it goes.
 const SPARES_MAX: usize = 16;
 
+const _: () = assert!(1 <= SPARES_MIN && SPARES_MIN <= SPARES_MAX);
+
 /// After a segment could not be made (a full disk), no new attempt is made
 /// for this long, so a full disk does not cost a failed system call per
 /// command.
