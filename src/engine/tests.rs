@@ -384,7 +384,9 @@ fn shards_share_one_sequence_of_ids() {
     let ids = IdSource::default();
     let mut a = Engine::with_id_source(EngineConfig { shard: 0, shards: 2 }, ids.clone());
     let mut b = Engine::with_id_source(EngineConfig { shard: 1, shards: 2 }, ids.clone());
-    let (ca, cb) = (a.connect().unwrap(), b.connect().unwrap());
+    // `default` is shard 0's; shard 1's client uses `b`, which is its own.
+    let (ca, cb) = (a.connect().unwrap(), b.join().unwrap());
+    b.use_tube(cb, "b").unwrap();
     let put = |e: &mut Engine, c, text: &str| {
         let id = e.allocate_id();
         assert_eq!(e.put(c, id, 0, 0, 0, 10, body(text), 0), PutOutcome::Inserted);
