@@ -9,6 +9,9 @@
 //!   still without I/O, and the routing of commands to shards.
 //! * [`net`] — listeners, connections and the core's event loop, on
 //!   io_uring or on epoll; the only place with sockets.
+//! * [`mailbox`] — the transport between cores: a bounded single-producer
+//!   single-consumer ring per ordered pair of cores, published once per
+//!   turn, and the eventfd that wakes a core only when it sleeps.
 //! * [`wal`] — the write-ahead log of `-b DIR`: record formats, recovery,
 //!   and C beanstalkd's binlog for migration both ways.
 //! * [`memory`] — the global allocator's reserve and fallible reservations,
@@ -19,6 +22,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod mailbox;
 pub mod memory;
 pub mod net;
 pub mod protocol;
