@@ -127,12 +127,15 @@ impl Input {
         }
     }
 
-    /// The next line without its line end, or `None` at the end of input.
-    fn line(&mut self, prompt: &str) -> Result<Option<String>, Failure> {
+    /// The next line without its line end, or `None` at the end of input. Commands are kept in
+    /// the session's history, bodies (`remember` false) are not.
+    fn line(&mut self, prompt: &str, remember: bool) -> Result<Option<String>, Failure> {
         match self {
             Input::Editor(editor) => match editor.readline(prompt) {
                 Ok(line) => {
-                    let _ = editor.add_history_entry(line.as_str());
+                    if remember {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
                     Ok(Some(line))
                 }
                 Err(rustyline::error::ReadlineError::Eof | rustyline::error::ReadlineError::Interrupted) => Ok(None),
@@ -156,14 +159,14 @@ impl Input {
 fn session(mut writer: Box<dyn Write + Send>, hear: mpsc::Receiver<Heard>) -> Result<(), Failure> {
     let mut input = Input::open()?;
     loop {
-        let Some(line) = input.line("beanstalk> ")? else { return Ok(()) };
+        let Some(line) = input.line("beanstalk> ", true)? else { return Ok(()) };
         if line.trim().is_empty() {
             continue;
         }
         let mut bytes = line.clone().into_bytes();
         bytes.extend_from_slice(b"\r\n");
         if line.starts_with("put ") {
-            let Some(body) = input.line("body> ")? else { return Ok(()) };
+            let Some(body) = input.line("body> ", false)? else { return Ok(()) };
             bytes.extend_from_slice(body.as_bytes());
             bytes.extend_from_slice(b"\r\n");
         }

@@ -1,6 +1,7 @@
-//! `rbctl top` on a terminal: run in a pseudo-terminal, its screen is rebuilt from the bytes it
-//! writes (by the vt100 crate's terminal emulator) and its content asserted after jobs are put
-//! and reserved; keys sort, filter and quit.
+//! rbctl on a terminal: each test runs it in a pseudo-terminal, rebuilds its screen from the
+//! bytes it writes (with the vt100 crate's terminal emulator) and asserts what a person would
+//! see. `top` after jobs are put and reserved, with keys that sort, filter and quit; `clear`'s
+//! confirmation prompt; `raw`'s line-edited session.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -54,7 +55,7 @@ impl Tty {
                 Ok(())
             });
         }
-        let child = command.spawn().expect("start rbctl top");
+        let child = command.spawn().expect("start rbctl");
         let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLS, 0)));
         let mut reader = master.try_clone().expect("dup master");
         let parser = screen.clone();
@@ -91,13 +92,31 @@ impl Tty {
         self.master.write_all(keys).expect("type");
     }
 
+    /// Waits until `text` is somewhere on the screen, and returns the screen.
+    fn wait_for_text(&self, text: &str) -> String {
+        self.wait_until(text, |screen| screen.contains(text))
+    }
+
+    /// Waits until the screen passes `test` (described by `what` in the failure).
+    fn wait_until(&self, what: &str, test: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + SCREEN_TIMEOUT;
+        loop {
+            let contents = self.contents();
+            if test(&contents) {
+                return contents;
+            }
+            assert!(Instant::now() < deadline, "never showed {what:?}; the screen is:\n{contents}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn wait_for_exit(&mut self) -> i32 {
         let deadline = Instant::now() + SCREEN_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status.code().expect("exit code");
             }
-            assert!(Instant::now() < deadline, "rbctl top did not exit; the screen is:\n{}", self.contents());
+            assert!(Instant::now() < deadline, "rbctl did not exit; the screen is:\n{}", self.contents());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -165,4 +184,53 @@ fn top_shows_tubes_and_server_totals_live() {
     drop(holder_in);
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+#[test]
+fn clear_asks_before_deleting_on_a_terminal() {
+    let server = TestServer::runnerbean();
+    let addr = server.addr();
+    rbctl(addr, &["put", "a", "-t", "c"]);
+    rbctl(addr, &["put", "b", "-t", "c", "--delay", "600"]);
+
+    let mut no = Tty::start(&["--addr", addr, "clear", "c"]);
+    no.wait_for_text("delete 2 jobs (ready, delayed, buried) from tube \"c\"? [y/N]");
+    no.type_keys(b"n\r");
+    assert_eq!(no.wait_for_exit(), 5);
+    no.wait_for_text("rbctl: nothing deleted");
+
+    let mut yes = Tty::start(&["--addr", addr, "clear", "c", "--delayed"]);
+    yes.wait_for_text("delete 1 job (delayed) from tube \"c\"? [y/N]");
+    yes.type_keys(b"y\r");
+    assert_eq!(yes.wait_for_exit(), 0);
+    yes.wait_for_text("deleted 1 job from tube \"c\"");
+    let output = Command::new(RBCTL).args(["--addr", addr, "peek", "--ready", "-t", "c"]).output().expect("peek");
+    assert_eq!(output.stdout, b"a");
+}
+
+#[test]
+fn raw_edits_lines_on_a_terminal() {
+    let server = TestServer::runnerbean();
+    let mut raw = Tty::start(&["--addr", server.addr(), "raw"]);
+    raw.wait_for_text("beanstalk> ");
+    // A typo fixed with backspace before the line is sent.
+    raw.type_keys(b"use tubx\x7fe\r");
+    raw.wait_for_text("USING tube");
+    raw.type_keys(b"put 0 0 10 2\r");
+    raw.wait_for_text("body> ");
+    raw.type_keys(b"hi\r");
+    raw.wait_for_text("INSERTED 1");
+    raw.type_keys(b"peek 1\r");
+    raw.wait_for_text("FOUND 1 2");
+    // Up-arrow three times brings back the use line from the session's history (bodies are not
+    // kept in it).
+    raw.type_keys(b"\x1b[A\x1b[A\x1b[A\r");
+    let screen = raw
+        .wait_until("a second USING tube", |screen| screen.matches("beanstalk> use tube\nUSING tube\n").count() == 2);
+    assert!(
+        screen.contains("beanstalk> put 0 0 10 2\nbody> hi\nINSERTED 1\nbeanstalk> peek 1\nFOUND 1 2\nhi\n"),
+        "{screen}"
+    );
+    raw.type_keys(b"quit\r");
+    assert_eq!(raw.wait_for_exit(), 0);
 }
