@@ -276,16 +276,22 @@ impl Log {
         };
         for s in recovered.segments.iter().filter(|s| s.id.shard == config.shard) {
             log.next_seq = log.next_seq.max(s.id.seq + 1);
-            log.disk_bytes += s.used_bytes;
+            // The whole file counts (it was preallocated), so that segments
+            // left by earlier starts drive compaction like any other.
+            log.disk_bytes += s.file_bytes;
             log.segs.push_back(Seg {
                 id: s.id,
                 file: None,
-                bytes: s.used_bytes,
+                bytes: s.file_bytes,
                 live_jobs: 0,
                 job_ids: s.job_ids.clone(),
                 last_batch: 0,
                 emptied_in: None,
             });
+        }
+        // Files left on disk unread keep their seqs.
+        for id in recovered.refused.iter().filter(|id| id.shard == config.shard) {
+            log.next_seq = log.next_seq.max(id.seq + 1);
         }
         for job in &recovered.jobs {
             if let Some(seg) = log.segs.iter_mut().find(|s| s.id == job.segment) {
@@ -298,6 +304,21 @@ impl Log {
         // belong here or elsewhere by their tube); they are this shard's
         // to remove only when there is one shard.
         log.start_segment(record::DELETE_RECORD_BYTES as u64)?;
+        // Every recovered job can be deleted: room for its delete record
+        // is reserved now, as a put reserves it, and a start that cannot
+        // find it on the disk is refused (a delete must always be written).
+        // Each round makes a bounded number of spares; many jobs in small
+        // segments take several.
+        while !log.room_for(0, 0) {
+            if let Some(e) = &log.make_error {
+                return Err(io::Error::other(format!(
+                    "no room on the disk for the delete records of the {} jobs read back ({} bytes): {e}; \
+                     free some space and start again",
+                    recovered.jobs.len(),
+                    log.reserved
+                )));
+            }
+        }
         Ok(log)
     }
 

@@ -14,6 +14,13 @@
 //! seq between two present ones is named, and everything that can be read
 //! is. The jobs that come out are exactly those the readable records
 //! describe; a job is never made up from bytes that failed a check.
+//!
+//! A file that starts with zeros is a spare made ahead and never used only
+//! when it is zeros to its end and no later segment of its shard holds
+//! records (spares are used in seq order); it can then be removed. Any
+//! other such file lost what was written in it (its header never reached
+//! the disk): it is named in a warning and left as it is, like a file
+//! whose header is refused.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -24,6 +31,9 @@ use super::image::{Counters, ImageState, JobImage};
 use super::record::{self, Record, StateFields};
 use super::segment::{self, BadHeader, Damage, End};
 use crate::engine::body::{Body, BodyBuilder};
+
+/// Bytes read at a time when a file is checked for zeros.
+const ZERO_SCAN_BYTES: usize = 1 << 20;
 
 /// A recovered job and where its records are.
 #[derive(Debug)]
@@ -54,8 +64,9 @@ pub struct SegmentFile {
     pub shards: u32,
     /// The ids whose job records it holds, in the order written.
     pub job_ids: Vec<u64>,
-    /// Bytes of header and readable records.
-    pub used_bytes: u64,
+    /// Bytes of the file: what it takes on the disk until it is removed
+    /// (its preallocated size, not only the records in it).
+    pub file_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +78,10 @@ pub struct Recovered {
     /// Files made but never given a header (a crash right after they were
     /// created): they hold nothing and can be removed.
     pub unused: Vec<PathBuf>,
+    /// Files named as segments that were not read and stay on disk (a
+    /// refused header, or zeros where records should be): their seqs are
+    /// taken, so new segments must be numbered above them.
+    pub refused: Vec<SegmentId>,
     /// No job id at or above this was handed out by the servers that wrote
     /// the log.
     pub next_id: u64,
@@ -92,6 +107,10 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut out = Recovered { next_id: 1, ..Recovered::default() };
     let mut buf = Vec::new();
     let mut last_seq: HashMap<u32, u64> = HashMap::new();
+    // Files whose header is zeros, and the last seq read per shard: which
+    // of them are unused spares is known once every file has been seen.
+    let mut zeroed: Vec<(SegmentId, PathBuf)> = Vec::new();
+    let mut last_read: HashMap<u32, u64> = HashMap::new();
     for (id, path) in found {
         let name = path.display().to_string();
         if let Some(&prev) = last_seq.get(&id.shard)
@@ -116,14 +135,16 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         let scan = match scan {
             Ok(scan) => scan,
             Err(BadHeader::Zeros) => {
-                out.unused.push(path);
+                zeroed.push((id, path));
                 continue;
             }
             Err(why) => {
                 out.warnings.push(format!("{name}: {why}; the file is left as it is and not read"));
+                out.refused.push(id);
                 continue;
             }
         };
+        last_read.insert(id.shard, id.seq);
         if scan.header.seq != id.seq || scan.header.shard != id.shard {
             out.warnings.push(format!(
                 "{name}: its header says shard {} seq {}, unlike its name",
@@ -142,13 +163,27 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
                  to the end of the file were not replayed"
             ));
         }
-        out.segments.push(SegmentFile {
-            id,
-            path,
-            shards: scan.header.shards,
-            job_ids,
-            used_bytes: segment::HEADER_BYTES as u64 + scan.record_bytes,
-        });
+        let file_bytes = std::fs::metadata(&path)?.len();
+        out.segments.push(SegmentFile { id, path, shards: scan.header.shards, job_ids, file_bytes });
+    }
+    for (id, path) in zeroed {
+        let later_read = last_read.get(&id.shard).is_some_and(|&seq| seq > id.seq);
+        let data_at = first_nonzero(&path)?;
+        if !later_read && data_at.is_none() {
+            out.unused.push(path);
+            continue;
+        }
+        let bytes = std::fs::metadata(&path)?.len();
+        let what = match data_at {
+            Some(at) => format!("its header is zeros but it holds data from offset {at}"),
+            None => "it is zeros to its end, yet later segments of its shard hold records".to_string(),
+        };
+        out.warnings.push(format!(
+            "{}: {what}: what was written in it is lost; the log is cut there: {bytes} bytes \
+             from offset 0 were not replayed; the file is left as it is",
+            path.display()
+        ));
+        out.refused.push(id);
     }
     if replay.out_of_memory {
         return Err(io::Error::new(io::ErrorKind::OutOfMemory, "not enough memory for the jobs in the log"));
@@ -156,6 +191,26 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     out.next_id = out.next_id.max(replay.max_id + 1);
     out.jobs = replay.jobs.into_iter().flatten().collect();
     Ok(out)
+}
+
+/// Where the first byte that is not zero is in a file, if there is one.
+fn first_nonzero(path: &Path) -> io::Result<Option<u64>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; ZERO_SCAN_BYTES];
+    let mut at = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        at += n as u64;
+    }
 }
 
 /// The jobs described by the records applied so far.

@@ -381,6 +381,44 @@ fn old_jobs_and_repeated_state_changes_never_pin_old_segments() {
     jobs.check_recovers();
 }
 
+#[test]
+fn a_segment_read_back_stays_until_the_new_segments_header_is_safe() {
+    // Every job deleted: what keeps their ids from being handed out again
+    // is then the next id in the header of the segment the next start
+    // opens; until that is safe, the last old segment must stay.
+    let mut jobs = Jobs::new(4096);
+    for _ in 0..5 {
+        let id = jobs.put(b"gone").unwrap();
+        jobs.delete(id);
+    }
+    jobs.turn(2);
+    let recovered = jobs.files.recover();
+    assert!(recovered.jobs.is_empty());
+    assert_eq!(recovered.next_id, 6);
+    let old: Vec<SegmentId> = recovered.segments.iter().map(|s| s.id).collect();
+    // The next start, on the same segments (spares made ahead are removed
+    // before the log opens).
+    let files = MemFiles::default();
+    for id in &old {
+        let bytes = jobs.files.0.borrow().files[id].clone();
+        files.0.borrow_mut().files.insert(*id, bytes);
+    }
+    let mut log = Log::open(config(4096), Box::new(files.clone()), &recovered, 3).unwrap();
+    let still_there = |files: &MemFiles| old.iter().all(|id| files.0.borrow().files.contains_key(id));
+    log.maintain(3);
+    let batch = log.take_batch().expect("the new segment's header");
+    log.maintain(4);
+    assert!(still_there(&files), "removed before the new header was written");
+    files.apply(&batch);
+    log.written(batch.number);
+    log.maintain(5);
+    assert!(still_there(&files), "removed before the new header was synced");
+    log.synced(batch.number);
+    log.maintain(6);
+    assert!(!still_there(&files), "an emptied segment stays after the new header is safe");
+    assert_eq!(files.recover().next_id, 6);
+}
+
 mod opening {
     use std::path::{Path, PathBuf};
 
