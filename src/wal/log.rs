@@ -243,6 +243,9 @@ pub struct Log {
     /// Bytes appended to batches since the log was opened (headers and
     /// records), for tests that cut the log at a byte.
     appended: u64,
+    /// The server is stopping: files stay open until they are synced,
+    /// whatever the policy, for the final sync.
+    stopping: bool,
 }
 
 impl Log {
@@ -273,6 +276,7 @@ impl Log {
             make_error: None,
             now,
             appended: 0,
+            stopping: false,
         };
         for s in recovered.segments.iter().filter(|s| s.id.shard == config.shard) {
             log.next_seq = log.next_seq.max(s.id.seq + 1);
@@ -725,6 +729,14 @@ impl Log {
         self.synced = self.synced.max(number);
     }
 
+    /// The server is stopping: everything written will be synced, so no
+    /// file is closed or removed before it is (with `-F` too), and the
+    /// files open now are returned for that sync.
+    pub fn stopping(&mut self) -> Vec<FileRef> {
+        self.stopping = true;
+        self.segs.iter().filter_map(|s| s.file).collect()
+    }
+
     /// Whether written records wait for a sync.
     pub fn needs_sync(&self) -> bool {
         self.config.sync != SyncPolicy::Never && self.synced < self.written
@@ -743,7 +755,9 @@ impl Log {
     pub fn maintain(&mut self, now: u64) -> u64 {
         self.now = now;
         let safe = match self.config.sync {
-            SyncPolicy::Never => self.written,
+            // Nothing is synced before a stop: a file closes once written.
+            // At a stop, the final sync needs every file it syncs open.
+            SyncPolicy::Never if !self.stopping => self.written,
             _ => self.synced,
         };
         // A file closes once its last writes are safe (synced, where the

@@ -15,12 +15,15 @@
 //! is. The jobs that come out are exactly those the readable records
 //! describe; a job is never made up from bytes that failed a check.
 //!
-//! A file that starts with zeros is a spare made ahead and never used only
-//! when it is zeros to its end and no later segment of its shard holds
-//! records (spares are used in seq order); it can then be removed. Any
-//! other such file lost what was written in it (its header never reached
-//! the disk): it is named in a warning and left as it is, like a file
-//! whose header is refused.
+//! A file that is zeros to its end (or empty) holds nothing: it is a spare
+//! made ahead and never used, or a segment whose header never reached the
+//! disk. Either way there is nothing in it to read or to keep, and it is
+//! removed; when segments of its shard after it were written, which only
+//! happens once it was in use (spares are used in seq order), a warning
+//! says that whatever was written in it is lost. A file whose header is
+//! zeros but that holds other bytes is named in a warning and left as it
+//! is, like a file whose header is refused: what is in it is not ours to
+//! guess, nor to throw away.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -31,9 +34,6 @@ use super::image::{Counters, ImageState, JobImage};
 use super::record::{self, Record, StateFields};
 use super::segment::{self, BadHeader, Damage, End};
 use crate::engine::body::{Body, BodyBuilder};
-
-/// Bytes read at a time when a file is checked for zeros.
-const ZERO_SCAN_BYTES: usize = 1 << 20;
 
 /// A recovered job and where its records are.
 #[derive(Debug)]
@@ -75,12 +75,13 @@ pub struct Recovered {
     pub jobs: Vec<RecoveredJob>,
     /// Readable segments, in the order read.
     pub segments: Vec<SegmentFile>,
-    /// Files made but never given a header (a crash right after they were
-    /// created): they hold nothing and can be removed.
+    /// Files that are zeros to their end (spares made ahead and never
+    /// used, or segments whose header never reached the disk): they hold
+    /// nothing and can be removed.
     pub unused: Vec<PathBuf>,
     /// Files named as segments that were not read and stay on disk (a
-    /// refused header, or zeros where records should be): their seqs are
-    /// taken, so new segments must be numbered above them.
+    /// refused header, or a zero header before other bytes): their seqs
+    /// are taken, so new segments must be numbered above them.
     pub refused: Vec<SegmentId>,
     /// No job id at or above this was handed out by the servers that wrote
     /// the log.
@@ -107,8 +108,8 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut out = Recovered { next_id: 1, ..Recovered::default() };
     let mut buf = Vec::new();
     let mut last_seq: HashMap<u32, u64> = HashMap::new();
-    // Files whose header is zeros, and the last seq read per shard: which
-    // of them are unused spares is known once every file has been seen.
+    // Files that are zeros to their end, and the last seq read per shard:
+    // whether one of them was in use is known once every file was seen.
     let mut zeroed: Vec<(SegmentId, PathBuf)> = Vec::new();
     let mut last_read: HashMap<u32, u64> = HashMap::new();
     for (id, path) in found {
@@ -134,8 +135,19 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         })?;
         let scan = match scan {
             Ok(scan) => scan,
-            Err(BadHeader::Zeros) => {
+            // `buf` holds the whole file: a short file or a zero header is
+            // nothing at all if every byte after it is zero too.
+            Err(BadHeader::Zeros | BadHeader::Short) if buf.iter().all(|&b| b == 0) => {
                 zeroed.push((id, path));
+                continue;
+            }
+            Err(BadHeader::Zeros) => {
+                let at = buf.iter().position(|&b| b != 0).unwrap_or(0);
+                out.warnings.push(format!(
+                    "{name}: the header is all zeros, but the file holds other bytes from offset {at}: \
+                     what was written in it is lost; the file is left as it is and not read"
+                ));
+                out.refused.push(id);
                 continue;
             }
             Err(why) => {
@@ -167,23 +179,16 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         out.segments.push(SegmentFile { id, path, shards: scan.header.shards, job_ids, file_bytes });
     }
     for (id, path) in zeroed {
-        let later_read = last_read.get(&id.shard).is_some_and(|&seq| seq > id.seq);
-        let data_at = first_nonzero(&path)?;
-        if !later_read && data_at.is_none() {
-            out.unused.push(path);
-            continue;
+        if last_read.get(&id.shard).is_some_and(|&seq| seq > id.seq) {
+            out.warnings.push(format!(
+                "{}: it is zeros to its end, yet later segments of shard {} were written: its header \
+                 never reached the disk, and the records written in it, if any, are lost; it holds \
+                 nothing and is removed",
+                path.display(),
+                id.shard
+            ));
         }
-        let bytes = std::fs::metadata(&path)?.len();
-        let what = match data_at {
-            Some(at) => format!("its header is zeros but it holds data from offset {at}"),
-            None => "it is zeros to its end, yet later segments of its shard hold records".to_string(),
-        };
-        out.warnings.push(format!(
-            "{}: {what}: what was written in it is lost; the log is cut there: {bytes} bytes \
-             from offset 0 were not replayed; the file is left as it is",
-            path.display()
-        ));
-        out.refused.push(id);
+        out.unused.push(path);
     }
     if replay.out_of_memory {
         return Err(io::Error::new(io::ErrorKind::OutOfMemory, "not enough memory for the jobs in the log"));
@@ -191,26 +196,6 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     out.next_id = out.next_id.max(replay.max_id + 1);
     out.jobs = replay.jobs.into_iter().flatten().collect();
     Ok(out)
-}
-
-/// Where the first byte that is not zero is in a file, if there is one.
-fn first_nonzero(path: &Path) -> io::Result<Option<u64>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; ZERO_SCAN_BYTES];
-    let mut at = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
-            return Ok(Some(at + i as u64));
-        }
-        at += n as u64;
-    }
 }
 
 /// The jobs described by the records applied so far.
