@@ -1,21 +1,26 @@
 //! The write-ahead log at the wire: the real binary with `-b DIR`, stopped
 //! and started again on the same directory, on both back ends.
 //!
-//! * Restart: every job comes back in its state with every field that
-//!   `stats-job` shows and its body; ids are never handed out again; the
-//!   `binlog-*` keys of `stats` say what is on disk.
-//! * SIGTERM under pipelined load, in every sync mode: every reply received
-//!   before the connection closed is honoured after the restart.
-//! * Torn and corrupt logs: the server starts, serves only acknowledged
-//!   jobs with their exact bodies, and says what it cut.
-//! * The directory's lock against a second runnerbean and C beanstalkd,
-//!   and directories that cannot be used.
-//! * Tiny `-s` values and bodies larger than a segment.
-//! * A full file system (a size-limited tmpfs mounted by the test, as
-//!   root): the reference's replies, nothing written damaged, puts again
-//!   once there is room.
-//! * Compaction: the directory stays within the bound docs/OPERATIONS.md
-//!   states under workloads that pin old segments in C beanstalkd.
+//! 1. Restart: every job comes back in its state with every field that
+//!    `stats-job` shows and its body (a reserved job ready, a delayed one
+//!    counting down to the same wall-clock deadline); ids are never handed
+//!    out again, even after every job was deleted; the `binlog-*` keys of
+//!    `stats` say what is on disk.
+//! 2. SIGTERM under pipelined load, in every sync mode: the server exits 0
+//!    and every reply received before the connection closed is honoured
+//!    after the restart; nothing else comes back.
+//! 3. Torn and corrupt logs: the server starts, serves exactly the jobs the
+//!    readable records describe, with their bodies, and says what it cut.
+//! 4. The directory's lock against a second runnerbean and C beanstalkd
+//!    (exit 10), and directories that cannot be made or written (exit 1).
+//! 5. Tiny `-s` values and bodies larger than a segment.
+//! 6. A full file system (a size-limited tmpfs the test mounts; skipped
+//!    with a message where mounting is not permitted, unless
+//!    `RUNNERBEAN_REQUIRE_LIVE=1`): the reference's replies, nothing
+//!    written damaged, puts again once there is room, and a start without
+//!    room for its jobs' deletes refused.
+//! 7. Compaction: the directory stays within the bound docs/OPERATIONS.md
+//!    states under workloads that pin old segments in C beanstalkd.
 //!
 //! The on-disk checks read segment files as docs/LOG-FORMAT.md lays them
 //! out (a 64-byte header, then records framed by length and checksum).
@@ -27,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Client, REPLY_TIMEOUT, Server, on_both, stat};
+use common::{BACKENDS, BIN, Client, REPLY_TIMEOUT, Server, on_both};
 
 /// How long a stopped server may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +66,13 @@ impl TempDir {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("rb-wal-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    /// A new directory `name` in `parent` (on a file system a test mounted).
+    fn under(parent: &Path, name: &str) -> TempDir {
+        let path = parent.join(name);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
     }
@@ -99,22 +111,6 @@ fn has_header(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| bytes.len() >= HEADER_BYTES && bytes[..HEADER_BYTES].iter().any(|&b| b != 0))
 }
 
-/// Bytes of every file in `dir` (the directory's entries themselves are
-/// not counted), and how many files there are.
-fn dir_usage(dir: &Path) -> (u64, usize) {
-    let mut bytes = 0;
-    let mut files = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        // A file removed between the listing and its metadata is gone.
-        let Ok(meta) = entry.unwrap().metadata() else { continue };
-        if meta.is_file() {
-            bytes += meta.len();
-            files += 1;
-        }
-    }
-    (bytes, files)
-}
-
 /// The bytes a job takes in the log while it lives: its job record, and a
 /// state record once it was buried, kicked or released.
 fn live_record_bytes(tube: &str, body_bytes: usize, has_state: bool) -> u64 {
@@ -151,11 +147,29 @@ fn records(path: &Path) -> Vec<Rec> {
 
 // ----- the server ---------------------------------------------------------
 
-/// Starts runnerbean with `-b DIR` and `args`.
+/// Runs `test` on both back ends at the same time, for a test that spends
+/// most of its time waiting for seconds to pass.
+fn on_both_at_once(test: impl Fn(&'static str) + Sync) {
+    let test = &test;
+    std::thread::scope(|s| {
+        let runs: Vec<_> = BACKENDS.iter().map(|&backend| s.spawn(move || test(backend))).collect();
+        for run in runs {
+            if let Err(panic) = run.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
+
+/// Starts runnerbean with `-b DIR` and `args`, and returns once it serves.
 fn start(backend: &'static str, dir: &TempDir, args: &[&str]) -> Server {
     let mut all = vec!["-b", dir.arg()];
     all.extend_from_slice(args);
-    Server::start(backend, &all)
+    let server = Server::start(backend, &all);
+    // It binds before it takes the directory's lock and reads the log, and
+    // answers only after: until then, another process could take the lock.
+    assert!(server.connect().ask(b"stats\r\n", 1).starts_with("OK "), "{}", server.log_text());
+    server
 }
 
 /// Stops a server with SIGTERM; it must exit 0. Returns what it printed.
@@ -167,7 +181,26 @@ fn stop(mut server: Server) -> String {
 
 /// Runs runnerbean to its exit (a start that must fail).
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(["-l", "127.0.0.1", "-p", "0"]).args(args).output().expect("run runnerbean")
+    let mut command = Command::new(BIN);
+    command.args(["-l", "127.0.0.1", "-p", "0"]).args(args);
+    run_to_exit(command)
+}
+
+/// Runs a command that must exit by itself, killing it if it does not.
+fn run_to_exit(mut command: Command) -> Output {
+    use std::process::Stdio;
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start it");
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{command:?} did not exit; it printed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn put(c: &mut Client, pri: u32, delay_s: u32, ttr_s: u32, body: &[u8]) -> u64 {
@@ -240,15 +273,6 @@ fn wait_for_stats(c: &mut Client, what: &str, check: impl Fn(&BTreeMap<String, S
     }
 }
 
-/// Waits until `check` holds.
-fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !check() {
-        assert!(Instant::now() < deadline, "never {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A tiny xorshift generator: the tests need variety, not quality.
 struct Rng(u64);
 
@@ -280,6 +304,10 @@ struct Restart {
     kicked_delayed: u64,
     timed_out: u64,
     reserved: u64,
+    /// Delayed at the stop; its deadline passes while the server is down.
+    ends_while_down: u64,
+    /// When that deadline has passed, for sure.
+    down_deadline: Instant,
     deleted: [u64; 2],
     bodies: BTreeMap<u64, Vec<u8>>,
 }
@@ -346,6 +374,10 @@ fn restart_history(c: &mut Client) -> Restart {
     let reply = c.ask(format!("reserve-job {timed_out}\r\nrelease {timed_out} 3 0\r\n").as_bytes(), 2);
     assert!(reply.ends_with("\r\nRELEASED\r\n"), "{reply:?}");
     assert!(c.ask(format!("reserve-job {reserved}\r\n").as_bytes(), 1).starts_with(&format!("RESERVED {reserved} ")));
+    let ends_while_down = put_in(c, "beta", 22, 1, 47, "its delay ends while the server is down");
+    // Later than the deadline the server set (the put was answered),
+    // with room for the two servers' readings of the wall clock.
+    let down_deadline = Instant::now() + Duration::from_millis(1050);
     // The newest job is deleted too: its id must not come back either.
     let last = put_in(c, "default", 5, 0, 65, "deleted, the highest id");
     assert_eq!(c.ask(format!("delete {last}\r\n").as_bytes(), 1), "DELETED\r\n");
@@ -362,14 +394,16 @@ fn restart_history(c: &mut Client) -> Restart {
         kicked_delayed,
         timed_out,
         reserved,
+        ends_while_down,
+        down_deadline,
         deleted: [deleted, last],
         bodies,
     }
 }
 
-/// Records the history writes: 14 puts, 4 buries, 3 releases, 2 kicks and
+/// Records the history writes: 15 puts, 4 buries, 3 releases, 2 kicks and
 /// 2 deletes.
-const RESTART_RECORDS: u64 = 25;
+const RESTART_RECORDS: u64 = 26;
 
 type JobStats = BTreeMap<u64, BTreeMap<String, String>>;
 
@@ -404,6 +438,8 @@ fn compare_job_stats(
             // A reserved job comes back ready, with the reserve count of its
             // last record (its put).
             ("ready".to_string(), "0".to_string())
+        } else if *id == h.ends_while_down {
+            ("ready".to_string(), b["reserves"].clone())
         } else {
             (b["state"].clone(), b["reserves"].clone())
         };
@@ -430,13 +466,17 @@ fn compare_job_stats(
     bad
 }
 
+/// A job as the restart test expects it: id, tube, state, pri, delay, and
+/// its counters [reserves, timeouts, releases, buries, kicks].
+type WantedJob = (u64, &'static str, &'static str, u32, u32, [u32; 5]);
+
 /// Checks the jobs' states and counters against what was done to them,
 /// before the stop or after a restart.
 fn check_history_fields(h: &Restart, jobs: &JobStats, restarted: bool) {
     // A reserved job comes back ready, with the counters of its last record.
     let (reserved_state, reserves) = if restarted { ("ready", 0) } else { ("reserved", 1) };
-    let want: [(u64, &str, &str, u32, u32, [u32; 5]); 12] = [
-        // id, tube, state, pri, delay, [reserves, timeouts, releases, buries, kicks]
+    let down_state = if restarted { "ready" } else { "delayed" };
+    let want: [WantedJob; 13] = [
         (h.ready, "alpha", "ready", 10, 0, [0, 0, 0, 0, 0]),
         (h.delayed, "beta", "delayed", 20, LONG_DELAY_S as u32, [0, 0, 0, 0, 0]),
         (h.delay_passed, "beta", "ready", 21, 1, [0, 0, 0, 0, 0]),
@@ -449,6 +489,7 @@ fn check_history_fields(h: &Restart, jobs: &JobStats, restarted: bool) {
         (h.kicked_delayed, "delta", "ready", 2, 600, [0, 0, 0, 0, 1]),
         (h.timed_out, "gamma", "ready", 3, 0, [2, 1, 1, 0, 0]),
         (h.reserved, "alpha", reserved_state, 50, 0, [reserves, 0, 0, 0, 0]),
+        (h.ends_while_down, "beta", down_state, 22, 1, [0, 0, 0, 0, 0]),
     ];
     let mut bad = Vec::new();
     for (id, tube, state, pri, delay, counters) in want {
@@ -498,7 +539,7 @@ fn binlog_stats_match_disk(c: &mut Client, dir: &Path, want: &[u64]) {
 
 #[test]
 fn a_restart_brings_back_every_job_in_its_state() {
-    on_both(|backend| {
+    on_both_at_once(|backend| {
         let dir = TempDir::new("restart");
         let server = start(backend, &dir, &[]);
         let mut c = server.connect();
@@ -513,8 +554,11 @@ fn a_restart_brings_back_every_job_in_its_state() {
         binlog_stats_match_disk(&mut c, dir.path(), &[1]);
         let mut before = all_job_stats(&mut c, &h);
         let mut taken = Instant::now();
+        assert_eq!(before[&h.ends_while_down]["state"], "delayed", "{backend}: its delay ended too soon to test");
         stop(server);
         drop(c);
+        // Down until that job's deadline has passed.
+        std::thread::sleep(h.down_deadline.saturating_duration_since(Instant::now()));
 
         // Twice: a second restart must not change anything either (C adds
         // one to `buries` of every buried job at each start).
@@ -591,6 +635,186 @@ fn ids_are_not_reused_after_every_job_was_deleted() {
     });
 }
 
+// ----- 2. SIGTERM under load ------------------------------------------------
+
+/// Connections that load the server, and the commands each sends at once.
+const LOAD_CONNECTIONS: usize = 4;
+const LOAD_DEPTH: usize = 16;
+
+/// Replies the connections must have had, all together, before SIGTERM is
+/// sent: enough that the stop falls among commands in flight.
+const LOAD_ACKS_BEFORE_STOP: usize = 600;
+
+/// What one loading connection sent and was told before it was closed.
+#[derive(Default)]
+struct Told {
+    /// INSERTED: id → body.
+    inserted: BTreeMap<u64, Vec<u8>>,
+    /// DELETED.
+    deleted: BTreeSet<u64>,
+    /// Bodies of puts sent and never answered: such a job may exist or not.
+    puts_in_doubt: BTreeSet<Vec<u8>>,
+    /// Deletes sent and never answered.
+    deletes_in_doubt: BTreeSet<u64>,
+    /// The highest id in any reply.
+    max_id: u64,
+}
+
+/// Loads the server on `port` with pipelined puts and deletes of the jobs
+/// it put, `LOAD_DEPTH` commands at a time, until the server closes the
+/// connection; `acks` counts the replies of every connection.
+fn load(port: u16, conn: usize, acks: &std::sync::atomic::AtomicUsize) -> Told {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    enum Sent {
+        Put(Vec<u8>),
+        Delete(u64),
+    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut rng = Rng(0x10ad ^ (conn as u64 + 1) << 20);
+    let mut told = Told::default();
+    let mut deletable: Vec<u64> = Vec::new();
+    let mut buf = Vec::new();
+    for batch in 0u64.. {
+        let mut sent = std::collections::VecDeque::new();
+        let mut bytes = Vec::new();
+        for k in 0..LOAD_DEPTH {
+            if k % 3 == 2
+                && let Some(id) = deletable.pop()
+            {
+                bytes.extend_from_slice(format!("delete {id}\r\n").as_bytes());
+                sent.push_back(Sent::Delete(id));
+            } else {
+                // Unique, so that a job found after the restart names the
+                // put it came from.
+                let mut body = format!("conn {conn} batch {batch} put {k} ").into_bytes();
+                body.extend(rng.body(300).iter().map(|b| b'a' + b % 26));
+                bytes.extend_from_slice(&put_bytes(k as u32, 0, 60, &body));
+                sent.push_back(Sent::Put(body));
+            }
+        }
+        let mut open = stream.write_all(&bytes).is_ok();
+        while open && !sent.is_empty() {
+            match buf.windows(2).position(|w| w == b"\r\n") {
+                Some(end) => {
+                    let line = String::from_utf8(buf.drain(..end + 2).collect()).unwrap();
+                    match (sent.pop_front().unwrap(), line.trim_end()) {
+                        (Sent::Put(body), reply) => {
+                            let id: u64 = reply
+                                .strip_prefix("INSERTED ")
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or_else(|| panic!("put: {reply:?}"));
+                            told.max_id = told.max_id.max(id);
+                            told.inserted.insert(id, body);
+                            deletable.insert(rng.next() as usize % (deletable.len() + 1), id);
+                        }
+                        (Sent::Delete(id), reply) => {
+                            assert_eq!(reply, "DELETED", "delete {id}");
+                            told.deleted.insert(id);
+                        }
+                    }
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    let mut chunk = [0u8; 16 * 1024];
+                    match stream.read(&mut chunk) {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        // Closed (or reset) by the stopping server.
+                        _ => open = false,
+                    }
+                }
+            }
+        }
+        if !open {
+            for s in sent {
+                match s {
+                    Sent::Put(body) => told.puts_in_doubt.insert(body),
+                    Sent::Delete(id) => told.deletes_in_doubt.insert(id),
+                };
+            }
+            return told;
+        }
+    }
+    unreachable!("the loop ends when the connection closes")
+}
+
+#[test]
+fn sigterm_under_load_loses_no_acknowledged_change() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    on_both(|backend| {
+        // Small segments, so that the load fills several and the stop
+        // finds some closed.
+        for mode in [&["-f0", "-s", "32768"][..], &["-s", "32768"][..], &["-F", "-s", "32768"][..]] {
+            let what = format!("{backend}, {mode:?}");
+            let dir = TempDir::new("sigterm");
+            let server = start(backend, &dir, mode);
+            let acks = AtomicUsize::new(0);
+            let (port, acks) = (server.port, &acks);
+            let told: Vec<Told> = std::thread::scope(|s| {
+                let loaders: Vec<_> =
+                    (0..LOAD_CONNECTIONS).map(|conn| s.spawn(move || load(port, conn, acks))).collect();
+                let deadline = Instant::now() + REPLY_TIMEOUT;
+                while acks.load(Ordering::Relaxed) < LOAD_ACKS_BEFORE_STOP {
+                    assert!(Instant::now() < deadline, "{what}: the load never got going");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                server.signal("TERM");
+                loaders.into_iter().map(|l| l.join().unwrap()).collect()
+            });
+            stop(server);
+            let mut live = BTreeMap::new();
+            let mut deleted: BTreeSet<u64> = BTreeSet::new();
+            let mut in_doubt_bodies = BTreeSet::new();
+            let mut in_doubt_deletes: BTreeSet<u64> = BTreeSet::new();
+            let mut max_id = 0;
+            for t in &told {
+                for (id, body) in &t.inserted {
+                    if !t.deleted.contains(id) {
+                        live.insert(*id, body.clone());
+                    }
+                }
+                deleted.extend(&t.deleted);
+                in_doubt_bodies.extend(t.puts_in_doubt.iter().cloned());
+                in_doubt_deletes.extend(&t.deletes_in_doubt);
+                max_id = max_id.max(t.max_id);
+            }
+            let server = start(backend, &dir, mode);
+            let mut c = server.connect();
+            let s = stats(&mut c);
+            let jobs: u64 =
+                ["current-jobs-ready", "current-jobs-delayed", "current-jobs-buried", "current-jobs-reserved"]
+                    .iter()
+                    .map(|k| num(&s, k))
+                    .sum();
+            // Every job there is one that was put; ids beyond the highest
+            // acknowledged one can only be puts in doubt.
+            let mut found = 0;
+            for id in 1..=max_id + in_doubt_bodies.len() as u64 {
+                let Some(body) = peek(&mut c, id) else {
+                    assert!(!live.contains_key(&id) || in_doubt_deletes.contains(&id), "{what}: job {id} was lost");
+                    continue;
+                };
+                found += 1;
+                assert!(!deleted.contains(&id), "{what}: deleted job {id} came back");
+                match live.get(&id) {
+                    Some(want) => assert_eq!(&body, want, "{what}: the body of job {id}"),
+                    None => assert!(
+                        in_doubt_bodies.contains(&body),
+                        "{what}: job {id} holds {:?}, which no unanswered put sent",
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+            }
+            assert_eq!(found, jobs, "{what}: jobs beyond the ids looked at: {s:?}");
+            assert!(live.len() as u64 <= found, "{what}");
+            assert!(put(&mut c, 0, 0, 60, b"after") > max_id, "{what}: an id handed out again");
+            stop(server);
+        }
+    });
+}
+
 // ----- 3. torn and corrupt logs ---------------------------------------------
 
 /// Segment bytes for the damage tests: small, so that a few dozen jobs fill
@@ -598,24 +822,32 @@ fn ids_are_not_reused_after_every_job_was_deleted() {
 const SMALL_SEGMENT: &str = "4096";
 
 /// A log of several segments: jobs put with varied bodies, some deleted.
-/// Returns the acknowledged live jobs.
-fn write_log(backend: &'static str, dir: &TempDir, seed: u64) -> BTreeMap<u64, Vec<u8>> {
+struct Written {
+    /// The acknowledged live jobs.
+    live: BTreeMap<u64, Vec<u8>>,
+    /// Every job put, deleted or not (a lost delete brings one back).
+    put: BTreeMap<u64, Vec<u8>>,
+}
+
+fn write_log(backend: &'static str, dir: &TempDir, seed: u64) -> Written {
     let server = start(backend, dir, &["-s", SMALL_SEGMENT]);
     let mut c = server.connect();
     let mut rng = Rng(seed);
-    let mut acked = BTreeMap::new();
+    let mut live = BTreeMap::new();
+    let mut all = BTreeMap::new();
     for i in 0..80 {
         let body = rng.body(300);
         let id = put(&mut c, (i % 7) as u32, 0, 60, &body);
-        acked.insert(id, body);
+        live.insert(id, body.clone());
+        all.insert(id, body);
         if i % 4 == 3 {
             let doomed = id - 2;
             assert_eq!(c.ask(format!("delete {doomed}\r\n").as_bytes(), 1), "DELETED\r\n");
-            acked.remove(&doomed);
+            live.remove(&doomed);
         }
     }
     stop(server);
-    acked
+    Written { live, put: all }
 }
 
 /// The records of each segment in use, by seq.
@@ -649,8 +881,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Asserts that the server serves exactly `want` of the acknowledged jobs,
-/// each with its body, and no other id up to a few past the highest.
+/// Asserts that the server serves exactly `want` of the jobs put (`acked`),
+/// each with the body it was put with, and no other id up to a few past
+/// the highest.
 fn check_served(c: &mut Client, acked: &BTreeMap<u64, Vec<u8>>, want: &BTreeSet<u64>, what: &str) {
     let max = acked.keys().max().copied().unwrap_or(0).max(want.iter().max().copied().unwrap_or(0));
     let mut served = BTreeSet::new();
@@ -672,6 +905,8 @@ enum Damage {
     FlippedByte,
     /// The whole file is zeros.
     Zeroed,
+    /// Its header is zeros, its records are there.
+    ZeroedHeader,
     /// The file is gone.
     Missing,
     /// The file holds something else.
@@ -685,15 +920,18 @@ const FOREIGN_TEXT: &[u8] = b"This is not a runnerbean log segment: it is a note
 fn a_damaged_log_is_cut_where_it_is_damaged_and_the_server_starts() {
     on_both(|backend| {
         let original = TempDir::new("damage-original");
-        let acked = write_log(backend, &original, 0x5eed_0001);
+        let written = write_log(backend, &original, 0x5eed_0001);
+        let acked = &written.put;
         let log = log_records(original.path());
         assert!(log.len() >= 4, "the log should span several segments: {:?}", log.keys());
         // The second segment in use, and its middle record.
         let victim = *log.keys().nth(1).unwrap();
         let recs = &log[&victim];
         let (k, rec) = (recs.len() / 2, recs[recs.len() / 2]);
-        assert_eq!(replay(&log), acked.keys().copied().collect(), "the log as written");
-        for damage in [Damage::Cut, Damage::FlippedByte, Damage::Zeroed, Damage::Missing, Damage::Foreign] {
+        assert_eq!(replay(&log), written.live.keys().copied().collect(), "the log as written");
+        for damage in
+            [Damage::Cut, Damage::FlippedByte, Damage::Zeroed, Damage::ZeroedHeader, Damage::Missing, Damage::Foreign]
+        {
             let what = format!("{backend}, {damage:?}");
             let dir = TempDir::new("damage");
             copy_dir(original.path(), dir.path());
@@ -729,9 +967,19 @@ fn a_damaged_log_is_cut_where_it_is_damaged_and_the_server_starts() {
                     std::fs::write(&path, vec![0u8; file_bytes as usize]).unwrap();
                     readable.remove(&victim);
                     format!(
-                        "{name}: it is zeros to its end, yet later segments of its shard hold records: what was \
-                         written in it is lost; the log is cut there: {file_bytes} bytes from offset 0 were not \
-                         replayed; the file is left as it is"
+                        "{name}: it is zeros to its end, yet later segments of shard 0 were written: its header \
+                         never reached the disk, and the records written in it, if any, are lost; it holds \
+                         nothing and is removed"
+                    )
+                }
+                Damage::ZeroedHeader => {
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    bytes[..HEADER_BYTES].fill(0);
+                    std::fs::write(&path, bytes).unwrap();
+                    readable.remove(&victim);
+                    format!(
+                        "{name}: the header is all zeros, but the file holds other bytes from offset {HEADER_BYTES}: \
+                         what was written in it is lost; the file is left as it is and not read"
                     )
                 }
                 Damage::Missing => {
@@ -753,14 +1001,17 @@ fn a_damaged_log_is_cut_where_it_is_damaged_and_the_server_starts() {
             server.wait_for_log(&warning);
             let mut c = server.connect();
             let want = replay(&readable);
-            assert!(want.len() < acked.len() || matches!(damage, Damage::Missing), "{what}: nothing was cut");
-            check_served(&mut c, &acked, &want, &what);
+            let live: BTreeSet<u64> = written.live.keys().copied().collect();
+            assert_ne!(want, live, "{what}: the damage cut nothing");
+            check_served(&mut c, acked, &want, &what);
             // Later segments were opened after every acknowledged id.
             let id = put(&mut c, 0, 0, 60, b"after the damage");
             assert!(id > *acked.keys().max().unwrap(), "{what}: id {id} handed out again");
             stop(server);
-            // Reading changed nothing in the damaged file.
-            assert_eq!(std::fs::read(&path).ok(), damaged_bytes, "{what}: the damaged file was changed");
+            // Reading changed nothing in the damaged file; one of zeros,
+            // which holds nothing, is gone.
+            let want = if matches!(damage, Damage::Zeroed) { None } else { damaged_bytes };
+            assert_eq!(std::fs::read(&path).ok(), want, "{what}: the damaged file was changed");
         }
     });
 }
@@ -769,7 +1020,7 @@ fn a_damaged_log_is_cut_where_it_is_damaged_and_the_server_starts() {
 fn a_foreign_file_named_like_the_next_segment_does_not_stop_the_log() {
     on_both(|backend| {
         let dir = TempDir::new("foreign-next");
-        let mut acked = write_log(backend, &dir, 0x5eed_0002);
+        let mut acked = write_log(backend, &dir, 0x5eed_0002).live;
         // Where the next start would make its first segment, and where the
         // ones after it would go.
         let next = *log_records(dir.path()).keys().last().unwrap() + 1;
@@ -813,7 +1064,10 @@ fn a_second_runnerbean_on_the_same_directory_exits_10() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_LOCKED), "{err}");
         assert!(
-            err.contains(&format!("{}: the log directory is in use: another process holds its lock", dir.arg())),
+            err.contains(&format!(
+                "failed to lock wal dir {0}: the log directory is in use: another process holds {0}/lock\n",
+                dir.arg()
+            )),
             "{err}"
         );
         // The first one goes on as if nothing happened.
@@ -878,7 +1132,9 @@ fn runnerbean_and_c_beanstalkd_refuse_each_others_directory() {
         // C finds the lock taken and exits 10.
         let dir = TempDir::new("lock-c");
         let server = start(backend, &dir, &[]);
-        let out = Command::new(&beanstalkd).args(["-l", "127.0.0.1", "-p", "0", "-b", dir.arg()]).output().unwrap();
+        let mut command = Command::new(&beanstalkd);
+        command.args(["-l", "127.0.0.1", "-p", "0", "-b", dir.arg()]);
+        let out = run_to_exit(command);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_LOCKED), "beanstalkd: {err}");
         assert!(err.contains("failed to lock wal dir"), "{err}");
@@ -888,7 +1144,7 @@ fn runnerbean_and_c_beanstalkd_refuse_each_others_directory() {
         let out = run(&["-b", dir.arg()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_LOCKED), "{err}");
-        assert!(err.contains("the log directory is in use: another process holds its lock"), "{err}");
+        assert!(err.contains(&format!("failed to lock wal dir {}: ", dir.arg())), "{err}");
         drop(c);
     });
 }
@@ -968,23 +1224,47 @@ fn segment_bytes_for(s: u64) -> u64 {
     s.max(1).div_ceil(4096) * 4096
 }
 
-/// The bound docs/OPERATIONS.md states for the directory: twice the live
-/// record bytes, three segments, and the spares made ahead (the files that
-/// have no header yet).
+/// What the directory holds, read in one pass: bytes and count of every
+/// file, and bytes of the segment files that have no header yet (the
+/// spares made ahead).
+fn dir_usage_and_spares(dir: &Path) -> (u64, usize, u64) {
+    let (mut bytes, mut files, mut spares) = (0, 0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        // A file removed between the listing and its metadata is gone.
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        bytes += meta.len();
+        files += 1;
+        let name = entry.file_name().into_string().unwrap();
+        if name.starts_with("runnerbean-wal.") && !has_header(&entry.path()) {
+            spares += meta.len();
+        }
+    }
+    (bytes, files, spares)
+}
+
+/// Checks the bound docs/OPERATIONS.md states for the directory: twice the
+/// live record bytes, three segments, and the spares made ahead. The
+/// server may be a turn or two behind the replies (a move written, then
+/// the oldest segment removed once that is durable), so the bound must
+/// hold once it has caught up, soon after. Returns the bytes and files.
 fn check_bound(dir: &Path, live_bytes: u64, segment_bytes: u64, what: &str) -> (u64, usize) {
-    let (bytes, files) = dir_usage(dir);
-    let spares: u64 = segment_files(dir)
-        .values()
-        .filter(|p| !has_header(p))
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    let bound = 2 * live_bytes + 3 * segment_bytes + spares;
-    assert!(
-        bytes <= bound,
-        "{what}: {bytes} bytes in the directory, bound {bound} (live {live_bytes}, spares {spares})"
-    );
-    (bytes, files)
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let (bytes, files, spares) = dir_usage_and_spares(dir);
+        let bound = 2 * live_bytes + 3 * segment_bytes + spares;
+        if bytes <= bound {
+            return (bytes, files);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {bytes} bytes in the directory, bound {bound} (live {live_bytes}, spares {spares})"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[test]
@@ -994,7 +1274,7 @@ fn tiny_segments_and_bodies_larger_than_a_segment() {
             let what = format!("{backend}, -s {s}");
             let dir = TempDir::new("tiny");
             let s_arg = s.to_string();
-            let args = ["-s", s_arg.as_str(), "-f0"];
+            let args = ["-s", s_arg.as_str()];
             let server = start(backend, &dir, &args);
             let mut c = server.connect();
             let mut rng = Rng(0x7135 ^ s);
@@ -1030,5 +1310,283 @@ fn tiny_segments_and_bodies_larger_than_a_segment() {
             assert!(files as u64 <= bound_files, "{what}: {files} files");
             stop(server);
         }
+    });
+}
+
+// ----- 6. a full disk -------------------------------------------------------
+
+/// The file system the full-disk test mounts, and the segments it runs
+/// with: room for a few dozen of them.
+const FULL_DISK_FS: &str = "size=1m";
+const FULL_DISK_SEGMENT: &str = "16384";
+
+/// Segments of the start that finds no room: its one segment has room for
+/// the deletes of fewer jobs than there are.
+const NO_ROOM_SEGMENT: &str = "4096";
+
+/// Bytes free for an unprivileged file on the file system `dir` is on.
+fn free_bytes(dir: &Path) -> u64 {
+    let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    // Safety: a valid C string and a statvfs to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0, "{}", std::io::Error::last_os_error());
+    st.f_bavail * st.f_frsize
+}
+
+/// Fills the file system `dir` is on with the file `dir/filler`, leaving
+/// `left` bytes free (none: until the file system refuses).
+fn fill(dir: &Path, left: u64) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let chunk = [0xf1u8; 4096];
+    loop {
+        let free = free_bytes(dir);
+        if free <= left {
+            break;
+        }
+        let n = (free - left).min(chunk.len() as u64) as usize;
+        match file.write_all(&chunk[..n]) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    assert!(free_bytes(dir) <= left, "{} bytes still free", free_bytes(dir));
+    path
+}
+
+/// A put that may be refused with OUT_OF_MEMORY (`None`); the jobs put go
+/// into `acked`.
+fn try_put(c: &mut Client, acked: &mut BTreeMap<u64, Vec<u8>>, pri: u32, delay_s: u32, body: &[u8]) -> Option<u64> {
+    let reply = c.ask(&put_bytes(pri, delay_s, 600, body), 1);
+    if reply == "OUT_OF_MEMORY\r\n" {
+        return None;
+    }
+    let id = reply.strip_prefix("INSERTED ").and_then(|r| r.trim_end().parse().ok());
+    let id = id.unwrap_or_else(|| panic!("put: {reply:?}"));
+    acked.insert(id, body.to_vec());
+    Some(id)
+}
+
+/// `stats-job <id>`: state and priority.
+fn state_and_pri(c: &mut Client, id: u64) -> (String, String) {
+    let s = yaml(c, &format!("stats-job {id}")).unwrap_or_else(|| panic!("job {id} is gone"));
+    (s["state"].clone(), s["pri"].clone())
+}
+
+#[test]
+fn a_full_disk_refuses_what_needs_room_and_damages_nothing() {
+    let base = TempDir::new("full-disk");
+    let fs = base.path().join("fs");
+    let Some(_mount) = Mount::tmpfs(&fs, 0, FULL_DISK_FS) else { return };
+    on_both(|backend| {
+        let dir = TempDir::under(&fs, backend);
+        let args = ["-s", FULL_DISK_SEGMENT];
+        let server = start(backend, &dir, &args);
+        let mut c = server.connect();
+        assert_eq!(c.ask(b"use full\r\n", 1), "USING full\r\n");
+        let mut acked = BTreeMap::new();
+        // Jobs in every state while there is room.
+        let to_bury = try_put(&mut c, &mut acked, 1, 0, b"reserved, to be buried").unwrap();
+        let to_release = try_put(&mut c, &mut acked, 2, 0, b"reserved, to be released").unwrap();
+        let flapper = try_put(&mut c, &mut acked, 3, 0, b"released with a delay until there is no room").unwrap();
+        let buried = try_put(&mut c, &mut acked, 4, 0, b"buried").unwrap();
+        let delayed = try_put(&mut c, &mut acked, 5, 3600, b"delayed").unwrap();
+        for id in [to_bury, to_release, buried] {
+            assert!(c.ask(format!("reserve-job {id}\r\n").as_bytes(), 1).starts_with(&format!("RESERVED {id} ")));
+        }
+        assert_eq!(c.ask(format!("bury {buried} 4\r\n").as_bytes(), 1), "BURIED\r\n");
+
+        // The disk fills. The segments made ahead still take puts, then
+        // they are refused, large bodies first, then even an empty one.
+        let filler = fill(&fs, 0);
+        let mut rng = Rng(0xf111);
+        let mut refused = 0;
+        for size in [400, 0] {
+            while try_put(&mut c, &mut acked, 6, 0, &rng.body(size).iter().map(|b| b'a' + b % 26).collect::<Vec<u8>>())
+                .is_some()
+            {
+                assert!(acked.len() < 5000, "{backend}: puts never refused on a full disk");
+            }
+            refused += 1;
+        }
+        assert_eq!(refused, 2);
+        // What is left is eaten by delayed releases, each a state record,
+        // until one is refused, as beanstalkd does (and the job stays
+        // reserved, which beanstalkd loses).
+        let mut releases = 0;
+        loop {
+            assert!(c.ask(format!("reserve-job {flapper}\r\n").as_bytes(), 1).starts_with("RESERVED "));
+            match c.ask(format!("release {flapper} 7 3600\r\n").as_bytes(), 1).as_str() {
+                "RELEASED\r\n" => releases += 1,
+                "OUT_OF_MEMORY\r\n" => break,
+                other => panic!("{backend}: release: {other:?}"),
+            }
+            assert!(releases < 1000, "{backend}: delayed releases never refused on a full disk");
+        }
+        assert_eq!(state_and_pri(&mut c, flapper), ("reserved".to_string(), "7".to_string()));
+        // Each change that needs a record gets the reference's reply and
+        // changes nothing.
+        let script = [
+            (format!("bury {to_bury} 9\r\n"), "INTERNAL_ERROR\r\n"),
+            (format!("release {to_release} 9 60\r\n"), "OUT_OF_MEMORY\r\n"),
+            (format!("kick-job {buried}\r\n"), "NOT_FOUND\r\n"),
+            (format!("kick-job {delayed}\r\n"), "NOT_FOUND\r\n"),
+            ("kick 10\r\n".to_string(), "KICKED 0\r\n"),
+        ];
+        for (command, want) in &script {
+            assert_eq!(c.ask(command.as_bytes(), 1), *want, "{backend}: {command:?}");
+        }
+        assert_eq!(state_and_pri(&mut c, to_bury).0, "reserved");
+        assert_eq!(state_and_pri(&mut c, to_release).0, "reserved");
+        assert_eq!(state_and_pri(&mut c, buried).0, "buried");
+        assert_eq!(state_and_pri(&mut c, delayed).0, "delayed");
+        // A release without delay needs no record (its new priority is what
+        // a restart loses, as it always does in beanstalkd), and a delete
+        // always has its room.
+        assert_eq!(c.ask(format!("release {to_release} 8 0\r\n").as_bytes(), 1), "RELEASED\r\n");
+        assert_eq!(state_and_pri(&mut c, to_release), ("ready".to_string(), "8".to_string()));
+        let doomed: Vec<u64> = acked.keys().rev().take(20).copied().collect();
+        for id in &doomed {
+            assert_eq!(c.ask(format!("delete {id}\r\n").as_bytes(), 1), "DELETED\r\n", "{backend}: delete {id}");
+            acked.remove(id);
+        }
+        server.wait_for_log("No space left on device (os error 28); puts get OUT_OF_MEMORY until there is room");
+
+        // Room again: puts succeed once a segment can be made (the log
+        // tries again after a pause).
+        std::fs::remove_file(&filler).unwrap();
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let id = loop {
+            if let Some(id) = try_put(&mut c, &mut acked, 6, 0, b"room again") {
+                break id;
+            }
+            assert!(Instant::now() < deadline, "{backend}: puts still refused with room on the disk");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(id > *doomed.iter().max().unwrap());
+        assert_eq!(c.ask(format!("bury {to_bury} 9\r\n").as_bytes(), 1), "BURIED\r\n");
+        stop(server);
+
+        // Nothing written was damaged: every acknowledged job comes back,
+        // each in its state.
+        let server = start(backend, &dir, &args);
+        let mut c = server.connect();
+        check_served(&mut c, &acked, &acked.keys().copied().collect(), backend);
+        assert_eq!(state_and_pri(&mut c, to_bury), ("buried".to_string(), "9".to_string()));
+        assert_eq!(state_and_pri(&mut c, to_release), ("ready".to_string(), "2".to_string()));
+        assert_eq!(state_and_pri(&mut c, buried), ("buried".to_string(), "4".to_string()));
+        assert_eq!(state_and_pri(&mut c, delayed), ("delayed".to_string(), "5".to_string()));
+        let f = yaml(&mut c, &format!("stats-job {flapper}")).unwrap();
+        assert_eq!((f["state"].as_str(), f["pri"].as_str()), ("delayed", "7"), "{f:?}");
+        assert_eq!(f["releases"], releases.to_string(), "{f:?}");
+        stop(server);
+
+        // A start with no room for the deletes of the jobs it reads back is
+        // refused. (The files a start makes ahead are removed first, as the
+        // next start would remove them.)
+        for path in segment_files(dir.path()).values().filter(|p| !has_header(p)) {
+            std::fs::remove_file(path).unwrap();
+        }
+        let filler = fill(&fs, 4096);
+        let out = run(&["-b", dir.arg(), "-s", NO_ROOM_SEGMENT]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_LOG), "{backend}: {err}");
+        let jobs = acked.len();
+        let want = format!(
+            "{}: cannot start the log: no room on the disk for the delete records of the {jobs} jobs read back \
+             ({} bytes): cannot make log segment ",
+            dir.arg(),
+            jobs as u64 * DELETE_RECORD_BYTES
+        );
+        assert!(err.contains(&want), "{backend}: {err}");
+        assert!(err.contains("No space left on device (os error 28); free some space and start again\n"), "{err}");
+        std::fs::remove_file(&filler).unwrap();
+        let server = start(backend, &dir, &args);
+        let mut c = server.connect();
+        check_served(&mut c, &acked, &acked.keys().copied().collect(), backend);
+        stop(server);
+    });
+}
+
+// ----- 7. compaction ---------------------------------------------------------
+
+/// Segment bytes of the compaction test: small, so that the churn fills
+/// many segments and compaction must keep up.
+const COMPACT_SEGMENT: u64 = 4096;
+
+/// Rounds of churn, each a few puts and their deletes, and a release with a
+/// delay of the job that flaps: without compaction the pinned jobs would
+/// keep every segment, many times the bound.
+const COMPACT_ROUNDS: u64 = 300;
+const COMPACT_PUTS_PER_ROUND: usize = 8;
+
+#[test]
+fn compaction_keeps_the_directory_bounded_at_the_wire() {
+    on_both(|backend| {
+        let dir = TempDir::new("compact");
+        let s_arg = COMPACT_SEGMENT.to_string();
+        // Never synced: a segment emptied is removed as soon as what
+        // emptied it is written, so the directory follows the replies
+        // closely (with a sync every 50 ms it would lag by that much).
+        let args = ["-s", s_arg.as_str(), "-F"];
+        let server = start(backend, &dir, &args);
+        let mut c = server.connect();
+        // The jobs that pin old segments in beanstalkd: buried ones, one
+        // delayed for a day, one released with a delay over and over.
+        let buried: Vec<u64> = (0..3).map(|i| put(&mut c, 10 + i, 0, 60, format!("buried {i}").as_bytes())).collect();
+        for (i, id) in buried.iter().enumerate() {
+            c.send(format!("reserve-job {id}\r\nbury {id} {i}\r\n").as_bytes());
+            assert!(c.replies(2).ends_with(b"\r\nBURIED\r\n"), "{backend}: bury {id}");
+        }
+        let delayed = put(&mut c, 20, 86_400, 60, b"delayed for a day");
+        let flapper = put(&mut c, 30, 0, 60, b"released with a delay, again and again");
+        let pinned_live =
+            buried.iter().map(|i| live_record_bytes("default", format!("buried {i}").len(), true)).sum::<u64>()
+                + live_record_bytes("default", b"delayed for a day".len(), false)
+                + live_record_bytes("default", b"released with a delay, again and again".len(), true);
+        let first_oldest = num(&stats(&mut c), "binlog-oldest-index");
+        let mut worst = 0;
+        for round in 0..COMPACT_ROUNDS {
+            let mut batch = Vec::new();
+            for k in 0..COMPACT_PUTS_PER_ROUND {
+                batch.extend_from_slice(&put_bytes(0, 0, 60, &[b'a' + k as u8; 200]));
+            }
+            batch.extend_from_slice(format!("reserve-job {flapper}\r\nrelease {flapper} 30 3600\r\n").as_bytes());
+            let replies = c.ask(&batch, COMPACT_PUTS_PER_ROUND + 2);
+            let mut deletes = Vec::new();
+            for line in replies.lines().take(COMPACT_PUTS_PER_ROUND) {
+                let id = line.strip_prefix("INSERTED ").unwrap_or_else(|| panic!("{backend}: {replies:?}"));
+                deletes.extend_from_slice(format!("delete {id}\r\n").as_bytes());
+            }
+            assert!(replies.ends_with("\r\nRELEASED\r\n"), "{backend}: {replies:?}");
+            let replies = c.ask(&deletes, COMPACT_PUTS_PER_ROUND);
+            assert_eq!(replies, "DELETED\r\n".repeat(COMPACT_PUTS_PER_ROUND), "{backend}");
+            let what = format!("{backend}, round {round}");
+            let (bytes, _) = check_bound(dir.path(), pinned_live, COMPACT_SEGMENT, &what);
+            worst = worst.max(bytes);
+        }
+        let s = stats(&mut c);
+        assert!(num(&s, "binlog-records-migrated") > 0, "{backend}: nothing was moved: {s:?}");
+        // The segments the pinned jobs were first written in are gone.
+        assert!(num(&s, "binlog-oldest-index") > first_oldest + 10, "{backend}: {s:?}");
+        assert!(segment_files(dir.path()).keys().all(|&seq| seq > first_oldest), "{backend}");
+        stop(server);
+        // And the pinned jobs are all there after a restart, as they were.
+        let server = start(backend, &dir, &args);
+        let mut c = server.connect();
+        for (i, id) in buried.iter().enumerate() {
+            assert_eq!(state_and_pri(&mut c, *id), ("buried".to_string(), i.to_string()), "{backend}: job {id}");
+            assert_eq!(peek(&mut c, *id), Some(format!("buried {i}").into_bytes()));
+        }
+        assert_eq!(state_and_pri(&mut c, delayed), ("delayed".to_string(), "20".to_string()));
+        let f = yaml(&mut c, &format!("stats-job {flapper}")).unwrap();
+        assert_eq!((f["state"].as_str(), f["releases"].as_str()), ("delayed", COMPACT_ROUNDS.to_string().as_str()));
+        let s = stats(&mut c);
+        assert_eq!(num(&s, "current-jobs-buried") + num(&s, "current-jobs-delayed"), 5, "{backend}: {s:?}");
+        assert_eq!(num(&s, "current-jobs-ready"), 0, "{backend}: {s:?}");
+        check_bound(dir.path(), pinned_live, COMPACT_SEGMENT, backend);
+        stop(server);
     });
 }
