@@ -273,3 +273,16 @@ pub fn stat<'a>(doc: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
         .unwrap_or_else(|| panic!("no {key} in {doc}"))
 }
+
+/// Whether the tests that need something of the machine (C beanstalkd on
+/// `PATH`, permission to mount a file system) must run: set in CI, where a
+/// skip would hide a failure.
+pub fn live_required() -> bool {
+    std::env::var("RUNNERBEAN_REQUIRE_LIVE").is_ok_and(|v| v == "1")
+}
+
+/// The C beanstalkd on `PATH`, if there is one.
+pub fn c_beanstalkd() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("beanstalkd")).find(|candidate| candidate.is_file())
+}
