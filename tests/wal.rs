@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{BACKENDS, BIN, Client, REPLY_TIMEOUT, Server, on_both};
+use common::{BACKENDS, BIN, Client, REPLY_TIMEOUT, Server, TempDir, on_both};
 
 /// How long a stopped server may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,42 +55,6 @@ const EXIT_LOCKED: i32 = 10;
 const EXIT_LOG: i32 = 1;
 
 // ----- the directory -------------------------------------------------------
-
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rb-wal-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    /// A new directory `name` in `parent` (on a file system a test mounted).
-    fn under(parent: &Path, name: &str) -> TempDir {
-        let path = parent.join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The segment files of shard 0 in `dir`, by seq.
 fn segment_files(dir: &Path) -> BTreeMap<u64, PathBuf> {
