@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::filethread::FileThread;
 use super::io::{Event, Io, RecvEnd};
+use crate::memory::{self, OutOfMemory};
 
 /// Bytes of the shared read buffer.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -308,6 +309,11 @@ impl Io for Epoll {
         if self.conn_mut(conn).pending_send.take().is_some() {
             self.later.push_back(Later::Sent(conn, Err(io::Error::from_raw_os_error(libc::ECANCELED))));
         }
+    }
+
+    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory> {
+        let more = (conn as usize + 1).saturating_sub(self.conns.len());
+        memory::try_reserve(&mut self.conns, more)
     }
 
     fn forget(&mut self, conn: u32, fd: RawFd) {

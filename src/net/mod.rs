@@ -34,6 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::engine::Nanos;
+use crate::memory;
 use crate::protocol::output::Segment;
 use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
 use io::{Event, Io, RecvEnd};
@@ -50,6 +51,13 @@ const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most iovecs handed to one writev (the kernel's IOV_MAX).
 const IOVECS_PER_SEND_MAX: usize = 1024;
+
+/// A connection keeps the vectors of its last send for the next one only
+/// if they hold at most this many segments: a request-and-reply client
+/// needs one to three, and a burst of large bodies by reference leaves
+/// thousands (32 bytes of segment and 16 of iovec each), which would stay
+/// with every connection that ever had one.
+const SEND_KEPT_SEGMENTS_MAX: usize = 64;
 
 /// A connection with input carried over to the next turn (it pipelines
 /// more than a turn's budget) is sent its replies once this many bytes of
@@ -624,7 +632,13 @@ impl<I: Io> Server<I> {
         if self.settings.verbosity > 0 {
             println!("accept {fd}");
         }
-        let Some(conn) = self.shard.open(fd) else {
+        // Room in the loop's and the back end's tables first, fallibly: a
+        // flood of connections makes them large. Session keys are dense,
+        // so the new one is at most one past the end of `conns`.
+        let next = self.conns.len() as u32;
+        let room = memory::try_or_spend(|| memory::try_reserve(&mut self.conns, 1))
+            .and_then(|()| memory::try_or_spend(|| self.io.reserve_conn(next)));
+        let Some(conn) = room.ok().and_then(|()| self.shard.open(fd)) else {
             // Out of memory: the connection is closed at once, as
             // beanstalkd does when it cannot allocate one.
             if self.settings.verbosity > 0 {
@@ -636,6 +650,7 @@ impl<I: Io> Server<I> {
         };
         let i = conn.0 as usize;
         if self.conns.len() <= i {
+            // Within the room made above.
             self.conns.resize_with(i + 1, || None);
         }
         self.conns[i] = Some(Conn {
@@ -716,6 +731,9 @@ impl<I: Io> Server<I> {
         }
         sending.iovecs.clear();
         sending.first = 0;
+        if sending.iovecs.capacity() > SEND_KEPT_SEGMENTS_MAX || sending.segments.capacity() > SEND_KEPT_SEGMENTS_MAX {
+            sending = Sending::default();
+        }
         let c = self.conns[conn as usize].as_mut().expect("connection checked above");
         c.spare = sending;
         self.touched.push(ConnId(conn));
@@ -782,23 +800,28 @@ impl<I: Io> Server<I> {
                 // The stop's grace is over: what is owed now is dropped.
                 self.shard.abort(conn, self.clock.now());
             } else {
+                // Room for a segment and an iovec per reply buffer and body
+                // owed, fallibly: a client that pipelines reserves of large
+                // jobs makes thousands. Without it the replies cannot go,
+                // and the connection goes as one whose send failed.
                 let mut sending = std::mem::take(&mut c.spare);
-                self.shard.start_send(conn, &mut sending.segments);
-                sending.iovecs.extend(
-                    sending.segments.iter().map(|s| libc::iovec {
-                        iov_base: s.bytes().as_ptr().cast_mut().cast(),
-                        iov_len: s.bytes().len(),
-                    }),
-                );
-                let count = sending.iovecs.len().min(IOVECS_PER_SEND_MAX);
-                let iov = sending.iovecs.as_ptr();
-                c.sending = Some(sending);
-                // Safety: the iovecs and the segments they point into are
-                // owned by `c.sending` until the Sent event.
-                unsafe { self.io.send(conn.0, c.fd, iov, count) };
+                let n = self.shard.output(conn).sendable_segments();
+                let room = memory::try_or_spend(|| memory::try_reserve(&mut sending.segments, n))
+                    .and_then(|()| memory::try_or_spend(|| memory::try_reserve(&mut sending.iovecs, n)));
+                if room.is_err() {
+                    c.spare = sending;
+                    if self.settings.verbosity > 0 {
+                        println!("error {} send(): no memory for the replies", c.fd);
+                    }
+                    self.shard.abort(conn, self.clock.now());
+                } else {
+                    self.send_owed(conn, sending);
+                }
             }
         }
+        let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
         let direct = self.shard.wants_direct_body(conn);
+
         match (self.shard.read_gate(conn), c.recv) {
             (ReadGate::Read, Recv::Ended) if !c.peer_done && direct => return self.receive_body(conn),
             (ReadGate::Read, Recv::Ended) if !c.peer_done => {
@@ -826,6 +849,25 @@ impl<I: Io> Server<I> {
         if c.recv == Recv::Ended && c.sending.is_none() && self.shard.finished(conn) {
             self.close(conn);
         }
+    }
+
+    /// Starts the send of everything a connection may be sent now, into
+    /// `sending`, which has room for it.
+    fn send_owed(&mut self, conn: ConnId, mut sending: Sending) {
+        self.shard.start_send(conn, &mut sending.segments);
+        sending.iovecs.extend(
+            sending
+                .segments
+                .iter()
+                .map(|s| libc::iovec { iov_base: s.bytes().as_ptr().cast_mut().cast(), iov_len: s.bytes().len() }),
+        );
+        let count = sending.iovecs.len().min(IOVECS_PER_SEND_MAX);
+        let iov = sending.iovecs.as_ptr();
+        let c = self.conns[conn.0 as usize].as_mut().expect("connection exists");
+        c.sending = Some(sending);
+        // Safety: the iovecs and the segments they point into are owned by
+        // `c.sending` until the Sent event.
+        unsafe { self.io.send(conn.0, c.fd, iov, count) };
     }
 
     fn close(&mut self, conn: ConnId) {

@@ -32,6 +32,7 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::io::{Event, Io, RecvEnd};
+use crate::memory::{self, OutOfMemory};
 
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
@@ -449,6 +450,11 @@ impl Io for Uring {
             }
         };
         self.push(entry.user_data(tag(FILE, 0)));
+    }
+
+    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory> {
+        let more = (conn as usize + 1).saturating_sub(self.conns.len());
+        memory::try_reserve(&mut self.conns, more)
     }
 
     fn forget(&mut self, conn: u32, _fd: RawFd) {

@@ -159,6 +159,14 @@ impl Output {
         self.taken += n as u64;
     }
 
+    /// How many segments [`Output::take`] would give now (at most).
+    pub fn sendable_segments(&self) -> usize {
+        match self.fences.front() {
+            None => self.sealed.len() + usize::from(!self.open.is_empty()),
+            Some(fence) => (fence.at - self.taken) as usize,
+        }
+    }
+
     /// Whether [`Output::take`] has anything to give now.
     pub fn has_sendable(&self) -> bool {
         match self.fences.front() {
