@@ -95,6 +95,14 @@ pub fn try_reserve<T>(v: &mut Vec<T>, additional: usize) -> Result<(), OutOfMemo
     attempt(|| v.try_reserve(additional))
 }
 
+/// Makes sure `v` holds `total` elements without allocating, or refuses.
+pub fn try_reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
+    match total.checked_sub(v.len()) {
+        Some(more) if total > v.capacity() => try_reserve(v, more),
+        _ => Ok(()),
+    }
+}
+
 /// Makes room for exactly `additional` more elements, or refuses.
 pub fn try_reserve_exact<T>(v: &mut Vec<T>, additional: usize) -> Result<(), OutOfMemory> {
     attempt(|| v.try_reserve_exact(additional))

@@ -89,9 +89,10 @@ pub trait Io {
     /// [`Io::idle`], no read of it is in flight.
     fn stop_signals(&mut self);
 
-    /// Makes room for the state of connections up to `conn`, fallibly,
-    /// before the first [`Io::recv`] on it: a flood of connections makes
-    /// the back end's table large, and its growth must be refusable.
+    /// Makes room for the state of connections up to `conn`, and for what
+    /// each can have queued at once, fallibly, before the first
+    /// [`Io::recv`] on it: a flood of connections makes the back end's
+    /// tables large, and their growth must be refusable.
     fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory>;
 
     /// Starts receiving on a connection.

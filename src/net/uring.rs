@@ -137,6 +137,8 @@ impl Uring {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("kernel {release} is older than 6.0")));
         }
         let ring = build_ring(sq_entries)?;
+        // Room for a whole completion queue, so that reaping never grows it.
+        let cq_entries = ring.params().cq_entries() as usize;
         let buffers = BufferRing::new(&ring, count, bytes)?;
         Ok(Uring {
             ring,
@@ -147,7 +149,7 @@ impl Uring {
             accept_stopping: false,
             signal_fd: None,
             signal_buf: Box::new([0; SIGINFO_BYTES]),
-            completions: Vec::with_capacity(1024),
+            completions: Vec::with_capacity(cq_entries),
             unqueued: VecDeque::new(),
             in_flight: 0,
             fault: None,
@@ -437,6 +439,10 @@ impl Io for Uring {
         self.cancel(tag(SEND, conn), conn);
     }
 
+    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory> {
+        memory::try_reserve_total(&mut self.conns, conn as usize + 1)
+    }
+
     unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
         use crate::wal::flush::Request;
         let entry = match request {
@@ -450,11 +456,6 @@ impl Io for Uring {
             }
         };
         self.push(entry.user_data(tag(FILE, 0)));
-    }
-
-    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory> {
-        let more = (conn as usize + 1).saturating_sub(self.conns.len());
-        memory::try_reserve(&mut self.conns, more)
     }
 
     fn forget(&mut self, conn: u32, _fd: RawFd) {

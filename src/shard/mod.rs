@@ -297,14 +297,14 @@ impl Shard {
         let sessions = self.sessions.len() + 1;
         memory::try_or_spend(|| {
             self.sessions.try_reserve()?;
-            reserve_total(&mut self.dirty, sessions)?;
-            reserve_total(&mut self.wakes, sessions)?;
+            memory::try_reserve_total(&mut self.dirty, sessions)?;
+            memory::try_reserve_total(&mut self.wakes, sessions)?;
             let more = sessions.saturating_sub(self.runnable.len());
             memory::attempt(|| self.runnable.try_reserve(more))
         })
         .ok()?;
         let client = memory::try_or_spend(|| self.engine.connect()).ok()?;
-        if memory::try_or_spend(|| reserve_total(&mut self.conn_of_client, client.index() + 1)).is_err() {
+        if memory::try_or_spend(|| memory::try_reserve_total(&mut self.conn_of_client, client.index() + 1)).is_err() {
             self.engine.disconnect(client, self.clock);
             return None;
         }
@@ -1143,14 +1143,6 @@ fn document(out: &mut Output, scratch: &mut Vec<u8>, size: usize, write: impl Fn
 /// The size of `yaml::list` of these names: `---\n`, then `- <name>\n` each.
 fn list_bytes<'a>(names: impl Iterator<Item = &'a str>) -> usize {
     4 + names.map(|name| name.len() + 3).sum::<usize>()
-}
-
-/// Makes sure `v` holds `total` elements without allocating, or refuses.
-fn reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
-    match total.checked_sub(v.len()) {
-        Some(more) if total > v.capacity() => memory::try_reserve(v, more),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
