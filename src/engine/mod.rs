@@ -72,6 +72,14 @@ pub use tube::shard_of_tube;
 use tube::{Pause, Tube, Waiter};
 pub use wal::NoLogSpace;
 
+// While memory is short, a put is accepted only with a margin beyond its
+// body for the fresh pages it may need: a chunk of the job arena and a
+// page of the delayed jobs' column (the id index's pages and the log's
+// positions are smaller than what is left).
+const _: () = assert!(
+    arena::CHUNK * size_of::<Job>() + column::PAGE_SLOTS * size_of::<Extras>() <= memory::SHORT_MARGIN_BYTES / 4 * 3
+);
+
 /// The name of the tube every client starts with; it is never destroyed.
 pub const DEFAULT_TUBE: &str = "default";
 

@@ -755,6 +755,7 @@ fn while_memory_is_short_new_jobs_and_tubes_need_room_and_connections_are_served
         // Existing tubes and jobs work as ever.
         assert_eq!(c.ask(a, b"use old\r\nwatch default\r\n", S), "USING old\r\nWATCHING 2\r\n");
         assert!(c.ask(a, b"stats\r\n", S).starts_with("OK "));
+        assert_eq!(c.ask(a, b"peek 1\r\n", S), "FOUND 1 1\r\nx\r\n");
         assert_eq!(c.ask(a, b"reserve\r\n", S), "RESERVED 1 1\r\nx\r\n");
         assert_eq!(c.ask(a, b"delete 1\r\n", S), "DELETED\r\n");
         // A new connection is served: an administrator can get in.
