@@ -17,11 +17,11 @@
 //! * **A reserve for what is left.** A few allocations stay infallible
 //!   (small log and bookkeeping buffers, a reply's owned strings, the
 //!   allocator's own metadata). The [`Allocator`] sets aside
-//!   [`RESERVE_BYTES`] at start-up, in pieces of at most
-//!   [`RESERVE_PIECE_BYTES_MAX`], untouched, so they cost address space and
-//!   commit charge (what `ulimit -v` and strict overcommit count) but no
-//!   resident memory. When an infallible allocation fails, the largest
-//!   piece goes back to the allocator and the allocation is tried again.
+//!   [`RESERVE_PIECES`] pieces of [`RESERVE_PIECE_BYTES`] at start-up,
+//!   untouched, so they cost address space and commit charge (what
+//!   `ulimit -v` and strict overcommit count) but no resident memory. When
+//!   an infallible allocation fails, a piece goes back to the allocator and
+//!   the allocation is tried again.
 //!
 //! # Short
 //! From the first piece spent until the reserve is whole again, memory is
@@ -31,32 +31,35 @@
 //! keeps that account, the *credit*: bytes freed less bytes allocated since
 //! memory last ran out, plus the pieces spent, less the pieces taken back.
 //! What the allocator has free is at least the credit (it had nothing for
-//! the allocation that failed), and the reserve holds [`RESERVE_BYTES`]
-//! less what it lacks; so a new job is accepted when the credit covers
-//! what the reserve lacks, the job and [`SHORT_MARGIN_BYTES`], and after
-//! it free memory and reserve together are still worth a whole reserve.
-//! In other words a put is taken once the client has freed about the
-//! margin's worth more than it has allocated since memory ran out:
-//! measured at 512 MiB with 1000-byte jobs, 104–137 deletes (C beanstalkd
-//! takes one after a single delete, as does runnerbean when no infallible
-//! allocation failed and memory never became short).
+//! the allocation that failed), and the reserve lacks the pieces not taken
+//! back; so a new job is accepted when the credit covers those pieces, the
+//! job and [`SHORT_MARGIN_BYTES`], and after it free memory and reserve
+//! together are still worth a whole reserve. In other words a put is taken
+//! once the client has freed about the margin's worth more than it has
+//! allocated since memory ran out: measured at 512 MiB with 1000-byte
+//! jobs, 133–138 deletes (C beanstalkd takes one after a single delete, as
+//! does runnerbean when no infallible allocation failed and memory never
+//! became short).
 //!
-//! Waiting for the reserve itself to come back would wait for contiguous
-//! memory: deleting jobs frees blocks scattered between live ones, which
-//! serve new jobs of the same size at once but may never add up to a
-//! piece (at 512 MiB, after 1,000 deletes the reserve could not be had
-//! back). [`Upkeep`] still takes it back in pieces as large as the
-//! allocator can give, down to [`RESERVE_PIECE_BYTES_MIN`]: at once after a
-//! piece was spent (what the failed allocation left of it), whenever
-//! [`REPLENISH_FREED_BYTES`] more has been freed, and every
+//! Waiting for the reserve itself would wait for contiguous memory:
+//! deleting jobs frees blocks scattered between live ones, which serve new
+//! jobs of the same size at once but are slow to add up to a piece (in the
+//! same measurements the reserve was whole again after 1,100 to 17,000
+//! deletes). [`Upkeep`] takes the pieces back as the allocator can give
+//! them: at once after a piece was spent (what the failed allocation left
+//! of it), once a piece's worth more has been freed, and every
 //! [`REPLENISH_INTERVAL_NS`]; memory stays short, with puts taken out of
-//! the credit, for as long as it cannot.
+//! the credit, until it has them all.
 //!
 //! New connections are not refused for being short: an administrator must
 //! be able to get in to delete jobs. What a client needs to get through the
 //! shortage (a connection, room for its pipelined deletes and its replies)
-//! may spend a further piece, never the last [`RESERVE_KEPT_BYTES`]
-//! ([`try_or_spend`]).
+//! may spend a further piece, never the last [`RESERVE_PIECES_KEPT`]
+//! ([`try_or_spend`]). The tables of connections double as they grow, and
+//! a doubling needs more contiguous memory than freed jobs give: once only
+//! the kept piece is left, a connection that would make one grow is closed
+//! at once (measured while short: of 1,500 connections opened together,
+//! 511 were served on epoll, all of them on io_uring).
 //!
 //! # What it must never do
 //! Allocate while handling a failed allocation, or let a fallible
@@ -150,30 +153,27 @@ pub fn injected_failure() -> bool {
     false
 }
 
-/// Bytes the reserve holds when it is whole: enough for a burst of
-/// infallible allocations (a connection's reply buffers, log lines) while
-/// clients delete jobs.
-pub const RESERVE_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes per piece of the reserve. A spent piece must be able to serve an
+/// allocation of any size the server makes: measured under `ulimit -v`
+/// with mimalloc full of 1000-byte blocks, after freeing a piece of 4 MiB
+/// every size from 2 KB to 2 MB could be had, after freeing one of 1 or
+/// 2 MiB not 100–300 KB (a table of a few hundred connections), and after
+/// 512 KiB nothing above 9 KB. With the pieces of 256 KiB to 2 MiB that a
+/// fragmented heap gives back, the 257th connection opened while memory
+/// was short was refused with 10 MiB of reserve held.
+pub const RESERVE_PIECE_BYTES: usize = 4 * 1024 * 1024;
 
-/// The largest piece the reserve is held in. Above mimalloc's largest
-/// size class, so each piece is a page of its own and freeing one gives
-/// the allocator memory it can use for anything; and large enough to hold
-/// whole 512 KiB pages of its middle size classes (16–84 KiB) once the
-/// small page the failed allocation needed is taken out of it. Measured
-/// under `ulimit -v`: after spending a 1 MiB block, only 400 KB of 16–64 KB
-/// allocations could be had; after a 4 MiB one, 9 MB.
-pub const RESERVE_PIECE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Pieces of the reserve: enough for a burst of infallible allocations (a
+/// connection's reply buffers, log lines) while clients delete jobs, and
+/// for what [`try_or_spend`] lets clients spend.
+pub const RESERVE_PIECES: usize = 4;
 
-/// The smallest piece the reserve is taken back in: four of mimalloc's
-/// 64 KiB slices, room for the small pages most infallible allocations
-/// need. Only 4 MiB pieces, and the reserve could not be had back after
-/// 10,000 deletes at 512 MiB; pieces down to 128–512 KiB came back after
-/// 2,000–5,000.
-pub const RESERVE_PIECE_BYTES_MIN: usize = 256 * 1024;
+/// Bytes the reserve holds when it is whole.
+pub const RESERVE_BYTES: usize = RESERVE_PIECES * RESERVE_PIECE_BYTES;
 
-/// What [`try_or_spend`] never spends: a largest piece's worth, kept for
-/// what cannot fail into a reply.
-pub const RESERVE_KEPT_BYTES: usize = RESERVE_PIECE_BYTES_MAX;
+/// Pieces [`try_or_spend`] never spends, kept for what cannot fail into a
+/// reply.
+pub const RESERVE_PIECES_KEPT: usize = 1;
 
 /// While memory is short, what must be left of the credit besides the
 /// reserve's missing part and the body for a new job or tube to be
@@ -183,15 +183,13 @@ pub const RESERVE_KEPT_BYTES: usize = RESERVE_PIECE_BYTES_MAX;
 /// id index), checked in the engine. About 130 deletes of 1000-byte jobs.
 pub const SHORT_MARGIN_BYTES: usize = 128 * 1024;
 
-/// While memory is short, the reserve is tried again once the credit has
-/// grown this much since the last try: a slice of mimalloc's, the least
-/// that can make a new span.
-pub const REPLENISH_FREED_BYTES: usize = 64 * 1024;
-
 /// While memory is short, the reserve is tried at least this often
 /// (memory may have come back from outside: another process, under strict
-/// overcommit).
+/// overcommit), besides once a piece's worth has been freed here.
 pub const REPLENISH_INTERVAL_NS: Nanos = 100_000_000;
+
+/// A shortage's start (and then its end) is logged at most this often.
+pub const SHORTAGE_LOG_INTERVAL_NS: Nanos = 1_000_000_000;
 
 /// How often [`Upkeep`] asks the allocator to give freed memory back to the
 /// kernel (see there): a server that went quiet after a burst kept its
@@ -204,27 +202,15 @@ pub const COLLECT_INTERVAL_NS: Nanos = 1_000_000_000;
 /// last work freed.
 pub const COLLECT_QUIET_NS: Nanos = 2_500_000_000;
 
-/// Places for pieces: enough for a reserve made of the smallest ones.
-const RESERVE_SLOTS: usize = RESERVE_BYTES / RESERVE_PIECE_BYTES_MIN;
+const PIECE: Layout = match Layout::from_size_align(RESERVE_PIECE_BYTES, 16) {
+    Ok(layout) => layout,
+    Err(_) => panic!("reserve piece layout"),
+};
 
-/// The layout of a piece of `bytes`: mimalloc's own alignment, so that it
-/// asks for exactly the piece (a page alignment made it ask for 4 KiB
-/// more, which rounded the page up by another 512 KiB).
-fn piece(bytes: usize) -> Layout {
-    match Layout::from_size_align(bytes, 16) {
-        Ok(layout) => layout,
-        // A multiple of the smallest piece, far below isize::MAX.
-        Err(_) => unreachable!("a piece of {bytes} bytes"),
-    }
-}
+/// The reserve's pieces; null where a piece was spent.
+static PIECES: [AtomicPtr<u8>; RESERVE_PIECES] = [const { AtomicPtr::new(std::ptr::null_mut()) }; RESERVE_PIECES];
 
-/// The reserve's pieces; null where none is held.
-static PIECES: [AtomicPtr<u8>; RESERVE_SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; RESERVE_SLOTS];
-
-/// The size of the piece in each place, written before the piece is.
-static PIECE_BYTES: [AtomicUsize; RESERVE_SLOTS] = [const { AtomicUsize::new(0) }; RESERVE_SLOTS];
-
-/// Bytes the reserve holds.
+/// Pieces the reserve holds.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// Some of the reserve is spent.
@@ -318,9 +304,9 @@ unsafe impl GlobalAlloc for Allocator {
 }
 
 /// An allocation failed. A fallible one is refused at once; any other is
-/// retried after each piece of the reserve goes back to mimalloc, largest
-/// first, until one try works or the reserve is gone (then Rust stops the
-/// process, as it would have without a reserve).
+/// retried after each piece of the reserve goes back to mimalloc, until one
+/// try works or the reserve is gone (then Rust stops the process, as it
+/// would have without a reserve).
 #[cold]
 #[inline(never)]
 fn failed(mut retry: impl FnMut() -> *mut u8) -> *mut u8 {
@@ -336,85 +322,60 @@ fn failed(mut retry: impl FnMut() -> *mut u8) -> *mut u8 {
     std::ptr::null_mut()
 }
 
-/// Gives the largest piece of the reserve back to mimalloc, if the reserve
-/// keeps at least `keep` bytes without it; false if there is none to give.
-/// The first piece of a shortage starts the credit afresh: memory has run
-/// out, and the piece is what there is. Later ones add to it: an
-/// allocation failed for want of a page of its size, not for want of any
-/// free memory (freed job bodies are still there for new ones), so the
-/// credit goes on counting free memory from the start of the shortage.
+/// Gives a piece of the reserve back to mimalloc, if the reserve keeps more
+/// than `keep` pieces; false if there is none to give. The first piece of
+/// a shortage starts the credit afresh: memory has run out, and the piece
+/// is what there is. Later ones add to it: an allocation failed for want of
+/// a page of its size, not for want of any free memory (freed job bodies
+/// are still there for new ones), so the credit goes on counting free
+/// memory from the start of the shortage.
 fn spend_piece(keep: usize) -> bool {
-    loop {
-        let mut largest: Option<(usize, usize)> = None;
-        for (i, slot) in PIECES.iter().enumerate() {
-            if !slot.load(Ordering::Acquire).is_null() {
-                let bytes = PIECE_BYTES[i].load(Ordering::Acquire);
-                if largest.is_none_or(|(_, most)| bytes > most) {
-                    largest = Some((i, bytes));
-                }
-            }
-        }
-        let Some((i, bytes)) = largest else { return false };
-        if HELD.load(Ordering::Acquire) < keep + bytes {
+    for slot in &PIECES {
+        if HELD.load(Ordering::Acquire) <= keep {
             return false;
         }
-        // Another thread may have spent it meanwhile: then look again.
-        let block = PIECES[i].swap(std::ptr::null_mut(), Ordering::AcqRel);
-        if block.is_null() {
+        // Another thread may spend one meanwhile: then look at the next.
+        let piece = slot.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if piece.is_null() {
             continue;
         }
-        HELD.fetch_sub(bytes, Ordering::AcqRel);
+        HELD.fetch_sub(1, Ordering::AcqRel);
         if SHORT.swap(true, Ordering::AcqRel) {
-            CREDIT.fetch_add(bytes as isize, Ordering::Relaxed);
+            CREDIT.fetch_add(RESERVE_PIECE_BYTES as isize, Ordering::Relaxed);
         } else {
-            CREDIT.store(bytes as isize, Ordering::Relaxed);
+            CREDIT.store(RESERVE_PIECE_BYTES as isize, Ordering::Relaxed);
         }
         SPENT.fetch_add(1, Ordering::Relaxed);
         // Safety: the piece came from MiMalloc with this layout and is
         // referred to by nothing else.
-        unsafe { MiMalloc.dealloc(block, piece(bytes)) };
+        unsafe { MiMalloc.dealloc(piece, PIECE) };
         return true;
     }
+    false
 }
 
-/// Takes the reserve back, in pieces as large as mimalloc can give, down
-/// to [`RESERVE_PIECE_BYTES_MIN`]; true when it is whole. Memory is short
-/// until it is. Only one thread (the shard's) calls it.
+/// Takes back the pieces the reserve lacks, as far as mimalloc can give
+/// them; true when it is whole. Memory is short until it is. Only one
+/// thread (the shard's) calls it.
 fn replenish() -> bool {
-    let mut try_bytes = RESERVE_PIECE_BYTES_MAX;
-    for (i, slot) in PIECES.iter().enumerate() {
-        let missing = RESERVE_BYTES - HELD.load(Ordering::Acquire);
-        if missing == 0 {
-            break;
-        }
+    for slot in &PIECES {
         if !slot.load(Ordering::Acquire).is_null() {
             continue;
         }
-        loop {
-            let bytes = try_bytes.min(missing);
-            // Straight from mimalloc: a failure here must not spend the
-            // reserve it is rebuilding.
-            // Safety: a valid, non-zero layout.
-            let block = unsafe { MiMalloc.alloc(piece(bytes)) };
-            if !block.is_null() {
-                PIECE_BYTES[i].store(bytes, Ordering::Release);
-                slot.store(block, Ordering::Release);
-                HELD.fetch_add(bytes, Ordering::AcqRel);
-                CREDIT.fetch_sub(bytes as isize, Ordering::Relaxed);
-                break;
-            }
-            if bytes <= RESERVE_PIECE_BYTES_MIN {
-                return false;
-            }
-            // What failed would fail again: smaller pieces from here on.
-            try_bytes = (bytes / 2 / RESERVE_PIECE_BYTES_MIN * RESERVE_PIECE_BYTES_MIN).max(RESERVE_PIECE_BYTES_MIN);
+        // Straight from mimalloc: a failure here must not spend the
+        // reserve it is rebuilding.
+        // Safety: a valid, non-zero layout.
+        let piece = unsafe { MiMalloc.alloc(PIECE) };
+        if piece.is_null() {
+            // The next would fail as this one did.
+            return false;
         }
+        slot.store(piece, Ordering::Release);
+        HELD.fetch_add(1, Ordering::AcqRel);
+        CREDIT.fetch_sub(RESERVE_PIECE_BYTES as isize, Ordering::Relaxed);
     }
-    let whole = HELD.load(Ordering::Acquire) == RESERVE_BYTES;
-    if whole {
-        SHORT.store(false, Ordering::Release);
-    }
-    whole
+    SHORT.store(false, Ordering::Release);
+    true
 }
 
 /// Sets the reserve aside; at start-up, before anything else allocates
@@ -468,7 +429,7 @@ pub fn room_for(bytes: usize) -> bool {
     if !SHORT.load(Ordering::Relaxed) {
         return true;
     }
-    let missing = RESERVE_BYTES - HELD.load(Ordering::Relaxed);
+    let missing = (RESERVE_PIECES - HELD.load(Ordering::Relaxed)) * RESERVE_PIECE_BYTES;
     let credit = CREDIT.load(Ordering::Relaxed);
     credit >= 0 && credit as usize >= missing + SHORT_MARGIN_BYTES + bytes
 }
@@ -494,9 +455,14 @@ pub struct Upkeep {
     spent_at_try: usize,
     /// When the shard last did work for a client, if it ever did.
     active_at: Option<Nanos>,
-    /// The shortage under way was logged (the allocator itself cannot log:
-    /// it must not allocate while failing).
-    logged_short: bool,
+    /// A shortage is under way, as far as the last tick saw (the allocator
+    /// itself cannot log: it must not allocate while failing).
+    in_shortage: bool,
+    /// Its start was logged, so its end is too.
+    logged_shortage: bool,
+    /// When a shortage was last logged, and shortages since that were not.
+    shortage_logged_at: Option<Nanos>,
+    shortages_unlogged: u64,
 }
 
 impl Upkeep {
@@ -522,16 +488,33 @@ impl Upkeep {
         }
     }
 
+    /// Logs that memory ran out, at most once per [`SHORTAGE_LOG_INTERVAL_NS`]
+    /// (the shortages in between are counted): a server that runs at the
+    /// edge of its memory goes short and back many times a second.
+    fn shortage_began(&mut self, now: Nanos) {
+        self.in_shortage = true;
+        if self.shortage_logged_at.is_some_and(|at| now < at + SHORTAGE_LOG_INTERVAL_NS) {
+            self.shortages_unlogged += 1;
+            return;
+        }
+        self.shortage_logged_at = Some(now);
+        self.logged_shortage = true;
+        let what = "runnerbean: out of memory; new jobs and tubes are refused until some is freed";
+        match std::mem::take(&mut self.shortages_unlogged) {
+            0 => eprintln!("{what}"),
+            n => eprintln!("{what} ({n} more shortages since the last of these lines)"),
+        }
+    }
+
     /// Does what is due at `now`. Cheap when nothing is.
     pub fn tick(&mut self, now: Nanos) {
         if SHORT.load(Ordering::Relaxed) {
-            if !self.logged_short {
-                self.logged_short = true;
-                eprintln!("runnerbean: out of memory; new jobs and tubes are refused until memory is freed");
+            if !self.in_shortage {
+                self.shortage_began(now);
             }
             let credit = CREDIT.load(Ordering::Relaxed);
             let spent = SPENT.load(Ordering::Relaxed);
-            let freed = credit.saturating_sub(self.credit_at_try) >= REPLENISH_FREED_BYTES as isize;
+            let freed = credit.saturating_sub(self.credit_at_try) >= RESERVE_PIECE_BYTES as isize;
             if spent != self.spent_at_try || freed || now >= self.next_replenish_at {
                 self.next_replenish_at = now + REPLENISH_INTERVAL_NS;
                 self.spent_at_try = spent;
@@ -539,9 +522,11 @@ impl Upkeep {
                 self.credit_at_try = CREDIT.load(Ordering::Relaxed);
             }
         }
-        if self.logged_short && !SHORT.load(Ordering::Relaxed) {
-            self.logged_short = false;
-            eprintln!("runnerbean: memory is available again; new jobs and tubes are accepted");
+        if self.in_shortage && !SHORT.load(Ordering::Relaxed) {
+            self.in_shortage = false;
+            if std::mem::take(&mut self.logged_shortage) {
+                eprintln!("runnerbean: memory is available again; new jobs and tubes are accepted");
+            }
         }
         if now >= self.next_collect_at {
             if self.recently_active(self.next_collect_at) {
@@ -568,18 +553,18 @@ pub fn collect() {
 
 /// Bytes the reserve holds now.
 pub fn reserve_bytes() -> usize {
-    HELD.load(Ordering::Relaxed)
+    HELD.load(Ordering::Relaxed) * RESERVE_PIECE_BYTES
 }
 
 /// Runs a fallible reservation; when it is refused and the reserve would
-/// keep [`RESERVE_KEPT_BYTES`] without its largest piece, spends that
-/// piece and tries again. For what a client needs to get through a
+/// keep [`RESERVE_PIECES_KEPT`] without one more piece, spends it and tries
+/// again. For what a client needs to get through a
 /// shortage: its connection, room for the commands it pipelined (often
 /// deletes, which are what free memory); the rest stays for what cannot
 /// fail into a reply.
 pub fn try_or_spend<R>(mut f: impl FnMut() -> Result<R, OutOfMemory>) -> Result<R, OutOfMemory> {
     match f() {
-        Err(OutOfMemory) if spend_piece(RESERVE_KEPT_BYTES) => f(),
+        Err(OutOfMemory) if spend_piece(RESERVE_PIECES_KEPT) => f(),
         result => result,
     }
 }
