@@ -177,10 +177,12 @@ pub const RESERVE_PIECES_KEPT: usize = 1;
 
 /// While memory is short, what must be left of the credit besides the
 /// reserve's missing part and the body for a new job or tube to be
-/// accepted: the most a put allocates besides its body, when each table
-/// it enters needs a fresh page (a chunk of the job arena, 64 KiB; a page
-/// of the delayed jobs' column, 20 KiB; of the log's positions and of the
-/// id index), checked in the engine. About 130 deletes of 1000-byte jobs.
+/// accepted: the most a put allocates besides its body when each paged
+/// table it enters needs a fresh page (a chunk of the job arena, 64 KiB; a
+/// page of the delayed jobs' column, 20 KiB, of the log's positions,
+/// 16 KiB, and of the id index, 4 KiB), checked in the engine. (Its heaps
+/// have room for as many jobs as the tube ever held.) About 130 deletes of
+/// 1000-byte jobs.
 pub const SHORT_MARGIN_BYTES: usize = 128 * 1024;
 
 /// While memory is short, the reserve is tried at least this often
