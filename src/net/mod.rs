@@ -847,7 +847,6 @@ impl<I: Io> Server<I> {
         }
         let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
         let direct = self.shard.wants_direct_body(conn);
-
         match (self.shard.read_gate(conn), c.recv) {
             (ReadGate::Read, Recv::Ended) if !c.peer_done && direct => return self.receive_body(conn),
             (ReadGate::Read, Recv::Ended) if !c.peer_done => {
