@@ -10,19 +10,24 @@ use common::{Client, Server, on_both, stat};
 
 /// The body of every job: the hostile tester's "ordinary 1000-byte puts".
 const BODY_BYTES: usize = 1000;
-/// Puts sent before their replies are read.
+/// Commands sent before their replies are read.
 const BATCH: usize = 100;
 /// Address space the server may use beyond what it has once started (its
-/// binary and libraries, the ring, and the allocator's first arena): room
-/// for a hundred thousand jobs or so, filled in a second or two.
+/// binary and libraries, the ring, the allocator's first arena and its
+/// reserve): room for some fifty thousand jobs, filled in a second or two.
 const ROOM_BYTES: u64 = 64 << 20;
 /// A limit loose enough for the server to start with its usual layout
 /// (mimalloc reserves smaller arenas once 1 GiB is refused), for reading
 /// the size of that layout.
 const START_LIMIT_BYTES: u64 = 1 << 30;
-/// Jobs deleted to give memory back before a put is tried again: 20 MB of
-/// bodies, several times the allocator's reserve.
-const DELETES: u64 = 20_000;
+/// Jobs deleted before puts are tried again: 2 MB of bodies, a modest
+/// number beside the jobs that fit, and fifteen times what must have been
+/// freed for a put to be taken while memory is short
+/// (`memory::SHORT_MARGIN_BYTES`).
+const DELETES: u64 = 2_000;
+/// Connections opened once memory has run out: each must be served (an
+/// administrator must be able to get in and delete jobs).
+const LATE_CONNS: usize = 50;
 
 fn put_line() -> Vec<u8> {
     let mut put = format!("put 0 0 60 {BODY_BYTES}\r\n").into_bytes();
@@ -54,6 +59,13 @@ fn fill(c: &mut Client) -> u64 {
     }
 }
 
+/// The C server's behaviour under `ulimit -v`, whether or not an
+/// allocation that cannot fail into a reply has failed meanwhile (which
+/// the client cannot see): the put that finds no memory gets
+/// OUT_OF_MEMORY, every other command goes on working, new connections are
+/// served, and once a modest number of jobs has been deleted puts are
+/// taken again, at once. Every step is a request and its reply; nothing
+/// waits for time to pass.
 #[test]
 fn running_out_of_memory_earns_out_of_memory_and_the_server_goes_on() {
     on_both(|backend| {
@@ -69,28 +81,47 @@ fn running_out_of_memory_earns_out_of_memory_and_the_server_goes_on() {
         let stats = c.ask(b"stats\r\n", 1);
         assert!(stats.starts_with("OK "), "{backend}: {stats}");
         assert_eq!(stat(&stats, "current-jobs-ready"), inserted.to_string(), "{backend}");
+        assert_eq!(stat(&stats, "current-connections"), "1", "{backend}");
         assert_eq!(c.ask(b"list-tubes\r\n", 1), "OK 14\r\n---\n- default\n\r\n", "{backend}");
+        let body = "x".repeat(BODY_BYTES);
+        assert_eq!(c.ask(b"peek 1\r\n", 1), format!("FOUND 1 {BODY_BYTES}\r\n{body}\r\n"), "{backend}");
+        let job = c.ask(b"stats-job 1\r\n", 1);
+        assert_eq!(stat(&job, "state"), "ready", "{backend}: {job}");
         let reserved = c.ask(b"reserve-with-timeout 0\r\n", 1);
-        assert_eq!(reserved, format!("RESERVED 1 {BODY_BYTES}\r\n{}\r\n", "x".repeat(BODY_BYTES)), "{backend}");
+        assert_eq!(reserved, format!("RESERVED 1 {BODY_BYTES}\r\n{body}\r\n"), "{backend}");
         assert_eq!(c.ask(b"delete 1\r\n", 1), "DELETED\r\n", "{backend}");
 
-        // Deleting jobs gives memory back; then puts work again.
-        let deletes: Vec<u8> = (2..2 + DELETES).flat_map(|id| format!("delete {id}\r\n").into_bytes()).collect();
-        assert_eq!(c.ask(&deletes, DELETES as usize), "DELETED\r\n".repeat(DELETES as usize), "{backend}");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let reply = c.ask(&put_line(), 1);
-            if reply.starts_with("INSERTED ") {
-                break;
-            }
-            assert_eq!(reply, "OUT_OF_MEMORY\r\n", "{backend}");
-            assert!(Instant::now() < deadline, "{backend}: puts still refused after {DELETES} deletes");
-            std::thread::sleep(Duration::from_millis(20));
+        // New connections are served: the last of them is the
+        // administrator who deletes jobs.
+        let mut late: Vec<Client> = (0..LATE_CONNS).map(|_| server.connect()).collect();
+        for (i, l) in late.iter_mut().enumerate() {
+            assert_eq!(l.ask(b"list-tube-used\r\n", 1), "USING default\r\n", "{backend}: connection {i}");
         }
-        assert_eq!(server.connect().ask(b"list-tube-used\r\n", 1), "USING default\r\n", "{backend}");
+        let admin = late.last_mut().unwrap();
+        let stats = admin.ask(b"stats\r\n", 1);
+        assert_eq!(stat(&stats, "current-connections"), (LATE_CONNS + 1).to_string(), "{backend}");
+        assert_eq!(admin.ask(b"peek-ready\r\n", 1), format!("FOUND 2 {BODY_BYTES}\r\n{body}\r\n"), "{backend}");
+
+        // Deleting a modest number of jobs gives memory back; then every
+        // put is taken, on both connections.
+        let ids: Vec<u64> = (2..2 + DELETES).collect();
+        for chunk in ids.chunks(BATCH) {
+            let deletes: Vec<u8> = chunk.iter().flat_map(|id| format!("delete {id}\r\n").into_bytes()).collect();
+            assert_eq!(admin.ask(&deletes, chunk.len()), "DELETED\r\n".repeat(chunk.len()), "{backend}");
+        }
+        // (The puts refused used up ids or not, as memory was short or
+        // not when they came.)
+        for client in [&mut c, admin] {
+            let replies = client.ask(&put_line().repeat(BATCH), BATCH);
+            let first: u64 =
+                replies.strip_prefix("INSERTED ").and_then(|r| r.split("\r\n").next()?.parse().ok()).unwrap_or(0);
+            assert!(first > inserted, "{backend}: after {DELETES} deletes: {replies}");
+            let expected: String = (first..first + BATCH as u64).map(|id| format!("INSERTED {id}\r\n")).collect();
+            assert_eq!(replies, expected, "{backend}: puts after {DELETES} deletes");
+        }
         assert!(server.is_running(), "{backend}: the server died");
         let log = server.log_text();
-        assert!(!log.contains("memory allocation of"), "{backend}: {log}");
+        assert!(!log.contains("memory allocation of") && !log.contains("panicked"), "{backend}: {log}");
     });
 }
 
@@ -111,9 +142,15 @@ const IDLE_AFTER_BURST_BYTES_MAX: u64 = 16 << 10;
 const ALLOCATOR_SLACK_BYTES: u64 = 12 << 20;
 /// What the server may keep once every connection is gone.
 const LEFT_AFTER_CLOSE_BYTES_MAX: u64 = 16 << 20;
+/// How long a burst of replies to every connection may take: a debug
+/// build answers the 30,000 `stats` in a few seconds, and a machine shared
+/// with other work may be several times slower (a passing test waits only
+/// as long as it must).
+const BURST_WAIT: Duration = Duration::from_secs(60);
 /// How long memory may take to go back: mimalloc frees a page a second
-/// after it was last used, and the server looks once a second.
-const GIVE_BACK_SECS: u64 = 8;
+/// after it was last used, and the server looks once a second; generous,
+/// for a loaded machine (a passing test waits only as long as it must).
+const GIVE_BACK_SECS: u64 = 30;
 
 fn rss_bytes(server: &Server) -> u64 {
     server.status_kb("VmRSS:") * 1024
@@ -191,7 +228,7 @@ fn connections_keep_little_once_a_burst_is_over() {
             c.send(&b"stats\r\n".repeat(100));
         }
         for c in &mut conns {
-            let replies = String::from_utf8(c.replies(100)).unwrap();
+            let replies = String::from_utf8(c.replies_within(100, BURST_WAIT)).unwrap();
             assert_eq!(replies.matches("OK ").count(), 100, "{backend}");
         }
         // Idle, and connected.

@@ -62,7 +62,11 @@ fn allocate(len: usize) -> *mut Header {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // Safety: a new anonymous mapping, placed by the kernel.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), size, prot, flags, -1, 0) };
-    if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() }
+    if p == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    memory::mapped(size);
+    p.cast()
 }
 
 /// Frees what [`allocate`] gave for `len` bytes.
@@ -77,6 +81,7 @@ unsafe fn free(ptr: *mut Header, len: usize) {
     } else {
         // Safety: the whole mapping, unused from now on.
         unsafe { libc::munmap(ptr.cast(), size) };
+        memory::unmapped(size);
     }
 }
 

@@ -79,6 +79,9 @@ const VACANT: u32 = u32::MAX;
 
 type Slots = Box<[u32; PAGE_SLOTS]>;
 
+/// Bytes of a page: what a put may allocate here.
+pub(super) const PAGE_BYTES: usize = size_of::<[u32; PAGE_SLOTS]>();
+
 struct Page {
     keys: Slots,
     live: u32,

@@ -72,6 +72,17 @@ pub use tube::shard_of_tube;
 use tube::{Pause, Tube, Waiter};
 pub use wal::NoLogSpace;
 
+// While memory is short, a put is accepted only with a margin beyond its
+// body for the fresh pages it may need (see `make_room_for_job`): a chunk
+// of the job arena, a page of the delayed jobs' column and of the log's
+// positions, and a page of the id index.
+const _: () = assert!(
+    arena::CHUNK * size_of::<Job>()
+        + column::PAGE_SLOTS * (size_of::<Extras>() + size_of::<wal::WalPos>())
+        + ids::PAGE_BYTES
+        <= memory::SHORT_MARGIN_BYTES
+);
+
 /// The name of the tube every client starts with; it is never destroyed.
 pub const DEFAULT_TUBE: &str = "default";
 

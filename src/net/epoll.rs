@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::filethread::FileThread;
 use super::io::{Event, Io, RecvEnd};
+use crate::memory::{self, OutOfMemory};
 
 /// Bytes of the shared read buffer.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -31,6 +32,14 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 const READ_BYTES_PER_TURN: usize = READ_BUFFER_BYTES;
 /// Events taken per epoll_wait.
 const EVENTS_MAX: usize = 1024;
+/// Entries a connection can have waiting in `later` at once: a read or a
+/// receive into a put body to try, its send completed, its receive ended,
+/// its receive into a body completed. Room for as many per connection is
+/// made when it is accepted ([`Io::reserve_conn`]).
+const LATER_PER_CONN_MAX: usize = 4;
+/// Entries of `later` that belong to no connection: the accept ended, a
+/// file operation that could not be started.
+const LATER_SPARE: usize = 2;
 
 const LISTENER_TOKEN: u64 = u64::MAX;
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
@@ -310,6 +319,14 @@ impl Io for Epoll {
         }
     }
 
+    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory> {
+        let conns = conn as usize + 1;
+        memory::try_reserve_total(&mut self.conns, conns)?;
+        let later = &mut self.later;
+        let more = (LATER_SPARE + LATER_PER_CONN_MAX * conns).saturating_sub(later.len());
+        memory::attempt(|| later.try_reserve(more))
+    }
+
     fn forget(&mut self, conn: u32, fd: RawFd) {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, u64::from(conn));
         *self.conn_mut(conn) = Conn { fd: -1, reading: false, pending_send: None, pending_recv: None };
@@ -367,7 +384,11 @@ impl Io for Epoll {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
         }
-        for later in std::mem::take(&mut self.later) {
+        // The entries waiting now, one at a time; what they add (a read
+        // that used up its turn) waits for the next wait. Not taken, so
+        // that the queue keeps the room made for it.
+        for _ in 0..self.later.len() {
+            let Some(later) = self.later.pop_front() else { break };
             match later {
                 Later::Sent(conn, outcome) => handle(Event::Sent(conn, outcome)),
                 Later::RecvEnded(conn, end) => handle(Event::RecvEnded(conn, end)),

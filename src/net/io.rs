@@ -32,6 +32,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use crate::memory::OutOfMemory;
+
 /// How a receive ended.
 #[derive(Debug)]
 pub enum RecvEnd {
@@ -86,6 +88,12 @@ pub trait Io {
     /// Stops reading the signalfd (the last step of a stop); once
     /// [`Io::idle`], no read of it is in flight.
     fn stop_signals(&mut self);
+
+    /// Makes room for the state of connections up to `conn`, and for what
+    /// each can have queued at once, fallibly, before the first
+    /// [`Io::recv`] on it: a flood of connections makes the back end's
+    /// tables large, and their growth must be refusable.
+    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory>;
 
     /// Starts receiving on a connection.
     fn recv(&mut self, conn: u32, fd: RawFd);

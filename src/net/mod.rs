@@ -34,10 +34,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::engine::Nanos;
+use crate::memory;
 use crate::protocol::output::Segment;
 use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
 use io::{Event, Io, RecvEnd};
-use listen::BoundListener;
+use listen::{BoundListener, LISTEN_BACKLOG};
 use wal::LogDriver;
 
 /// How long to pause accepting after an accept error such as EMFILE, so a
@@ -50,6 +51,26 @@ const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most iovecs handed to one writev (the kernel's IOV_MAX).
 const IOVECS_PER_SEND_MAX: usize = 1024;
+
+/// Entries a connection can add to one turn's lists of deferred events
+/// and of connections to look at: its receive ended, its send completed,
+/// its receive into a put body completed, and its session changed. Room
+/// for this many per connection is made, fallibly, when it is accepted,
+/// so that a flood of connections is refused there rather than making
+/// those lists grow when nothing can be refused.
+const EVENTS_PER_CONN_MAX: usize = 4;
+
+/// Room kept in the turn's list of deferred events for what no connection
+/// accounts for: the connections one wait can accept (the kernel queues
+/// at most the listen backlog), a signal and a file operation.
+const DEFERRED_SPARE: usize = LISTEN_BACKLOG as usize + 2;
+
+/// A connection keeps the vectors of its last send for the next one only
+/// if they hold at most this many segments: a request-and-reply client
+/// needs one to three, and a burst of large bodies by reference leaves
+/// thousands (32 bytes of segment and 16 of iovec each), which would stay
+/// with every connection that ever had one.
+const SEND_KEPT_SEGMENTS_MAX: usize = 64;
 
 /// A connection with input carried over to the next turn (it pipelines
 /// more than a turn's budget) is sent its replies once this many bytes of
@@ -300,7 +321,7 @@ struct Server<I: Io> {
     stop: Option<Stop>,
     /// Events of the current turn other than data, kept between turns so
     /// the loop does not allocate.
-    deferred: Vec<Deferred>,
+    deferred: VecDeque<Deferred>,
     /// The write-ahead log's writes and syncs, with `-b`.
     log: Option<LogDriver>,
 }
@@ -324,14 +345,14 @@ impl<I: Io> Server<I> {
             settings,
             conns: Vec::new(),
             open: 0,
-            held: VecDeque::new(),
+            held: VecDeque::with_capacity(LISTEN_BACKLOG as usize),
             touched: Vec::new(),
             accept_again_at: None,
             accept_error_logged: None,
             accept_errors_unlogged: 0,
             limit_logged: None,
             stop: None,
-            deferred: Vec::new(),
+            deferred: VecDeque::with_capacity(DEFERRED_SPARE),
             log,
         }
     }
@@ -356,10 +377,13 @@ impl<I: Io> Server<I> {
             }
             self.shard.begin_turn();
             let timeout = self.timeout();
-            let mut deferred = std::mem::take(&mut self.deferred);
-            let mut events = Events { shard: &mut self.shard, clock: &self.clock, now: None, deferred: &mut deferred };
+            let mut events =
+                Events { shard: &mut self.shard, clock: &self.clock, now: None, deferred: &mut self.deferred };
             self.io.wait(timeout, &mut |event| events.handle(event))?;
-            for event in deferred.drain(..) {
+            // Taken one at a time, not drained, so that a connection
+            // accepted meanwhile can make room in the list; nothing acted on
+            // here adds to it (only a wait does).
+            while let Some(event) = self.deferred.pop_front() {
                 match event {
                     Deferred::Accepted(fd) => self.accepted(fd),
                     Deferred::AcceptEnded(error) => self.accept_ended(error),
@@ -376,7 +400,6 @@ impl<I: Io> Server<I> {
                     }
                 }
             }
-            self.deferred = deferred;
             if self.accept_again_at.is_some_and(|at| Instant::now() >= at) {
                 self.accept_again_at = None;
             }
@@ -406,11 +429,14 @@ impl<I: Io> Server<I> {
     /// Brings every connection whose session changed up to date.
     fn service_dirty(&mut self) {
         self.shard.take_dirty(&mut self.touched);
-        let touched = std::mem::take(&mut self.touched);
-        for &conn in &touched {
+        // By index, not taken, so that a connection opened meanwhile (one
+        // held at the limit takes the place of one closed) can make room
+        // in the list; servicing adds nothing to it.
+        let mut i = 0;
+        while let Some(&conn) = self.touched.get(i) {
             self.service(conn);
+            i += 1;
         }
-        self.touched = touched;
         self.touched.clear();
     }
 
@@ -624,7 +650,21 @@ impl<I: Io> Server<I> {
         if self.settings.verbosity > 0 {
             println!("accept {fd}");
         }
-        let Some(conn) = self.shard.open(fd) else {
+        // Room in the loop's and the back end's tables, and in the turn's
+        // lists for the connection's events, first, fallibly: a flood of
+        // connections makes them large. Session keys are dense, so the new
+        // one is at most one past the end of `conns`.
+        let next = self.conns.len() as u32;
+        let events = EVENTS_PER_CONN_MAX * (self.open + 1);
+        let room = memory::try_or_spend(|| memory::try_reserve(&mut self.conns, 1))
+            .and_then(|()| memory::try_or_spend(|| self.io.reserve_conn(next)))
+            .and_then(|()| memory::try_or_spend(|| memory::try_reserve_total(&mut self.touched, events)))
+            .and_then(|()| {
+                let deferred = &mut self.deferred;
+                let more = (DEFERRED_SPARE + events).saturating_sub(deferred.len());
+                memory::try_or_spend(|| memory::attempt(|| deferred.try_reserve(more)))
+            });
+        let Some(conn) = room.ok().and_then(|()| self.shard.open(fd)) else {
             // Out of memory: the connection is closed at once, as
             // beanstalkd does when it cannot allocate one.
             if self.settings.verbosity > 0 {
@@ -636,6 +676,7 @@ impl<I: Io> Server<I> {
         };
         let i = conn.0 as usize;
         if self.conns.len() <= i {
+            // Within the room made above.
             self.conns.resize_with(i + 1, || None);
         }
         self.conns[i] = Some(Conn {
@@ -716,6 +757,9 @@ impl<I: Io> Server<I> {
         }
         sending.iovecs.clear();
         sending.first = 0;
+        if sending.iovecs.capacity() > SEND_KEPT_SEGMENTS_MAX || sending.segments.capacity() > SEND_KEPT_SEGMENTS_MAX {
+            sending = Sending::default();
+        }
         let c = self.conns[conn as usize].as_mut().expect("connection checked above");
         c.spare = sending;
         self.touched.push(ConnId(conn));
@@ -782,22 +826,26 @@ impl<I: Io> Server<I> {
                 // The stop's grace is over: what is owed now is dropped.
                 self.shard.abort(conn, self.clock.now());
             } else {
+                // Room for a segment and an iovec per reply buffer and body
+                // owed, fallibly: a client that pipelines reserves of large
+                // jobs makes thousands. Without it the replies cannot go,
+                // and the connection goes as one whose send failed.
                 let mut sending = std::mem::take(&mut c.spare);
-                self.shard.start_send(conn, &mut sending.segments);
-                sending.iovecs.extend(
-                    sending.segments.iter().map(|s| libc::iovec {
-                        iov_base: s.bytes().as_ptr().cast_mut().cast(),
-                        iov_len: s.bytes().len(),
-                    }),
-                );
-                let count = sending.iovecs.len().min(IOVECS_PER_SEND_MAX);
-                let iov = sending.iovecs.as_ptr();
-                c.sending = Some(sending);
-                // Safety: the iovecs and the segments they point into are
-                // owned by `c.sending` until the Sent event.
-                unsafe { self.io.send(conn.0, c.fd, iov, count) };
+                let n = self.shard.output(conn).sendable_segments();
+                let room = memory::try_or_spend(|| memory::try_reserve(&mut sending.segments, n))
+                    .and_then(|()| memory::try_or_spend(|| memory::try_reserve(&mut sending.iovecs, n)));
+                if room.is_err() {
+                    c.spare = sending;
+                    if self.settings.verbosity > 0 {
+                        println!("error {} send(): no memory for the replies", c.fd);
+                    }
+                    self.shard.abort(conn, self.clock.now());
+                } else {
+                    self.send_owed(conn, sending);
+                }
             }
         }
+        let Some(c) = self.conns.get_mut(conn.0 as usize).and_then(Option::as_mut) else { return };
         let direct = self.shard.wants_direct_body(conn);
         match (self.shard.read_gate(conn), c.recv) {
             (ReadGate::Read, Recv::Ended) if !c.peer_done && direct => return self.receive_body(conn),
@@ -826,6 +874,25 @@ impl<I: Io> Server<I> {
         if c.recv == Recv::Ended && c.sending.is_none() && self.shard.finished(conn) {
             self.close(conn);
         }
+    }
+
+    /// Starts the send of everything a connection may be sent now, into
+    /// `sending`, which has room for it.
+    fn send_owed(&mut self, conn: ConnId, mut sending: Sending) {
+        self.shard.start_send(conn, &mut sending.segments);
+        sending.iovecs.extend(
+            sending
+                .segments
+                .iter()
+                .map(|s| libc::iovec { iov_base: s.bytes().as_ptr().cast_mut().cast(), iov_len: s.bytes().len() }),
+        );
+        let count = sending.iovecs.len().min(IOVECS_PER_SEND_MAX);
+        let iov = sending.iovecs.as_ptr();
+        let c = self.conns[conn.0 as usize].as_mut().expect("connection exists");
+        c.sending = Some(sending);
+        // Safety: the iovecs and the segments they point into are owned by
+        // `c.sending` until the Sent event.
+        unsafe { self.io.send(conn.0, c.fd, iov, count) };
     }
 
     fn close(&mut self, conn: ConnId) {
@@ -863,7 +930,7 @@ struct Events<'a> {
     shard: &'a mut Shard,
     clock: &'a Clock,
     now: Option<Nanos>,
-    deferred: &'a mut Vec<Deferred>,
+    deferred: &'a mut VecDeque<Deferred>,
 }
 
 impl Events<'_> {
@@ -882,7 +949,7 @@ impl Events<'_> {
             Event::Signal(signal) => Deferred::Signal(signal),
             Event::FileDone(outcome) => Deferred::FileDone(outcome),
         };
-        self.deferred.push(deferred);
+        self.deferred.push_back(deferred);
     }
 }
 

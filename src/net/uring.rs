@@ -32,6 +32,7 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::io::{Event, Io, RecvEnd};
+use crate::memory::{self, OutOfMemory};
 
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 4096;
@@ -136,6 +137,8 @@ impl Uring {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("kernel {release} is older than 6.0")));
         }
         let ring = build_ring(sq_entries)?;
+        // Room for a whole completion queue, so that reaping never grows it.
+        let cq_entries = ring.params().cq_entries() as usize;
         let buffers = BufferRing::new(&ring, count, bytes)?;
         Ok(Uring {
             ring,
@@ -146,7 +149,7 @@ impl Uring {
             accept_stopping: false,
             signal_fd: None,
             signal_buf: Box::new([0; SIGINFO_BYTES]),
-            completions: Vec::with_capacity(1024),
+            completions: Vec::with_capacity(cq_entries),
             unqueued: VecDeque::new(),
             in_flight: 0,
             fault: None,
@@ -434,6 +437,10 @@ impl Io for Uring {
 
     fn cancel_send(&mut self, conn: u32) {
         self.cancel(tag(SEND, conn), conn);
+    }
+
+    fn reserve_conn(&mut self, conn: u32) -> Result<(), OutOfMemory> {
+        memory::try_reserve_total(&mut self.conns, conn as usize + 1)
     }
 
     unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {

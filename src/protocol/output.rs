@@ -159,6 +159,14 @@ impl Output {
         self.taken += n as u64;
     }
 
+    /// How many segments [`Output::take`] would give now (at most).
+    pub fn sendable_segments(&self) -> usize {
+        match self.fences.front() {
+            None => self.sealed.len() + usize::from(!self.open.is_empty()),
+            Some(fence) => (fence.at - self.taken) as usize,
+        }
+    }
+
     /// Whether [`Output::take`] has anything to give now.
     pub fn has_sendable(&self) -> bool {
         match self.fences.front() {
@@ -342,6 +350,39 @@ mod tests {
         let rest =
             [b"DELETED\r\nFOUND 1 1025\r\n".to_vec(), vec![b'z'; BODY_INLINE_BYTES_MAX + 1], b"\r\n".to_vec()].concat();
         assert_eq!(flatten(&mut out), rest);
+        assert!(out.is_empty());
+    }
+
+    /// The network makes room for this many segments (and iovecs) before
+    /// it takes them, fallibly: `take` must never give more.
+    #[test]
+    fn sendable_segments_counts_what_take_gives() {
+        let takes = |out: &mut Output| {
+            let count = out.sendable_segments();
+            let mut segs = Vec::new();
+            out.take(&mut segs);
+            assert_eq!(segs.len(), count);
+            count
+        };
+        let mut out = Output::default();
+        assert_eq!(takes(&mut out), 0);
+        out.push(b"A\r\n");
+        assert_eq!(takes(&mut out), 1);
+        let big = Body::from_slice(&vec![b'b'; BODY_INLINE_BYTES_MAX + 1]);
+        out.push(b"FOUND 1 1025\r\n");
+        out.body(&big);
+        out.body(&big);
+        assert_eq!(takes(&mut out), 5, "the line, each body and the CRLF after each");
+        out.push(b"USING a\r\n");
+        let mark = out.mark();
+        out.push(b"INSERTED 1\r\n");
+        out.fence(mark, 1);
+        out.push(b"FOUND 1 1025\r\n");
+        out.body(&big);
+        assert_eq!(takes(&mut out), 1, "only what is before the fence");
+        assert_eq!(takes(&mut out), 0);
+        out.release(1);
+        assert_eq!(takes(&mut out), 3);
         assert!(out.is_empty());
     }
 

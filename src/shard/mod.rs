@@ -284,23 +284,27 @@ impl Shard {
         }
     }
 
-    /// A new connection; `label` names it in log lines. `None` when memory
-    /// is short or the memory for it cannot be had: the network then
-    /// closes it at once, as beanstalkd does when it cannot allocate one.
+    /// A new connection; `label` names it in log lines. `None` when the
+    /// memory for it cannot be had: the network then closes it at once, as
+    /// beanstalkd does when it cannot allocate one. A shortage alone does
+    /// not refuse it (an administrator must be able to get in and delete
+    /// jobs); it may spend some of the reserve, never the last of it
+    /// (`memory::try_or_spend`).
     pub fn open(&mut self, label: i32) -> Option<ConnId> {
-        if memory::is_short() {
-            return None;
-        }
         // Room for the session, its place in every per-session list, and
-        // the engine's client, before anything changes.
+        // the engine's client, before anything changes. Each step only
+        // makes room, so trying it again after spending changes nothing.
         let sessions = self.sessions.len() + 1;
-        self.sessions.try_reserve().ok()?;
-        reserve_total(&mut self.dirty, sessions).ok()?;
-        reserve_total(&mut self.wakes, sessions).ok()?;
-        let more = sessions.saturating_sub(self.runnable.len());
-        memory::attempt(|| self.runnable.try_reserve(more)).ok()?;
-        let client = self.engine.connect().ok()?;
-        if reserve_total(&mut self.conn_of_client, client.index() + 1).is_err() {
+        memory::try_or_spend(|| {
+            self.sessions.try_reserve()?;
+            memory::try_reserve_total(&mut self.dirty, sessions)?;
+            memory::try_reserve_total(&mut self.wakes, sessions)?;
+            let more = sessions.saturating_sub(self.runnable.len());
+            memory::attempt(|| self.runnable.try_reserve(more))
+        })
+        .ok()?;
+        let client = memory::try_or_spend(|| self.engine.connect()).ok()?;
+        if memory::try_or_spend(|| memory::try_reserve_total(&mut self.conn_of_client, client.index() + 1)).is_err() {
             self.engine.disconnect(client, self.clock);
             return None;
         }
@@ -897,9 +901,9 @@ impl Shard {
                 }
                 engine.set_producer(client);
                 session.producer = true;
-                // While memory is short no body is even tried: the memory
-                // freed goes to the reserve first.
-                let body = if memory::is_short() { None } else { BodyBuilder::try_new(size as usize) };
+                // While memory is short, a body is tried only out of what
+                // has been freed beyond what the reserve lacks.
+                let body = if memory::room_for(size as usize) { BodyBuilder::try_new(size as usize) } else { None };
                 let Some(body) = body else {
                     session.mode = Mode::Discard { remaining: body_bytes, reply: reply::OUT_OF_MEMORY };
                     return;
@@ -1139,14 +1143,6 @@ fn document(out: &mut Output, scratch: &mut Vec<u8>, size: usize, write: impl Fn
 /// The size of `yaml::list` of these names: `---\n`, then `- <name>\n` each.
 fn list_bytes<'a>(names: impl Iterator<Item = &'a str>) -> usize {
     4 + names.map(|name| name.len() + 3).sum::<usize>()
-}
-
-/// Makes sure `v` holds `total` elements without allocating, or refuses.
-fn reserve_total<T>(v: &mut Vec<T>, total: usize) -> Result<(), OutOfMemory> {
-    match total.checked_sub(v.len()) {
-        Some(more) if total > v.capacity() => memory::try_reserve(v, more),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -211,8 +211,9 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
         }
         R::Use(name) => {
             engine.count(Op::Use);
-            // No new tube while memory is short, as with puts.
-            let refused = memory::is_short() && !engine.has_tube(name);
+            // A new tube while memory is short, as a put, only out of
+            // what has been freed beyond what the reserve lacks.
+            let refused = !engine.has_tube(name) && !memory::room_for(name.len());
             match if refused { Err(OutOfMemory) } else { engine.use_tube(c, name) } {
                 Ok(()) => Reply::Using(name.to_string()),
                 Err(OutOfMemory) => Word::OutOfMemory.into(),
@@ -220,7 +221,7 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
         }
         R::Watch(name) => {
             engine.count(Op::Watch);
-            let refused = memory::is_short() && !engine.has_tube(name);
+            let refused = !engine.has_tube(name) && !memory::room_for(name.len());
             match if refused { Err(OutOfMemory) } else { engine.watch(c, name) } {
                 Ok(n) => Reply::Watching(n),
                 Err(OutOfMemory) => Word::OutOfMemory.into(),

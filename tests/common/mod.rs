@@ -194,7 +194,13 @@ impl Client {
     /// Reads exactly `n` complete replies (a line, plus `<n>` bytes and CRLF
     /// after RESERVED, FOUND and OK) and returns their bytes.
     pub fn replies(&mut self, n: usize) -> Vec<u8> {
-        let deadline = Instant::now() + REPLY_TIMEOUT;
+        self.replies_within(n, REPLY_TIMEOUT)
+    }
+
+    /// The same, waiting up to `wait` for them: for a test that makes the
+    /// server work through a burst of many connections' commands first.
+    pub fn replies_within(&mut self, n: usize, wait: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + wait;
         let mut taken = 0;
         let mut count = 0;
         while count < n {
