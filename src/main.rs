@@ -139,7 +139,12 @@ fn open_log(
     let opened = match open::open(dir, config.max_job_size, now) {
         Ok(opened) => opened,
         Err(OpenError::Locked) => {
-            let message = format!("{}: the log directory is in use: another process holds its lock", dir.display());
+            // beanstalkd's words, which scripts may look for, then why.
+            let message = format!(
+                "failed to lock wal dir {}: the log directory is in use: another process holds {}",
+                dir.display(),
+                dir.join("lock").display()
+            );
             return Err((message, EXIT_LOCKED));
         }
         Err(OpenError::Failed(message)) => return Err((message, EXIT_LOG)),

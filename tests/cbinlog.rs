@@ -11,6 +11,8 @@
 //! Every server is started here on 127.0.0.1 with `-p 0` and killed when its guard drops;
 //! temporary directories are removed the same way.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::TempDir;
 
 use runnerbean::wal::cbinlog::{Import, Problem, read_dir, write_v7};
 use runnerbean::wal::{Counters, ImageState, JobImage};
@@ -34,24 +38,6 @@ const NS_PER_S: u64 = 1_000_000_000;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cbinlog")
-}
-
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("rb-cbinlog-it-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // -----------------------------------------------------------------------------------------------

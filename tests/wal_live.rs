@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{BACKENDS, BIN, Client};
+use common::{BACKENDS, BIN, Client, TempDir};
 
 const NS_PER_S: u64 = 1_000_000_000;
 /// How long a server may take to start, to stop, or to make a job ready that the test waits
@@ -80,31 +80,6 @@ fn beanstalkd(test: &str) -> Option<PathBuf> {
         eprintln!("wal_live {test}: skipped, `beanstalkd` is not on PATH");
     }
     found
-}
-
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("rb-wal-live-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// A new subdirectory (C beanstalkd does not make its `-b` directory).
-    fn dir(&self, name: &str) -> PathBuf {
-        let dir = self.0.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Copies the files of `from` (C's `lock` left out) into the new directory `to`.

@@ -440,7 +440,7 @@ impl<I: Io> Server<I> {
             }
         }
         if let Some(log) = self.log.as_mut() {
-            log.stopping();
+            log.stopping(&mut self.shard);
         }
     }
 

@@ -92,9 +92,11 @@ impl LogDriver {
         self.flush.next_deadline()
     }
 
-    /// The server is stopping: sync everything written from now on.
-    pub fn stopping(&mut self) {
-        self.flush.sync_all();
+    /// The server is stopping: sync everything written from now on, the
+    /// files the log has open included.
+    pub fn stopping(&mut self, shard: &mut Shard) {
+        let open = shard.engine_mut().log_mut().expect("a shard with a log").stopping();
+        self.flush.sync_all(open);
     }
 
     /// Whether everything recorded is written and synced and nothing is in

@@ -145,10 +145,21 @@ impl Flush {
     }
 
     /// From now on, sync what is written as soon as possible, whatever the
-    /// policy: the server is stopping.
-    pub fn sync_all(&mut self) {
+    /// policy: the server is stopping. `open` are the files the log still
+    /// has open, which it keeps open until they are synced. With `-F` they
+    /// are all that is synced: files the log closed earlier were never
+    /// listed (see [`Flush::complete`]) and their writes are left to the
+    /// kernel's write-back, as every write is with `-F`.
+    pub fn sync_all(&mut self, open: impl IntoIterator<Item = FileRef>) {
         self.final_sync = true;
         self.retry_at = None;
+        if self.policy == SyncPolicy::Never {
+            for f in open {
+                if !self.unsynced.contains(&f) {
+                    self.unsynced.push(f);
+                }
+            }
+        }
     }
 
     pub fn start(&mut self, batch: Batch) {
@@ -320,9 +331,15 @@ impl Flush {
                     return Ok(Progress { written: Some(b.number), synced: Some(b.number) });
                 }
                 let b = self.batch.take().expect("checked above");
-                for f in b.files {
-                    if !self.unsynced.contains(&f) {
-                        self.unsynced.push(f);
+                // With `-F` nothing is synced before a stop, and the log
+                // closes a file as soon as its writes are done: a list of
+                // its descriptors would name closed files by then, or other
+                // files that reuse their numbers (see `sync_all`).
+                if self.policy != SyncPolicy::Never || self.final_sync {
+                    for f in b.files {
+                        if !self.unsynced.contains(&f) {
+                            self.unsynced.push(f);
+                        }
                     }
                 }
                 self.unsynced_upto = b.number;
@@ -487,11 +504,15 @@ mod tests {
 
     #[test]
     fn at_a_stop_everything_written_is_synced_whatever_the_policy() {
+        // `-F`: files 7 and 5 written; the log closed 7 since (its writes
+        // were done) and has 5 open at the stop. 5 is synced; 7, whose
+        // number may name another file by now, is not.
         let mut f = Flush::new(SyncPolicy::Never, DIR, 0);
-        f.start(batch(1, &[5], false));
+        f.start(batch(1, &[7, 5], false));
         run(&mut f, 0);
-        assert!(!f.is_idle(), "written, not synced");
-        f.sync_all();
+        assert!(f.is_idle(), "with -F nothing waits for a sync before the stop");
+        f.sync_all([FileRef(5)]);
+        assert!(!f.is_idle(), "an open file written before the stop waits for its sync");
         f.start(batch(2, &[6], false));
         let (ops, p) = run(&mut f, 0);
         assert_eq!(ops, ["write 6@64x2 dsync=false", "sync 6 data=true", "sync 5 data=true"]);

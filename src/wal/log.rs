@@ -245,6 +245,9 @@ pub struct Log {
     /// Bytes appended to batches since the log was opened (headers and
     /// records), for tests that cut the log at a byte.
     appended: u64,
+    /// The server is stopping: files stay open until they are synced,
+    /// whatever the policy, for the final sync.
+    stopping: bool,
 }
 
 impl Log {
@@ -275,19 +278,26 @@ impl Log {
             make_error: None,
             now,
             appended: 0,
+            stopping: false,
         };
         for s in recovered.segments.iter().filter(|s| s.id.shard == config.shard) {
             log.next_seq = log.next_seq.max(s.id.seq + 1);
-            log.disk_bytes += s.used_bytes;
+            // The whole file counts (it was preallocated), so that segments
+            // left by earlier starts drive compaction like any other.
+            log.disk_bytes += s.file_bytes;
             log.segs.push_back(Seg {
                 id: s.id,
                 file: None,
-                bytes: s.used_bytes,
+                bytes: s.file_bytes,
                 live_jobs: 0,
                 job_ids: s.job_ids.clone(),
                 last_batch: 0,
                 emptied_in: None,
             });
+        }
+        // Files left on disk unread keep their seqs.
+        for id in recovered.refused.iter().filter(|id| id.shard == config.shard) {
+            log.next_seq = log.next_seq.max(id.seq + 1);
         }
         for job in &recovered.jobs {
             if let Some(seg) = log.segs.iter_mut().find(|s| s.id == job.segment) {
@@ -300,6 +310,21 @@ impl Log {
         // belong here or elsewhere by their tube); they are this shard's
         // to remove only when there is one shard.
         log.start_segment(record::DELETE_RECORD_BYTES as u64)?;
+        // Every recovered job can be deleted: room for its delete record
+        // is reserved now, as a put reserves it, and a start that cannot
+        // find it on the disk is refused (a delete must always be written).
+        // Each round makes a bounded number of spares; many jobs in small
+        // segments take several.
+        while !log.room_for(0, 0) {
+            if let Some(e) = &log.make_error {
+                return Err(io::Error::other(format!(
+                    "no room on the disk for the delete records of the {} jobs read back ({} bytes): {e}; \
+                     free some space and start again",
+                    recovered.jobs.len(),
+                    log.reserved
+                )));
+            }
+        }
         Ok(log)
     }
 
@@ -706,6 +731,14 @@ impl Log {
         self.synced = self.synced.max(number);
     }
 
+    /// The server is stopping: everything written will be synced, so no
+    /// file is closed or removed before it is (with `-F` too), and the
+    /// files open now are returned for that sync.
+    pub fn stopping(&mut self) -> Vec<FileRef> {
+        self.stopping = true;
+        self.segs.iter().filter_map(|s| s.file).collect()
+    }
+
     /// Whether written records wait for a sync.
     pub fn needs_sync(&self) -> bool {
         self.config.sync != SyncPolicy::Never && self.synced < self.written
@@ -724,7 +757,9 @@ impl Log {
     pub fn maintain(&mut self, now: u64) -> u64 {
         self.now = now;
         let safe = match self.config.sync {
-            SyncPolicy::Never => self.written,
+            // Nothing is synced before a stop: a file closes once written.
+            // At a stop, the final sync needs every file it syncs open.
+            SyncPolicy::Never if !self.stopping => self.written,
             _ => self.synced,
         };
         // A file closes once its last writes are safe (synced, where the

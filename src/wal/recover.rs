@@ -14,6 +14,16 @@
 //! seq between two present ones is named, and everything that can be read
 //! is. The jobs that come out are exactly those the readable records
 //! describe; a job is never made up from bytes that failed a check.
+//!
+//! A file that is zeros to its end (or empty) holds nothing: it is a spare
+//! made ahead and never used, or a segment whose header never reached the
+//! disk. Either way there is nothing in it to read or to keep, and it is
+//! removed; when segments of its shard after it were written, which only
+//! happens once it was in use (spares are used in seq order), a warning
+//! says that whatever was written in it is lost. A file whose header is
+//! zeros but that holds other bytes is named in a warning and left as it
+//! is, like a file whose header is refused: what is in it is not ours to
+//! guess, nor to throw away.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -54,8 +64,9 @@ pub struct SegmentFile {
     pub shards: u32,
     /// The ids whose job records it holds, in the order written.
     pub job_ids: Vec<u64>,
-    /// Bytes of header and readable records.
-    pub used_bytes: u64,
+    /// Bytes of the file: what it takes on the disk until it is removed
+    /// (its preallocated size, not only the records in it).
+    pub file_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -64,9 +75,14 @@ pub struct Recovered {
     pub jobs: Vec<RecoveredJob>,
     /// Readable segments, in the order read.
     pub segments: Vec<SegmentFile>,
-    /// Files made but never given a header (a crash right after they were
-    /// created): they hold nothing and can be removed.
+    /// Files that are zeros to their end (spares made ahead and never
+    /// used, or segments whose header never reached the disk): they hold
+    /// nothing and can be removed.
     pub unused: Vec<PathBuf>,
+    /// Files named as segments that were not read and stay on disk (a
+    /// refused header, or a zero header before other bytes): their seqs
+    /// are taken, so new segments must be numbered above them.
+    pub refused: Vec<SegmentId>,
     /// No job id at or above this was handed out by the servers that wrote
     /// the log.
     pub next_id: u64,
@@ -92,6 +108,10 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut out = Recovered { next_id: 1, ..Recovered::default() };
     let mut buf = Vec::new();
     let mut last_seq: HashMap<u32, u64> = HashMap::new();
+    // Files that are zeros to their end, and the last seq read per shard:
+    // whether one of them was in use is known once every file was seen.
+    let mut zeroed: Vec<(SegmentId, PathBuf)> = Vec::new();
+    let mut last_read: HashMap<u32, u64> = HashMap::new();
     for (id, path) in found {
         let name = path.display().to_string();
         if let Some(&prev) = last_seq.get(&id.shard)
@@ -115,15 +135,28 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         })?;
         let scan = match scan {
             Ok(scan) => scan,
+            // `buf` holds the whole file: a short file or a zero header is
+            // nothing at all if every byte after it is zero too.
+            Err(BadHeader::Zeros | BadHeader::Short) if buf.iter().all(|&b| b == 0) => {
+                zeroed.push((id, path));
+                continue;
+            }
             Err(BadHeader::Zeros) => {
-                out.unused.push(path);
+                let at = buf.iter().position(|&b| b != 0).unwrap_or(0);
+                out.warnings.push(format!(
+                    "{name}: the header is all zeros, but the file holds other bytes from offset {at}: \
+                     what was written in it is lost; the file is left as it is and not read"
+                ));
+                out.refused.push(id);
                 continue;
             }
             Err(why) => {
                 out.warnings.push(format!("{name}: {why}; the file is left as it is and not read"));
+                out.refused.push(id);
                 continue;
             }
         };
+        last_read.insert(id.shard, id.seq);
         if scan.header.seq != id.seq || scan.header.shard != id.shard {
             out.warnings.push(format!(
                 "{name}: its header says shard {} seq {}, unlike its name",
@@ -142,13 +175,20 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
                  to the end of the file were not replayed"
             ));
         }
-        out.segments.push(SegmentFile {
-            id,
-            path,
-            shards: scan.header.shards,
-            job_ids,
-            used_bytes: segment::HEADER_BYTES as u64 + scan.record_bytes,
-        });
+        let file_bytes = std::fs::metadata(&path)?.len();
+        out.segments.push(SegmentFile { id, path, shards: scan.header.shards, job_ids, file_bytes });
+    }
+    for (id, path) in zeroed {
+        if last_read.get(&id.shard).is_some_and(|&seq| seq > id.seq) {
+            out.warnings.push(format!(
+                "{}: it is zeros to its end, yet later segments of shard {} were written: its header \
+                 never reached the disk, and the records written in it, if any, are lost; it holds \
+                 nothing and is removed",
+                path.display(),
+                id.shard
+            ));
+        }
+        out.unused.push(path);
     }
     if replay.out_of_memory {
         return Err(io::Error::new(io::ErrorKind::OutOfMemory, "not enough memory for the jobs in the log"));

@@ -201,7 +201,8 @@ pub fn read(path: &Path, each: impl FnMut(u64, Record<'_>)) -> io::Result<Result
 
 /// [`read`], reading the file into `buf` (whose memory is reused from one
 /// file to the next: fresh memory for each 10 MB segment cost a fifth of a
-/// recovery in the kernel's page zeroing).
+/// recovery in the kernel's page zeroing). Once it returns without an I/O
+/// error, `buf` holds the whole file, header refused or not.
 pub fn read_with(
     path: &Path,
     buf: &mut Vec<u8>,

@@ -30,6 +30,8 @@ pub struct Disk {
     pub journal: Vec<DiskEvent>,
     /// Creating a file fails while this is set (a full disk).
     pub full: bool,
+    /// When set, this many more files can be made, then the disk is full.
+    pub creates_left: Option<usize>,
     next_fd: i32,
     pub fds: HashMap<i32, SegmentId>,
 }
@@ -40,8 +42,11 @@ pub struct MemFiles(pub Rc<RefCell<Disk>>);
 impl SegmentFiles for MemFiles {
     fn create(&mut self, id: SegmentId, bytes: u64) -> io::Result<FileRef> {
         let mut d = self.0.borrow_mut();
-        if d.full {
+        if d.full || d.creates_left == Some(0) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if let Some(left) = &mut d.creates_left {
+            *left -= 1;
         }
         assert!(!d.files.contains_key(&id), "segment {id:?} made twice");
         d.files.insert(id, vec![0; bytes as usize]);
@@ -163,9 +168,60 @@ struct Jobs {
 
 impl Jobs {
     fn new(segment_bytes: u64) -> Jobs {
+        Jobs::with(config(segment_bytes))
+    }
+
+    fn with(config: LogConfig) -> Jobs {
         let files = MemFiles::default();
-        let log = Log::open(config(segment_bytes), Box::new(files.clone()), &Recovered::default(), 1).unwrap();
+        let log = Log::open(config, Box::new(files.clone()), &Recovered::default(), 1).unwrap();
         Jobs { log, files, live: HashMap::new(), next_id: 1 }
+    }
+
+    /// The batch written and not synced, then upkeep.
+    fn write_only(&mut self, now: u64) {
+        if let Some(batch) = self.log.take_batch() {
+            self.files.apply(&batch);
+            self.log.written(batch.number);
+        }
+        self.log.maintain(now);
+    }
+
+    /// Whether the log holds `file` open.
+    fn is_open(&self, file: FileRef) -> bool {
+        self.files.0.borrow().fds.contains_key(&file.0)
+    }
+
+    /// The next start on the files as they are now (the process stopped
+    /// after its last turn): what recovery reads of them, the files that
+    /// hold nothing removed (as `open` does), and a new log after them.
+    fn restart(&mut self, now: u64) -> io::Result<()> {
+        let recovered = self.files.recover();
+        {
+            let mut d = self.files.0.borrow_mut();
+            d.fds.clear();
+            let unused: Vec<SegmentId> =
+                d.files.iter().filter(|(_, bytes)| bytes.iter().all(|&b| b == 0)).map(|(&id, _)| id).collect();
+            assert_eq!(unused.len(), recovered.unused.len(), "the files recovery found to hold nothing");
+            for id in unused {
+                d.files.remove(&id);
+                d.journal.push(DiskEvent::Remove(id));
+            }
+        }
+        self.log = Log::open(self.log.config(), Box::new(self.files.clone()), &recovered, now)?;
+        self.live = recovered
+            .jobs
+            .iter()
+            .map(|j| (j.image.id, (j.segment, Body::from_slice(j.body_bytes()), j.has_state)))
+            .collect();
+        self.next_id = recovered.next_id;
+        Ok(())
+    }
+
+    /// Bytes of the files that hold a header (the spares made ahead left
+    /// out), as they are in memory, whatever the log believes.
+    fn segment_file_bytes(&self) -> u64 {
+        let d = self.files.0.borrow();
+        d.files.values().filter(|b| b[..segment::HEADER_BYTES].iter().any(|&x| x != 0)).map(|b| b.len() as u64).sum()
     }
 
     fn put(&mut self, body: &[u8]) -> Option<u64> {
@@ -379,6 +435,258 @@ fn old_jobs_and_repeated_state_changes_never_pin_old_segments() {
     assert!(jobs.log.stats().records_migrated > 0);
     assert!(worst <= 6 * segment, "worst {worst}");
     jobs.check_recovers();
+}
+
+#[test]
+fn a_segment_read_back_stays_until_the_new_segments_header_is_safe() {
+    // Every job deleted: what keeps their ids from being handed out again
+    // is then the next id in the header of the segment the next start
+    // opens; until that is safe, the last old segment must stay.
+    let mut jobs = Jobs::new(4096);
+    for _ in 0..5 {
+        let id = jobs.put(b"gone").unwrap();
+        jobs.delete(id);
+    }
+    jobs.turn(2);
+    let recovered = jobs.files.recover();
+    assert!(recovered.jobs.is_empty());
+    assert_eq!(recovered.next_id, 6);
+    let old: Vec<SegmentId> = recovered.segments.iter().map(|s| s.id).collect();
+    // The next start, on the same segments (spares made ahead are removed
+    // before the log opens).
+    let files = MemFiles::default();
+    for id in &old {
+        let bytes = jobs.files.0.borrow().files[id].clone();
+        files.0.borrow_mut().files.insert(*id, bytes);
+    }
+    let mut log = Log::open(config(4096), Box::new(files.clone()), &recovered, 3).unwrap();
+    let still_there = |files: &MemFiles| old.iter().all(|id| files.0.borrow().files.contains_key(id));
+    log.maintain(3);
+    let batch = log.take_batch().expect("the new segment's header");
+    log.maintain(4);
+    assert!(still_there(&files), "removed before the new header was written");
+    files.apply(&batch);
+    log.written(batch.number);
+    log.maintain(5);
+    assert!(still_there(&files), "removed before the new header was synced");
+    log.synced(batch.number);
+    log.maintain(6);
+    assert!(!still_there(&files), "an emptied segment stays after the new header is safe");
+    assert_eq!(files.recover().next_id, 6);
+}
+
+#[test]
+fn segments_left_by_earlier_starts_count_whole_and_are_compacted_away() {
+    // Every start writes in a new segment and keeps the old ones, which a
+    // buried job pins. They take their whole preallocated size on the disk,
+    // and must count so, or compaction never sees them and each restart
+    // leaves one more segment behind for good.
+    let segment = 4096;
+    let mut jobs = Jobs::new(segment);
+    let pinned = jobs.put(&[5; 100]).unwrap();
+    jobs.bury(pinned);
+    jobs.turn(2);
+    for round in 0..20u64 {
+        let now = 100 * (round + 1);
+        jobs.restart(now).unwrap();
+        let all_files: u64 = jobs.files.0.borrow().files.values().map(|b| b.len() as u64).sum();
+        assert_eq!(jobs.log.stats().disk_bytes, all_files, "round {round}: the bytes of the files on disk");
+        for t in 1..4 {
+            jobs.turn(now + t);
+        }
+        let live = jobs.log.stats().live_bytes;
+        let bound = super::log::COMPACT_RATIO * live + 3 * segment;
+        let on_disk = jobs.segment_file_bytes();
+        assert!(on_disk <= bound, "round {round}: {on_disk} bytes of segments, bound {bound}");
+    }
+    assert!(jobs.log.stats().records_migrated > 0, "the job was never moved");
+    jobs.check_recovers();
+}
+
+#[test]
+fn a_start_needs_room_for_the_delete_of_every_job_it_reads_back() {
+    // A thousand small jobs: their deletes take 17,000 bytes, more than the
+    // one segment the full disk lets the start make.
+    let segment = 4096;
+    let mut jobs = Jobs::new(segment);
+    for _ in 0..1000 {
+        jobs.put(b"x").unwrap();
+    }
+    jobs.turn(2);
+    jobs.files.0.borrow_mut().creates_left = Some(1);
+    let Err(e) = jobs.restart(10) else { panic!("a start without room for its deletes") };
+    let message = e.to_string();
+    assert!(
+        message.starts_with(
+            "no room on the disk for the delete records of the 1000 jobs read back (17000 bytes): \
+             cannot make log segment "
+        ),
+        "{message}"
+    );
+    assert!(message.ends_with("; free some space and start again"), "{message}");
+    // With room, the start reserves it all (the segment the refused start
+    // made holds nothing and is removed): then the disk fills, and every
+    // job read back can still be deleted.
+    jobs.files.0.borrow_mut().creates_left = None;
+    jobs.restart(20).unwrap();
+    jobs.files.0.borrow_mut().full = true;
+    let ids: Vec<u64> = jobs.live.keys().copied().collect();
+    assert_eq!(ids.len(), 1000);
+    for id in ids {
+        jobs.delete(id);
+    }
+    jobs.turn(30);
+    jobs.check_recovers();
+    assert!(jobs.files.recover().jobs.is_empty());
+}
+
+#[test]
+fn with_f_never_files_close_once_written_but_a_stop_keeps_them_for_its_sync() {
+    // `-F`: nothing is synced before the stop, so a segment's file closes
+    // as soon as its writes are done. At the stop, the files still open are
+    // synced, and none of them may close before that sync is done (its
+    // number could name another file by then).
+    let mut jobs = Jobs::with(LogConfig { sync: SyncPolicy::Never, ..config(400) });
+    for _ in 0..20 {
+        jobs.put(&[1; 100]).unwrap();
+    }
+    jobs.write_only(2);
+    let s = jobs.log.stats();
+    assert!(s.segments >= 5, "{s:?}");
+    let open_now = jobs.log.stopping();
+    assert_eq!(open_now.len(), 1, "only the current segment stays open once written: {open_now:?}");
+    jobs.log.synced(0);
+    // More records after the stop began fill more segments: none closes
+    // before it is synced.
+    for _ in 0..20 {
+        jobs.put(&[2; 100]).unwrap();
+    }
+    let before = jobs.files.0.borrow().fds.clone();
+    jobs.write_only(3);
+    for (fd, id) in &before {
+        assert!(jobs.is_open(FileRef(*fd)), "segment {id:?} closed before the final sync");
+    }
+    assert!(open_now.iter().all(|f| jobs.is_open(*f)));
+    let written = jobs.log.written_batch();
+    jobs.log.synced(written);
+    jobs.log.maintain(4);
+    assert!(!jobs.is_open(open_now[0]), "a synced segment no longer written stays open");
+    jobs.check_recovers();
+}
+
+/// A log of a few segments of 4096 bytes: the files, and the live jobs.
+fn a_few_segments() -> (HashMap<SegmentId, Vec<u8>>, Vec<u64>) {
+    let mut jobs = Jobs::new(4096);
+    for i in 0..60u64 {
+        jobs.put(&[i as u8; 150]).unwrap();
+        jobs.turn(i + 2);
+    }
+    let files = jobs.files.0.borrow().files.clone();
+    let mut live: Vec<u64> = jobs.live.keys().copied().collect();
+    live.sort_unstable();
+    (files, live)
+}
+
+/// The seqs of the files that hold records, in order.
+fn used_seqs(files: &HashMap<SegmentId, Vec<u8>>) -> Vec<u64> {
+    let mut seqs: Vec<u64> = files.iter().filter(|(_, b)| b.iter().any(|&x| x != 0)).map(|(id, _)| id.seq).collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Recovery of `files` in a directory: what it read, and the names of the
+/// files it found to hold nothing.
+fn recover_naming_unused(files: &HashMap<SegmentId, Vec<u8>>) -> (Recovered, Vec<String>) {
+    let dir = temp_dir();
+    for (id, bytes) in files {
+        std::fs::write(dir.join(segment::file_name(id.shard, id.seq)), bytes).unwrap();
+    }
+    let recovered = recover(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut unused: Vec<String> =
+        recovered.unused.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    unused.sort();
+    (recovered, unused)
+}
+
+fn ids(recovered: &Recovered) -> Vec<u64> {
+    let mut ids: Vec<u64> = recovered.jobs.iter().map(|j| j.image.id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn files_of_zeros_hold_nothing_and_are_removed() {
+    let (mut files, live) = a_few_segments();
+    let seqs = used_seqs(&files);
+    assert!(seqs.len() >= 3, "{seqs:?}");
+    let spares: Vec<u64> = files.keys().map(|id| id.seq).filter(|s| !seqs.contains(s)).collect();
+    assert!(!spares.is_empty() && spares.iter().all(|s| s > seqs.last().unwrap()), "spares {spares:?}");
+    // After the last segment: spares made ahead, an empty file (a crash
+    // between its creation and its preallocation) and a short one. Nothing
+    // to say about them.
+    let last = files.keys().map(|id| id.seq).max().unwrap();
+    files.insert(SegmentId { shard: 0, seq: last + 1 }, Vec::new());
+    files.insert(SegmentId { shard: 0, seq: last + 2 }, vec![0; 10]);
+    let (r, unused) = recover_naming_unused(&files);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(ids(&r), live);
+    assert_eq!(unused.len(), spares.len() + 2, "{unused:?}");
+    assert!(r.refused.is_empty());
+    // A segment in the middle that reads as zeros was in use, since later
+    // ones were written: it is said, and removed all the same.
+    let middle = SegmentId { shard: 0, seq: seqs[1] };
+    let bytes = files[&middle].len();
+    files.insert(middle, vec![0; bytes]);
+    let (r, unused) = recover_naming_unused(&files);
+    assert!(unused.contains(&segment::file_name(0, middle.seq)), "{unused:?}");
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].ends_with(&format!(
+            "{}: it is zeros to its end, yet later segments of shard 0 were written: its header never \
+             reached the disk, and the records written in it, if any, are lost; it holds nothing and is removed",
+            segment::file_name(0, middle.seq)
+        )),
+        "{:?}",
+        r.warnings
+    );
+    assert!(ids(&r).len() < live.len() && ids(&r).iter().all(|id| live.contains(id)));
+}
+
+#[test]
+fn a_zero_header_before_other_bytes_is_left_alone_and_its_seq_kept() {
+    let (mut files, live) = a_few_segments();
+    let seqs = used_seqs(&files);
+    // The last segment that holds records loses its header only.
+    let last = SegmentId { shard: 0, seq: *seqs.last().unwrap() };
+    files.get_mut(&last).unwrap()[..segment::HEADER_BYTES].fill(0);
+    let (r, unused) = recover_naming_unused(&files);
+    assert!(!unused.contains(&segment::file_name(0, last.seq)), "{unused:?}");
+    assert_eq!(r.refused, vec![last]);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].ends_with(&format!(
+            "{}: the header is all zeros, but the file holds other bytes from offset 64: what was \
+             written in it is lost; the file is left as it is and not read",
+            segment::file_name(0, last.seq)
+        )),
+        "{:?}",
+        r.warnings
+    );
+    assert!(ids(&r).len() < live.len());
+    // The next start writes above it: the file is never made twice nor
+    // written over (the files in memory refuse both).
+    let mem = MemFiles::default();
+    for (id, bytes) in &files {
+        if used_seqs(&files).contains(&id.seq) || *id == last {
+            mem.0.borrow_mut().files.insert(*id, bytes.clone());
+        }
+    }
+    let mut log = Log::open(config(4096), Box::new(mem.clone()), &r, 5).unwrap();
+    assert!(log.stats().current_seq > last.seq, "{:?}", log.stats());
+    let batch = log.take_batch().unwrap();
+    mem.apply(&batch);
+    assert_eq!(mem.0.borrow().files[&last][..segment::HEADER_BYTES], [0; segment::HEADER_BYTES]);
 }
 
 mod opening {

@@ -273,3 +273,64 @@ pub fn stat<'a>(doc: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
         .unwrap_or_else(|| panic!("no {key} in {doc}"))
 }
+
+/// Whether the tests that need something of the machine (C beanstalkd on
+/// `PATH`, permission to mount a file system) must run: set in CI, where a
+/// skip would hide a failure.
+pub fn live_required() -> bool {
+    std::env::var("RUNNERBEAN_REQUIRE_LIVE").is_ok_and(|v| v == "1")
+}
+
+/// The C beanstalkd on `PATH`, if there is one.
+pub fn c_beanstalkd() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("beanstalkd")).find(|candidate| candidate.is_file())
+}
+
+/// A directory under the system's temporary directory, removed on drop;
+/// its name carries the test's name, the process and a counter, so tests
+/// running at once never share one.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rb-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    /// A new directory `name` in `parent` (on a file system a test
+    /// mounted), removed on drop like the others.
+    pub fn under(parent: &std::path::Path, name: &str) -> TempDir {
+        let path = parent.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// A new subdirectory, kept until the whole directory goes (C
+    /// beanstalkd does not make its `-b` directory).
+    pub fn dir(&self, name: &str) -> std::path::PathBuf {
+        let dir = self.0.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
