@@ -10,19 +10,26 @@
 //! * backoff.rs: release and reconnect delays.
 //! * exec.rs: the `exec` handler, running a job's process; body.rs: what a job's body asks
 //!   for (JSON, a backq message, a command line); php.rs: PHP's `serialize()` format.
+//! * apns.rs: the `apns` handler, one push notification per job; provider.rs: the HTTP/2
+//!   connection to APNs; token.rs: the ES256 provider tokens.
 //! * log.rs: the log on stderr.
 //!
 //! See docs/WORKERS.md for the job formats, the flags and running workers under systemd.
 
+mod apns;
 mod backoff;
 mod body;
 mod exec;
 mod life;
 mod log;
 mod php;
+mod provider;
 mod runner;
+mod token;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -62,6 +69,11 @@ enum Cmd {
     /// BackQ\Message\Process, or a plain command line. Exit status 0 deletes the job; a failure
     /// releases it with back-off, and buries it after --tries attempts.
     Exec(ExecArgs),
+    /// Send each job as an Apple push notification over the HTTP/2 provider API: a JSON
+    /// {"token": "<hex>", "payload": {...}} body. Dead device tokens (410, 400 BadDeviceToken)
+    /// are deleted and recorded on --dead-tokens-tube; 429 and 5xx are retried with back-off;
+    /// other refusals are buried.
+    Apns(Box<ApnsArgs>),
 }
 
 /// The flags every worker takes.
@@ -126,6 +138,52 @@ struct ExecArgs {
     common: Common,
 }
 
+/// `apns`.
+#[derive(Args, Debug)]
+struct ApnsArgs {
+    /// Tube to take jobs from (repeatable). `default` is watched only when named.
+    #[arg(short, long = "tube", value_name = "TUBE", default_value = "apns")]
+    tubes: Vec<String>,
+    /// How many notifications are in flight at once, all on one HTTP/2 connection to APNs
+    /// (and one connection to the queue server each).
+    #[arg(short, long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Token authentication: the .p8 signing key from Apple (with --key-id and --team-id).
+    #[arg(long, value_name = "PATH", requires_all = ["key_id", "team_id"], conflicts_with_all = ["cert", "cert_key"])]
+    key_file: Option<PathBuf>,
+    /// Token authentication: the key's 10-character id.
+    #[arg(long, value_name = "ID", requires = "key_file")]
+    key_id: Option<String>,
+    /// Token authentication: the Apple developer team's 10-character id.
+    #[arg(long, value_name = "ID", requires = "key_file")]
+    team_id: Option<String>,
+    /// Certificate authentication: the client certificate, PEM (a .p12 converts with
+    /// `openssl pkcs12 -in cert.p12 -out cert.pem -nodes`), with --cert-key.
+    #[arg(long, value_name = "PATH", requires = "cert_key")]
+    cert: Option<PathBuf>,
+    /// Certificate authentication: the certificate's private key, PEM.
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    cert_key: Option<PathBuf>,
+    /// The apns-topic (usually the app's bundle id) of jobs that name none.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Send to Apple's sandbox (development) endpoint instead of production.
+    #[arg(long, conflicts_with = "apns_url")]
+    sandbox: bool,
+    /// Send to this endpoint instead of Apple's (https://HOST[:PORT]), for tests and private
+    /// relays.
+    #[arg(long, value_name = "URL")]
+    apns_url: Option<String>,
+    /// Also trust the CA certificates in this PEM file (for a test server or a relay).
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// Where records of dead device tokens go, as JSON, for the app to clean up.
+    #[arg(long, value_name = "TUBE", default_value = "apns-dead-tokens")]
+    dead_tokens_tube: String,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// Seconds, possibly with a fraction: `10`, `0.5`.
 fn seconds(text: &str) -> Result<Duration, String> {
     let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
@@ -186,7 +244,61 @@ async fn run(cli: Cli) -> ExitCode {
             let handler = exec::Exec { timeout: args.timeout };
             work(settings, args.common.limits(), handler).await
         }
+        Cmd::Apns(args) => {
+            let settings = match settings(&args.common, args.tubes.clone(), args.concurrency) {
+                Ok(settings) => settings,
+                Err(e) => return usage(&e),
+            };
+            let handler = match apns_handler(&args) {
+                Ok(handler) => handler,
+                Err(Setup::Usage(e)) => return usage(&e),
+                Err(Setup::Failed(e)) => {
+                    log::error(&e);
+                    return ExitCode::from(exit::FAILED);
+                }
+            };
+            work(settings, args.common.limits(), handler).await
+        }
     }
+}
+
+/// Why a worker cannot start.
+enum Setup {
+    /// The command line is wrong.
+    Usage(String),
+    /// A file it names cannot be used.
+    Failed(String),
+}
+
+fn apns_handler(args: &ApnsArgs) -> Result<apns::Apns, Setup> {
+    check_tube(&args.dead_tokens_tube).map_err(Setup::Usage)?;
+    let url = match (&args.apns_url, args.sandbox) {
+        (Some(url), _) => url.as_str(),
+        (None, true) => provider::SANDBOX_URL,
+        (None, false) => provider::PRODUCTION_URL,
+    };
+    let endpoint = provider::Endpoint::parse(url).map_err(|e| Setup::Usage(format!("--apns-url: {e}")))?;
+    let auth = match (&args.key_file, &args.cert) {
+        (Some(key_file), None) => {
+            let pem = std::fs::read(key_file)
+                .map_err(|e| Setup::Failed(format!("--key-file {}: {}", key_file.display(), exec::describe_io(&e))))?;
+            let key_id = args.key_id.as_deref().unwrap_or_default();
+            let team_id = args.team_id.as_deref().unwrap_or_default();
+            let signer = token::Signer::new(&pem, key_id, team_id)
+                .map_err(|e| Setup::Failed(format!("--key-file {}: {e}", key_file.display())))?;
+            apns::Auth::Token(signer)
+        }
+        (None, Some(_)) => apns::Auth::Certificate,
+        _ => return Err(Setup::Usage("give --key-file, --key-id and --team-id (token authentication) or --cert and --cert-key (certificate authentication)".to_owned())),
+    };
+    let client = args.cert.as_deref().zip(args.cert_key.as_deref());
+    let tls = provider::tls_config(args.ca_file.as_deref(), client).map_err(Setup::Failed)?;
+    Ok(apns::Apns {
+        provider: Arc::new(provider::Provider::new(endpoint, tls)),
+        auth,
+        topic: args.topic.clone(),
+        dead_tokens_tube: args.dead_tokens_tube.clone(),
+    })
 }
 
 fn settings(common: &Common, tubes: Vec<String>, concurrency: u64) -> Result<Settings, String> {

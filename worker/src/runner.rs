@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnerbean_client::{Client, Error, JobId, JobStats};
+use runnerbean_client::{Client, DEFAULT_PRI, DEFAULT_TTR_SECS, Error, JobId, JobStats};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -83,6 +83,16 @@ pub struct Job {
 pub enum Outcome {
     /// Done: delete it. The text says what happened, for the log.
     Delete(String),
+    /// Done, with a record to put on another tube first (a dead device token): put `body` on
+    /// `tube`, then delete the job. If the record cannot be put the job counts as failed.
+    Record {
+        /// Where the record goes.
+        tube: String,
+        /// The record.
+        body: Vec<u8>,
+        /// What happened, for the log.
+        note: String,
+    },
     /// Failed in a way that may pass: release it with back-off, or bury it after `--tries`.
     Retry(String),
     /// Cannot succeed (a body that cannot be understood, a refusal that will not change): bury
@@ -269,6 +279,7 @@ async fn regain(conn: &mut Conn, id: JobId) -> Hold {
 #[derive(Debug)]
 enum Action {
     Delete,
+    Record { tube: String, body: Vec<u8> },
     Release { delay: u32 },
     Bury,
 }
@@ -296,7 +307,7 @@ async fn settle(
     mut hold: Hold,
 ) {
     let id = stats.id;
-    let (action, note) = match outcome {
+    let (mut action, mut note) = match outcome {
         Outcome::Interrupted => {
             // Closing the connection gives the job back at once, and (unlike `release`) does
             // not count as a release, so the interrupted run does not use up an attempt.
@@ -305,6 +316,7 @@ async fn settle(
             return;
         }
         Outcome::Delete(note) => (Action::Delete, format!("{note}; deleted")),
+        Outcome::Record { tube, body, note } => (Action::Record { tube, body }, note),
         Outcome::Bury(reason) => (Action::Bury, format!("{reason}: buried")),
         Outcome::Retry(reason) => retry(settings, attempt, &reason),
     };
@@ -332,13 +344,26 @@ async fn settle(
             Action::Delete => client.delete(id).await,
             Action::Release { delay } => client.release(id, stats.pri, *delay).await,
             Action::Bury => client.bury(id, stats.pri).await,
+            Action::Record { tube, body } => match client.publish(tube, body, DEFAULT_PRI, 0, DEFAULT_TTR_SECS).await {
+                Ok(record) => {
+                    note = format!("{note}; recorded as job {record} on tube {tube:?}; deleted");
+                    action = Action::Delete;
+                    client.delete(id).await
+                }
+                Err(e) if e.is_disconnect() => Err(e),
+                Err(e) => {
+                    // The record is the point of the outcome: without it the job is retried.
+                    (action, note) = retry(settings, attempt, &format!("cannot put the record on tube {tube:?}: {e}"));
+                    continue;
+                }
+            },
         };
         match done {
             Ok(()) => {
                 match action {
                     Action::Bury => log::error(&format!("job {id}: {note}")),
                     Action::Release { .. } => log::warn(&format!("job {id}: {note}")),
-                    Action::Delete => log::info(&format!("job {id}: {note}")),
+                    Action::Delete | Action::Record { .. } => log::info(&format!("job {id}: {note}")),
                 }
                 return;
             }
