@@ -3,8 +3,8 @@
 //! A worker is `Running` (its slots reserve jobs), then `Draining` (no new jobs; the running
 //! ones finish), then `Stopping` (running jobs are stopped and their jobs go back to the
 //! queue). It drains after `--max-jobs` jobs, after `--idle-timeout` seconds without a job,
-//! after `--max-time` seconds, when its memory passes `--memory-mb`, and on SIGTERM or SIGINT.
-//! A signal also starts the `--grace` period, at whose end (or at a second signal) it stops.
+//! after `--max-time` seconds, when its memory passes `--memory-mb`, and on SIGTERM, SIGINT or
+//! SIGHUP. A signal also starts the `--grace` period, at whose end (or at a second signal) it stops.
 //! The process exits 0 once every slot is done, which is how a supervisor expects a worker to
 //! end before it starts a fresh one.
 //!
@@ -230,6 +230,9 @@ impl Life {
     pub fn supervise(self: &Arc<Life>) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        // backq's workers stop on SIGHUP too; without a handler it would kill the worker on
+        // the spot, with no grace for its jobs.
+        let mut hangup = signal(SignalKind::hangup())?;
         let life = self.clone();
         Ok(async move {
             let started = Instant::now();
@@ -241,6 +244,7 @@ impl Life {
                 let signalled = tokio::select! {
                     _ = terminate.recv() => Some("SIGTERM"),
                     _ = interrupt.recv() => Some("SIGINT"),
+                    _ = hangup.recv() => Some("SIGHUP"),
                     () = sleep_until(grace_end) => {
                         life.advance(Phase::Stopping, "the grace period is over");
                         grace_end = None;

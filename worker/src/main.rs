@@ -6,7 +6,7 @@
 //! * runner.rs: the slots shared by every subcommand: reserve, touch, delete, release with
 //!   back-off, bury, reconnect.
 //! * life.rs: the life cycle: `--max-jobs`, `--idle-timeout`, `--max-time`, `--memory-mb`,
-//!   SIGTERM and SIGINT with `--grace`.
+//!   SIGTERM, SIGINT and SIGHUP with `--grace`.
 //! * backoff.rs: release and reconnect delays.
 //! * exec.rs: the `exec` handler, running a job's process; body.rs: what a job's body asks
 //!   for (JSON, a backq message, a command line); php.rs: PHP's `serialize()` format.
@@ -49,7 +49,7 @@ mod exit {
 
 const AFTER_HELP: &str = "\
 Exit statuses:
-  0  ended as asked: --max-jobs, --idle-timeout, --max-time, --memory-mb, SIGTERM or SIGINT
+  0  ended as asked: --max-jobs, --idle-timeout, --max-time, --memory-mb, SIGTERM, SIGINT, SIGHUP
   1  stopped on an error no retry mends (the log says which)
   2  usage error
 
@@ -103,7 +103,7 @@ struct Common {
     /// 0 once the running ones finish.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     memory_mb: Option<u64>,
-    /// After SIGTERM or SIGINT, seconds that running jobs have to finish before they are
+    /// After SIGTERM, SIGINT or SIGHUP, seconds that running jobs have to finish before they are
     /// stopped and their jobs go back to ready (a second signal stops them at once).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     grace: Duration,
@@ -157,8 +157,9 @@ struct ApnsArgs {
     /// Token authentication: the Apple developer team's 10-character id.
     #[arg(long, value_name = "ID", requires = "key_file")]
     team_id: Option<String>,
-    /// Certificate authentication: the client certificate, PEM (a .p12 converts with
-    /// `openssl pkcs12 -in cert.p12 -out cert.pem -nodes`), with --cert-key.
+    /// Certificate authentication: the client certificate, PEM, with --cert-key. (`openssl
+    /// pkcs12 -in cert.p12 -out cert.pem -nodes` turns a .p12 into one PEM file with both,
+    /// which can be given to both flags.)
     #[arg(long, value_name = "PATH", requires = "cert_key")]
     cert: Option<PathBuf>,
     /// Certificate authentication: the certificate's private key, PEM.

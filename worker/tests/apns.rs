@@ -406,14 +406,14 @@ async fn certificate_auth() {
         }
         out + "-----END CERTIFICATE-----\n"
     };
-    std::fs::write(dir.path().join("cert.pem"), pem(&cert)).expect("cert");
-    std::fs::write(dir.path().join("cert-key.pem"), key.serialize_pem()).expect("key");
+    // One file with both, as `openssl pkcs12 -nodes` writes it, given to both flags.
+    std::fs::write(dir.path().join("cert.pem"), pem(&cert) + &key.serialize_pem()).expect("cert");
     let mock = mock(&pki, Some(&clients), Answers::new(), None).await;
     let p = Client::connect(server.addr()).await.expect("connect");
     let id = p.publish("apns", br#"{"token": "abcd", "payload": {"aps": {}}}"#, 0, 0, 60).await.expect("publish");
     let url = format!("https://{}", mock.addr);
     let path = |name: &str| dir.path().join(name).to_str().expect("path").to_owned();
-    let (ca, cert, cert_key) = (path("ca.pem"), path("cert.pem"), path("cert-key.pem"));
+    let (ca, cert, cert_key) = (path("ca.pem"), path("cert.pem"), path("cert.pem"));
     let args = [
         "apns",
         "--addr",

@@ -25,8 +25,13 @@ fn body(value: serde_json::Value) -> Vec<u8> {
 
 #[tokio::test]
 async fn runs_json_backq_and_plain_text_jobs() {
-    let server = TestServer::runnerbean();
-    let p = publisher(&server).await;
+    for server in TestServer::both() {
+        runs_every_kind_of_job(&server).await;
+    }
+}
+
+async fn runs_every_kind_of_job(server: &TestServer) {
+    let p = publisher(server).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf-8 path");
     let tube = "process";
@@ -59,7 +64,7 @@ async fn runs_json_backq_and_plain_text_jobs() {
         Worker::start(&["exec", "--addr", server.addr(), "--max-jobs", "5"], dir.path(), &[("DROPPED", "present")]);
     let status = worker.exit().await;
     let log = worker.log();
-    assert!(status.success(), "{status:?}\n{log}");
+    assert!(status.success(), "{}: {status:?}\n{log}", server.name());
     assert_eq!(read(dir.path(), "argv.txt"), "from-argv\n");
     assert_eq!(read(dir.path(), "shell.txt"), "env-value unset stdin-value");
     assert_eq!(read(dir.path(), "text.txt"), "from-text\n");
@@ -79,8 +84,13 @@ async fn runs_json_backq_and_plain_text_jobs() {
 
 #[tokio::test]
 async fn a_job_three_times_its_ttr_is_never_given_to_a_second_worker() {
-    let server = TestServer::runnerbean();
-    let p = publisher(&server).await;
+    for server in TestServer::both() {
+        never_twice(&server).await;
+    }
+}
+
+async fn never_twice(server: &TestServer) {
+    let p = publisher(server).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let args = ["exec", "--addr", server.addr(), "--tube", "slow", "--max-jobs", "1"];
     let _first = Worker::start(&args, dir.path(), &[]);
@@ -93,7 +103,7 @@ async fn a_job_three_times_its_ttr_is_never_given_to_a_second_worker() {
     // Watch the job until it is gone: one reserve, never a timeout.
     let mut seen_reserved = false;
     while let Some(stats) = job(&p, id).await {
-        assert_eq!(stats.timeouts, 0, "the job's time-to-run ran out");
+        assert_eq!(stats.timeouts, 0, "{}: the job's time-to-run ran out", server.name());
         assert!(stats.reserves <= 1, "reserved {} times", stats.reserves);
         seen_reserved |= stats.state == JobState::Reserved;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -347,4 +357,25 @@ async fn usage_errors_exit_2() {
     let mut worker = Worker::start(&["exec", "--tube", "a*b"], dir.path(), &[]);
     worker.exit().await;
     assert!(worker.log().starts_with("error: \"a*b\" is not a tube name"), "{}", worker.log());
+}
+
+#[tokio::test]
+async fn signals_end_an_idle_worker() {
+    let server = TestServer::runnerbean();
+    let p = publisher(&server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP")] {
+        let mut worker = Worker::start(&["exec", "--addr", server.addr(), "-t", "idle"], dir.path(), &[]);
+        until("the worker waits", || async {
+            Ok(p.stats_tube("idle").await.map(|s| s.current_waiting).unwrap_or(0) == 1)
+        })
+        .await;
+        worker.signal(signal);
+        assert!(worker.exit().await.success(), "{name}: {}", worker.log());
+        assert!(
+            worker.log().contains(&format!("info {name} (running jobs have 30s, --grace): taking no more jobs")),
+            "{}",
+            worker.log()
+        );
+    }
 }
