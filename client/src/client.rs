@@ -248,7 +248,8 @@ impl Client {
     /// Sends one command and returns its reply's bytes.
     async fn call(&self, command: Command<'_>, track: Option<Track>) -> Result<Vec<u8>, Error> {
         let shared = &self.inner.shared;
-        let (request, answer) = self.request(command, track).await?;
+        let permit = shared.slots.clone().acquire_owned().await.map_err(|_| shared.closed_error())?;
+        let (request, answer) = request(command, track, permit);
         self.inner.requests.send(request).await.map_err(|_| shared.closed_error())?;
         answer.await.unwrap_or_else(|_| Err(shared.closed_error()))
     }
@@ -262,28 +263,17 @@ impl Client {
         second: Command<'_>,
     ) -> Result<(Vec<u8>, Result<Vec<u8>, Error>), Error> {
         let shared = &self.inner.shared;
-        let (mut request, first_answer) = self.request(first.0, first.1).await?;
-        let (then, second_answer) = self.request(second, None).await?;
-        request.then = Some(Box::new(then));
-        self.inner.requests.send(request).await.map_err(|_| shared.closed_error())?;
+        // Both slots at once: tasks that each held one slot while waiting for a second could
+        // take every slot and wait for each other forever.
+        let mut permit = shared.slots.clone().acquire_many_owned(2).await.map_err(|_| shared.closed_error())?;
+        let second_permit = permit.split(1).ok_or_else(|| shared.closed_error())?;
+        let (mut request_one, first_answer) = request(first.0, first.1, permit);
+        let (then, second_answer) = request(second, None, second_permit);
+        request_one.then = Some(Box::new(then));
+        self.inner.requests.send(request_one).await.map_err(|_| shared.closed_error())?;
         let first_reply = first_answer.await.unwrap_or_else(|_| Err(shared.closed_error()))?;
         let second_reply = second_answer.await.unwrap_or_else(|_| Err(shared.closed_error()));
         Ok((first_reply, second_reply))
-    }
-
-    /// Encodes a command into a request, once a slot for it is free.
-    async fn request(
-        &self,
-        command: Command<'_>,
-        track: Option<Track>,
-    ) -> Result<(Request, oneshot::Receiver<Result<Vec<u8>, Error>>), Error> {
-        let shared = &self.inner.shared;
-        let permit = shared.slots.clone().acquire_owned().await.map_err(|_| shared.closed_error())?;
-        let mut bytes = Vec::new();
-        command.encode(&mut bytes);
-        let (reply, answer) = oneshot::channel();
-        let quit = matches!(command, Command::Quit);
-        Ok((Request { bytes, wait: command.waits(), quit, track, reply, permit, then: None }, answer))
     }
 
     /// `put`: adds a job with this body to the used tube and returns its id.
@@ -1007,6 +997,19 @@ impl Client {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A command encoded into a request that holds its slot.
+fn request(
+    command: Command<'_>,
+    track: Option<Track>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> (Request, oneshot::Receiver<Result<Vec<u8>, Error>>) {
+    let mut bytes = Vec::new();
+    command.encode(&mut bytes);
+    let (reply, answer) = oneshot::channel();
+    let quit = matches!(command, Command::Quit);
+    (Request { bytes, wait: command.waits(), quit, track, reply, permit, then: None }, answer)
 }
 
 /// A tube name as the protocol can carry it: not empty, at most 200 bytes, no spaces or

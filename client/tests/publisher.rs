@@ -101,3 +101,25 @@ async fn has_workers_counts_watchers_and_waiting_counts_idle_ones() {
         eventually("the worker is gone", async || Ok(!publisher.has_workers("mail").await?)).await.expect("poll");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_publishers_than_command_slots_all_finish() {
+    let server = TestServer::runnerbean();
+    let publisher = Client::connect(server.addr()).await.expect("connect");
+    // Each publish needs two of the client's command slots; far more tasks than slots must
+    // not end with every task holding one slot and waiting for another.
+    let count = 2 * runnerbean_client::COMMANDS_IN_FLIGHT_MAX;
+    let tasks: Vec<_> = (0..count)
+        .map(|n| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move { publisher.publish(&format!("t{}", n % 7), b"x", 0, 0, 60).await })
+        })
+        .collect();
+    let all = async {
+        for task in tasks {
+            task.await.expect("join").expect("publish");
+        }
+    };
+    tokio::time::timeout(NOTICE_WAIT * 6, all).await.expect("every publish finished");
+    assert_eq!(publisher.stats().await.expect("stats").total_jobs, count as u64);
+}
