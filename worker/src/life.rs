@@ -61,6 +61,8 @@ struct Counts {
     taken: u64,
     /// Jobs running now.
     running: u64,
+    /// Jobs finished.
+    done: u64,
     /// When the last job was reserved or finished (or the worker started).
     last_activity: Instant,
 }
@@ -106,7 +108,7 @@ impl Drop for Ticket {
 impl Life {
     /// A worker at the start of its life.
     pub fn new(limits: Limits) -> Arc<Life> {
-        let counts = Counts { taken: 0, running: 0, last_activity: Instant::now() };
+        let counts = Counts { taken: 0, running: 0, done: 0, last_activity: Instant::now() };
         Arc::new(Life {
             limits,
             phase: watch::channel(Phase::Running).0,
@@ -165,17 +167,18 @@ impl Life {
     }
 
     /// A job has finished (whatever its outcome). After the last of `--max-jobs` the worker
-    /// drains.
+    /// drains. (Counting finished jobs, not tickets: a ticket out on a reserve still waiting is
+    /// a job that may yet come.)
     pub fn finished(&self) {
         let mut counts = self.lock();
         counts.running -= 1;
+        counts.done += 1;
         counts.last_activity = Instant::now();
-        let all_done = counts.running == 0 && self.limits.max_jobs.is_some_and(|max| counts.taken >= max);
-        let taken = counts.taken;
+        let done = counts.done;
         drop(counts);
         self.activity.notify_one();
-        if all_done {
-            self.advance(Phase::Draining, &format!("processed {taken} job{}", if taken == 1 { "" } else { "s" }));
+        if self.limits.max_jobs.is_some_and(|max| done >= max) {
+            self.advance(Phase::Draining, &format!("processed {done} job{}", if done == 1 { "" } else { "s" }));
         }
         self.check_memory();
     }
@@ -250,7 +253,7 @@ impl Life {
                         grace_end = None;
                         None
                     }
-                    () = sleep_until(idle_end) => {
+                    () = sleep_until(idle_end), if life.phase() == Phase::Running => {
                         // The deadline was read before the wait: make sure no job came since.
                         if life.idle_deadline().is_some_and(|end| end <= Instant::now()) {
                             let idle = life.limits.idle.unwrap_or_default();
@@ -325,6 +328,18 @@ mod tests {
         assert_eq!(life.phase(), Phase::Running);
         life.finished();
         assert_eq!(life.phase(), Phase::Running, "one job still runs");
+        life.finished();
+        assert_eq!(life.phase(), Phase::Draining);
+    }
+
+    #[test]
+    fn a_ticket_still_waiting_for_a_job_keeps_the_worker_running() {
+        let life = Life::new(limits(Some(2)));
+        life.ticket().expect("first").used();
+        let waiting = life.ticket().expect("second");
+        life.finished();
+        assert_eq!(life.phase(), Phase::Running, "the second job may still come");
+        waiting.used();
         life.finished();
         assert_eq!(life.phase(), Phase::Draining);
     }
