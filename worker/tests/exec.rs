@@ -379,3 +379,15 @@ async fn signals_end_an_idle_worker() {
         );
     }
 }
+
+#[tokio::test]
+async fn over_a_unix_socket() {
+    let server = TestServer::runnerbean_unix();
+    let p = publisher(&server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = p.publish("process", b"echo over-unix > unix.txt", 0, 0, 60).await.expect("publish");
+    let mut worker = Worker::start(&["exec", "--max-jobs", "1"], dir.path(), &[("BEANSTALK_ADDR", server.addr())]);
+    assert!(worker.exit().await.success(), "{}", worker.log());
+    assert_eq!(read(dir.path(), "unix.txt"), "over-unix\n");
+    assert_eq!(job(&p, id).await, None);
+}
