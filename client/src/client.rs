@@ -249,13 +249,31 @@ impl Client {
     async fn call(&self, command: Command<'_>, track: Option<Track>) -> Result<Vec<u8>, Error> {
         let shared = &self.inner.shared;
         let permit = shared.slots.clone().acquire_owned().await.map_err(|_| shared.closed_error())?;
-        let mut bytes = Vec::new();
-        command.encode(&mut bytes);
-        let (reply, answer) = oneshot::channel();
-        let request =
-            Request { bytes, wait: command.waits(), quit: matches!(command, Command::Quit), track, reply, permit };
+        let (request, answer) = request(command, track, permit);
         self.inner.requests.send(request).await.map_err(|_| shared.closed_error())?;
         answer.await.unwrap_or_else(|_| Err(shared.closed_error()))
+    }
+
+    /// Sends two commands back to back, with no command from any clone of this client between
+    /// them on the wire, and returns both replies' bytes. The second reply is an error when the
+    /// connection failed before it came.
+    async fn call_pair(
+        &self,
+        first: (Command<'_>, Option<Track>),
+        second: Command<'_>,
+    ) -> Result<(Vec<u8>, Result<Vec<u8>, Error>), Error> {
+        let shared = &self.inner.shared;
+        // Both slots at once: tasks that each held one slot while waiting for a second could
+        // take every slot and wait for each other forever.
+        let mut permit = shared.slots.clone().acquire_many_owned(2).await.map_err(|_| shared.closed_error())?;
+        let second_permit = permit.split(1).ok_or_else(|| shared.closed_error())?;
+        let (mut request_one, first_answer) = request(first.0, first.1, permit);
+        let (then, second_answer) = request(second, None, second_permit);
+        request_one.then = Some(Box::new(then));
+        self.inner.requests.send(request_one).await.map_err(|_| shared.closed_error())?;
+        let first_reply = first_answer.await.unwrap_or_else(|_| Err(shared.closed_error()))?;
+        let second_reply = second_answer.await.unwrap_or_else(|_| Err(shared.closed_error()));
+        Ok((first_reply, second_reply))
     }
 
     /// `put`: adds a job with this body to the used tube and returns its id.
@@ -286,6 +304,126 @@ impl Client {
         match decode(&frame)? {
             Reply::Inserted(id) => Ok(JobId(id)),
             other => Err(refusal(other, "put")),
+        }
+    }
+
+    /// Puts a job into `tube`, whatever tube this connection uses: the publisher's one call.
+    /// `pri`, `delay` (seconds) and `ttr` (seconds) are those of [`PutOptions`]. Returns the new
+    /// job's id.
+    ///
+    /// It sends `use TUBE` and `put` back to back, with no other command of any clone of this
+    /// client between them, so tasks that share a client can publish to different tubes at
+    /// once. The connection goes on using `tube` afterwards. It fails as [`put`](Client::put)
+    /// does, and with [`Error::BadFormat`] or [`Error::InvalidArgument`] for a tube name the
+    /// server or the protocol refuses (then no job is put).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runnerbean_client::Error> {
+    /// # let server = runnerbean_testserver::TestServer::runnerbean();
+    /// # let addr = server.addr();
+    /// use runnerbean_client::{Client, JobState};
+    ///
+    /// let publisher = Client::connect(addr).await?;
+    /// let (mail, thumb) = tokio::join!(
+    ///     publisher.publish("mail", b"welcome 7", 100, 0, 60),
+    ///     publisher.publish("thumbnails", b"resize 9", 1024, 30, 120),
+    /// );
+    /// let (mail, thumb) = (publisher.stats_job(mail?).await?, publisher.stats_job(thumb?).await?);
+    /// assert_eq!((mail.tube.as_str(), mail.pri, mail.state), ("mail", 100, JobState::Ready));
+    /// assert_eq!((thumb.tube.as_str(), thumb.ttr, thumb.state), ("thumbnails", 120, JobState::Delayed));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish(&self, tube: &str, body: &[u8], pri: u32, delay: u32, ttr: u32) -> Result<JobId, Error> {
+        let use_tube = (Command::Use(tube_arg(tube)?), Some(Track::Use(tube.to_owned())));
+        let (used, put) = self.call_pair(use_tube, Command::Put { pri, delay, ttr, body }).await?;
+        match decode(&used)? {
+            Reply::Using(_) => {}
+            // The put that followed a refused `use` went into the previous tube: take it back
+            // rather than leave a job where nobody expects it. (The server parses the tube name
+            // of `use` before anything else, so this only happens with a name it rejects.)
+            other => {
+                if let Ok(frame) = &put
+                    && let Ok(Reply::Inserted(id)) = decode(frame)
+                {
+                    let _ = self.delete(JobId(id)).await;
+                }
+                return Err(refusal(other, "use"));
+            }
+        }
+        match decode(&put?)? {
+            Reply::Inserted(id) => Ok(JobId(id)),
+            other => Err(refusal(other, "put")),
+        }
+    }
+
+    /// Whether any connection other than this one watches `tube`: backq's check that workers
+    /// are there before publishing, from `current-watching` of `stats-tube`. A worker that is
+    /// busy with a job counts; [`has_waiting_workers`](Client::has_waiting_workers) counts only
+    /// idle ones. A tube that does not exist has no workers. This connection's own watch (every
+    /// connection starts watching `default`) is not counted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runnerbean_client::Error> {
+    /// # let server = runnerbean_testserver::TestServer::runnerbean();
+    /// # let addr = server.addr();
+    /// use runnerbean_client::Client;
+    ///
+    /// let publisher = Client::connect(addr).await?;
+    /// assert!(!publisher.has_workers("mail").await?);
+    /// assert!(!publisher.has_workers("default").await?);
+    ///
+    /// let worker = Client::connect(addr).await?;
+    /// worker.watch("mail").await?;
+    /// assert!(publisher.has_workers("mail").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn has_workers(&self, tube: &str) -> Result<bool, Error> {
+        let Some(stats) = self.tube_stats_if_any(tube).await? else { return Ok(false) };
+        let own = u64::from(lock(&self.inner.shared.session).watched.iter().any(|t| t == tube));
+        Ok(stats.current_watching > own)
+    }
+
+    /// Whether a connection is waiting in a `reserve` on `tube` right now (`current-waiting` of
+    /// `stats-tube`): a worker is idle and would take a job at once. A tube that does not exist
+    /// has none.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runnerbean_client::Error> {
+    /// # let server = runnerbean_testserver::TestServer::runnerbean();
+    /// # let addr = server.addr();
+    /// use std::time::Duration;
+    /// use runnerbean_client::Client;
+    ///
+    /// let publisher = Client::connect(addr).await?;
+    /// let worker = Client::connect(addr).await?;
+    /// worker.watch("mail").await?;
+    /// assert!(!publisher.has_waiting_workers("mail").await?);
+    ///
+    /// let waiting = tokio::spawn(async move { worker.reserve_with_timeout(5).await });
+    /// while !publisher.has_waiting_workers("mail").await? {
+    ///     tokio::time::sleep(Duration::from_millis(5)).await;
+    /// }
+    /// publisher.publish("mail", b"hello", 0, 0, 60).await?;
+    /// assert_eq!(waiting.await.expect("join")?.body, b"hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn has_waiting_workers(&self, tube: &str) -> Result<bool, Error> {
+        let stats = self.tube_stats_if_any(tube).await?;
+        Ok(stats.is_some_and(|stats| stats.current_waiting > 0))
+    }
+
+    /// `stats-tube`, with a missing tube as `None`.
+    async fn tube_stats_if_any(&self, tube: &str) -> Result<Option<TubeStats>, Error> {
+        match self.stats_tube(tube).await {
+            Ok(stats) => Ok(Some(stats)),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -859,6 +997,19 @@ impl Client {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A command encoded into a request that holds its slot.
+fn request(
+    command: Command<'_>,
+    track: Option<Track>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> (Request, oneshot::Receiver<Result<Vec<u8>, Error>>) {
+    let mut bytes = Vec::new();
+    command.encode(&mut bytes);
+    let (reply, answer) = oneshot::channel();
+    let quit = matches!(command, Command::Quit);
+    (Request { bytes, wait: command.waits(), quit, track, reply, permit, then: None }, answer)
 }
 
 /// A tube name as the protocol can carry it: not empty, at most 200 bytes, no spaces or

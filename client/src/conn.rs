@@ -53,6 +53,9 @@ pub(crate) struct Request {
     pub track: Option<Track>,
     pub reply: oneshot::Sender<Result<Vec<u8>, Error>>,
     pub permit: OwnedSemaphorePermit,
+    /// A command that must follow this one directly on the wire, with no other command of any
+    /// clone of the client between them (`publish` sends `use` and then `put` this way).
+    pub then: Option<Box<Request>>,
 }
 
 /// A change to the connection's session that a successful reply confirms, recorded so that
@@ -177,14 +180,16 @@ pub(crate) async fn run(
                     if pending.is_empty() {
                         last_progress = Instant::now();
                     }
-                    out.extend_from_slice(&request.bytes);
-                    pending.push_back(Pending {
-                        wait: request.wait,
-                        quit: request.quit,
-                        track: request.track,
-                        reply: request.reply,
-                        _permit: request.permit,
-                    });
+                    let mut request = request;
+                    loop {
+                        let Request { bytes, wait, quit, track, reply, permit, then } = request;
+                        out.extend_from_slice(&bytes);
+                        pending.push_back(Pending { wait, quit, track, reply, _permit: permit });
+                        match then {
+                            Some(next) => request = *next,
+                            None => break,
+                        }
+                    }
                 }
                 None => handles_gone = true,
             },
@@ -200,7 +205,14 @@ pub(crate) async fn run(
         let _ = waiting.reply.send(Err(failure.clone()));
     }
     while let Ok(request) = requests.try_recv() {
-        let _ = request.reply.send(Err(failure.clone()));
+        let mut request = request;
+        loop {
+            let _ = request.reply.send(Err(failure.clone()));
+            match request.then {
+                Some(next) => request = *next,
+                None => break,
+            }
+        }
     }
 }
 

@@ -25,6 +25,10 @@
 //! * [`Client`] (client.rs): one connection; every command of the protocol as an async method
 //!   with typed arguments and results. Clones share the connection, and commands sent from
 //!   several futures at once are pipelined.
+//!   The publisher's calls are there too: [`Client::publish`] puts into a named tube in one
+//!   call that is safe from many tasks at once, and [`Client::has_workers`] (or
+//!   [`Client::has_waiting_workers`]) checks that a worker watches the tube, as backq's
+//!   publishers do.
 //! * [`Error`] (error.rs): the server's error replies (`NotFound`, `TimedOut`, ...) and the
 //!   failures of the connection (`Io`, `ReplyTimeout`, `Protocol`, ...), in one enum.
 //! * [`Job`], [`JobId`], [`PutOptions`] (job.rs); [`Stats`], [`TubeStats`], [`JobStats`]

@@ -39,6 +39,10 @@ pub struct PutArgs {
     /// were put.
     #[arg(long)]
     lines: bool,
+    /// Put nothing, and exit with status 6, unless some connection watches the tube (a worker,
+    /// busy or idle: `current-watching` of `stats-tube`, not counting rbctl's own).
+    #[arg(long)]
+    require_workers: bool,
 }
 
 /// `rbctl reserve`.
@@ -148,6 +152,12 @@ pub async fn put(addr: &str, args: PutArgs) -> Result<(), Failure> {
         }
     };
     let client = connect(addr).await?;
+    if args.require_workers && !client.has_workers(&args.tube.tube).await.map_err(Failure::from)? {
+        return Err(Failure::new(
+            exit::NO_WORKERS,
+            format!("no worker watches {}; nothing was put", tube_name(&args.tube.tube)),
+        ));
+    }
     use_tube(&client, &args.tube.tube).await?;
     let options = PutOptions { pri: args.pri, delay: args.delay, ttr: args.ttr };
     if !args.lines {

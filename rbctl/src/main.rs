@@ -48,6 +48,8 @@ pub mod exit {
     pub const LOCAL_IO: u8 = 4;
     /// The user answered no at a confirmation prompt.
     pub const CANCELLED: u8 = 5;
+    /// `put --require-workers` found no worker watching the tube, and put nothing.
+    pub const NO_WORKERS: u8 = 6;
     /// A bug in rbctl (the panic hook's code, as sysexits' EX_SOFTWARE).
     pub const BUG: u8 = 70;
 }
@@ -60,6 +62,7 @@ Exit codes:
   3  cannot connect, connection lost, no reply in time, or not a beanstalkd server
   4  local I/O error (cannot read an input file, stdout closed)
   5  cancelled at a confirmation prompt
+  6  put --require-workers: no worker watches the tube; nothing was put
   70 a bug in rbctl";
 
 /// A command-line client for beanstalkd-protocol servers (runnerbean, C beanstalkd).

@@ -121,6 +121,31 @@ fn put_lines_pipelines_one_job_per_line() {
 }
 
 #[test]
+fn put_require_workers_refuses_a_tube_nobody_watches() {
+    use std::io::{BufRead, BufReader};
+    for server in TestServer::both() {
+        let addr = server.addr();
+        let refusal = "rbctl: no worker watches tube \"mail\"; nothing was put\n";
+        fails(addr, &["put", "hello", "-t", "mail", "--require-workers"], 6, refusal);
+        // rbctl's own connection watches `default`; that does not make it a worker.
+        let refusal = "rbctl: no worker watches tube \"default\"; nothing was put\n";
+        fails(addr, &["put", "hello", "--require-workers"], 6, refusal);
+        fails(addr, &["stats", "--tube", "mail"], 1, "rbctl: tube \"mail\" not found\n");
+
+        // A worker: a connection that watches the tube (without waiting in a reserve).
+        let mut worker = std::net::TcpStream::connect(addr).expect("connect worker");
+        worker.write_all(b"watch mail\r\n").expect("send watch");
+        let mut reply = String::new();
+        BufReader::new(&worker).read_line(&mut reply).expect("read reply");
+        assert_eq!(reply, "WATCHING 2\r\n");
+        assert_eq!(ok(addr, &["put", "hello", "-t", "mail", "--require-workers"]), "1\n");
+        assert_eq!(ok(addr, &["peek", "1"]), "hello");
+        let run = rbctl(addr, &["put", "--lines", "-t", "mail", "--require-workers"], b"a\nb\n");
+        assert_eq!((run.code, run.stdout.as_str()), (0, "put 2 jobs into tube \"mail\"\n"), "{run:?}");
+    }
+}
+
+#[test]
 fn bury_kick_touch_release() {
     for server in TestServer::both() {
         let addr = server.addr();
