@@ -134,7 +134,10 @@ pub trait Io {
     /// and unchanged until the `FileDone` event.
     unsafe fn file_op(&mut self, request: crate::wal::flush::Request);
 
-    /// The server is about to close `fd`: nothing is in flight on it.
+    /// The server is about to close `fd`: nothing it started is in flight
+    /// on it. What the back end started on its own (io_uring's hang-up
+    /// watch) it cancels here; that holds no memory of the server, and
+    /// [`Io::idle`] counts it until it has been reaped.
     fn forget(&mut self, conn: u32, fd: RawFd);
 
     /// Starts what has been asked for so far now, without waiting for

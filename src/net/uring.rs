@@ -19,6 +19,11 @@
 //! * The ring is single-issuer and completions are collected when the loop
 //!   enters the kernel (DEFER_TASKRUN where the kernel has it, else
 //!   COOP_TASKRUN) instead of interrupting it.
+//! * Each connection also has a hang-up watch (a one-shot poll), because a
+//!   multishot receive can miss a reset: see [`ConnSlot::watch`]. It is the
+//!   one operation the back end starts on its own; `forget` cancels it, and
+//!   the socket, closed by the server at once, is released by the kernel
+//!   when the cancel has been processed.
 //!
 //! Needs Linux 6.0 (multishot receive, provided buffer rings); the server
 //! uses epoll on older kernels or where io_uring is refused.
@@ -62,6 +67,14 @@ const CANCEL: u64 = 4;
 const SIGNAL: u64 = 5;
 const RECV_INTO: u64 = 6;
 const FILE: u64 = 7;
+const HANGUP: u64 = 8;
+
+/// What a hang-up watch waits for: the peer's end of the stream or a reset
+/// (the kernel always adds POLLERR and POLLHUP to a poll's events).
+const HANGUP_EVENTS: u32 = libc::POLLRDHUP as u32;
+/// What a hang-up watch reports when the connection was reset or failed,
+/// rather than ended in order (a FIN alone gives POLLRDHUP and POLLIN).
+const RESET_EVENTS: u32 = (libc::POLLERR | libc::POLLHUP) as u32;
 
 fn tag(kind: u64, conn: u32) -> u64 {
     kind << KIND_SHIFT | u64::from(conn)
@@ -79,6 +92,16 @@ fn not_now(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR))
 }
 
+/// A connection's hang-up watch (see [`ConnSlot::watch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    /// Not started: the connection's first receive starts it.
+    Off,
+    Armed,
+    /// It reported the hang-up (or failed); it is not started again.
+    Fired,
+}
+
 /// What the back end knows of a connection.
 #[derive(Clone, Copy)]
 struct ConnSlot {
@@ -90,6 +113,36 @@ struct ConnSlot {
     /// Receive one buffer at a time instead of multishot: see
     /// [`Uring::recv_entry`].
     one_at_a_time: bool,
+    /// A receive is in flight (until its last completion).
+    receiving: bool,
+    /// Bumped when a connection leaves the slot; tags its hang-up watch,
+    /// whose completion may come after the slot has a new connection.
+    epoch: u16,
+    /// A multishot receive that finds the last bytes of a connection and
+    /// its reset in one wake-up reports the bytes and then waits for a
+    /// wake-up that never comes: the kernel does not try the socket again
+    /// when it says it is empty, and a reset, unlike a FIN, does not make
+    /// it say otherwise. The connection then stays open for ever (a client
+    /// killed in the middle of a put left one in a few hundred). The watch
+    /// is a one-shot poll that completes at the hang-up; on a reset, while
+    /// a receive is armed, the receive is cancelled and armed again, and
+    /// the new one finds the error at once.
+    watch: Watch,
+    /// The receive was cancelled after a reset to be armed again.
+    nudged: bool,
+}
+
+impl ConnSlot {
+    const VACANT: ConnSlot = ConnSlot {
+        fd: -1,
+        stopping: false,
+        generation: 0,
+        one_at_a_time: false,
+        receiving: false,
+        epoch: 0,
+        watch: Watch::Off,
+        nudged: false,
+    };
 }
 
 /// Bytes of one `signalfd_siginfo`.
@@ -121,6 +174,11 @@ pub struct Uring {
     /// Errors that the next submits return instead of entering the kernel.
     #[cfg(test)]
     submit_errors: VecDeque<i32>,
+    /// Receives skip their first attempt and wait for readiness at once,
+    /// which is how a test puts a receive in the state where the kernel
+    /// misses a reset (see [`ConnSlot::watch`]).
+    #[cfg(test)]
+    recv_poll_first: bool,
 }
 
 impl Uring {
@@ -155,6 +213,8 @@ impl Uring {
             fault: None,
             #[cfg(test)]
             submit_errors: VecDeque::new(),
+            #[cfg(test)]
+            recv_poll_first: false,
         })
     }
 
@@ -240,7 +300,8 @@ impl Uring {
     /// turn, as the epoll back end's one read per turn does.
     fn recv_entry(&self, conn: u32, slot: ConnSlot) -> squeue::Entry {
         let data = tag_generation(RECV, conn, slot.generation);
-        if slot.one_at_a_time {
+        #[allow(unused_mut)]
+        let mut entry = if slot.one_at_a_time {
             opcode::Recv::new(types::Fd(slot.fd), std::ptr::null_mut(), self.buffers.size as u32)
                 .buf_group(BUFFER_GROUP)
                 .build()
@@ -248,6 +309,41 @@ impl Uring {
                 .user_data(data)
         } else {
             opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(data)
+        };
+        #[cfg(test)]
+        if self.recv_poll_first {
+            tests::set_poll_first(&mut entry);
+        }
+        entry
+    }
+
+    /// Starts a connection's hang-up watch (see [`ConnSlot::watch`]).
+    fn watch_hangup(&mut self, conn: u32) {
+        let slot = &mut self.conns[conn as usize];
+        slot.watch = Watch::Armed;
+        let poll = opcode::PollAdd::new(types::Fd(slot.fd), HANGUP_EVENTS)
+            .build()
+            .user_data(tag_generation(HANGUP, conn, slot.epoch));
+        self.push(poll);
+    }
+
+    /// A hang-up watch completed: on a reset, a receive still armed is
+    /// cancelled, to be armed again (see [`ConnSlot::watch`]). A watch of
+    /// a connection that has left its slot (cancelled by `forget`) ends
+    /// nothing.
+    fn hung_up(&mut self, conn: u32, epoch: u16, res: i32) {
+        let Some(slot) = self.conns.get_mut(conn as usize) else { return };
+        if slot.fd < 0 || slot.epoch != epoch {
+            return;
+        }
+        // A watch that failed (no memory for it) is not started again: the
+        // connection is served as before, without it.
+        slot.watch = Watch::Fired;
+        let reset = res > 0 && res as u32 & RESET_EVENTS != 0;
+        if reset && slot.receiving && !slot.stopping && !slot.nudged {
+            slot.nudged = true;
+            let target = tag_generation(RECV, conn, slot.generation);
+            self.cancel(target, conn);
         }
     }
 
@@ -259,7 +355,7 @@ impl Uring {
     fn conn_mut(&mut self, conn: u32) -> &mut ConnSlot {
         let i = conn as usize;
         if self.conns.len() <= i {
-            self.conns.resize(i + 1, ConnSlot { fd: -1, stopping: false, generation: 0, one_at_a_time: false });
+            self.conns.resize(i + 1, ConnSlot::VACANT);
         }
         &mut self.conns[i]
     }
@@ -307,11 +403,16 @@ impl Uring {
                     return;
                 }
                 let mut slot = slot.expect("checked by current");
+                let nudged = std::mem::take(&mut self.conns[conn as usize].nudged);
+                self.conns[conn as usize].receiving = false;
                 let end = match res {
                     0 => Some(RecvEnd::Eof),
                     _ if slot.stopping => Some(RecvEnd::Stopped),
                     // Out of buffers, or ended after data: arm again.
                     r if r > 0 || r == -libc::ENOBUFS => None,
+                    // Cancelled by the hang-up watch: the new receive finds
+                    // the error (or what is left before it).
+                    r if r == -libc::ECANCELED && nudged => None,
                     r if r == -libc::ECANCELED => Some(RecvEnd::Stopped),
                     r => Some(RecvEnd::Error(io::Error::from_raw_os_error(-r))),
                 };
@@ -328,11 +429,13 @@ impl Uring {
                             slot.one_at_a_time = false;
                             self.conns[conn as usize].one_at_a_time = false;
                         }
+                        self.conns[conn as usize].receiving = true;
                         let entry = self.recv_entry(conn, slot);
                         self.push(entry);
                     }
                 }
             }
+            HANGUP => self.hung_up(conn, generation, res),
             SEND => handle(Event::Sent(conn, outcome(res))),
             FILE => handle(Event::FileDone(outcome(res))),
             RECV_INTO => handle(Event::ReceivedInto(conn, outcome(res))),
@@ -390,13 +493,19 @@ impl Io for Uring {
 
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let slot = self.conn_mut(conn);
-        // `forget` clears it, so a new connection in the slot starts
-        // multishot.
-        let one_at_a_time = slot.one_at_a_time;
-        *slot = ConnSlot { fd, stopping: false, generation: slot.generation.wrapping_add(1), one_at_a_time };
+        // `forget` clears `one_at_a_time` and the watch, so a new
+        // connection in the slot starts multishot, and watched.
+        slot.fd = fd;
+        slot.stopping = false;
+        slot.nudged = false;
+        slot.receiving = true;
+        slot.generation = slot.generation.wrapping_add(1);
         let slot = *slot;
         let entry = self.recv_entry(conn, slot);
         self.push(entry);
+        if slot.watch == Watch::Off {
+            self.watch_hangup(conn);
+        }
     }
 
     fn stop_recv(&mut self, conn: u32, _fd: RawFd) {
@@ -460,9 +569,15 @@ impl Io for Uring {
 
     fn forget(&mut self, conn: u32, _fd: RawFd) {
         let slot = self.conn_mut(conn);
-        slot.fd = -1;
-        slot.stopping = false;
-        slot.one_at_a_time = false;
+        debug_assert!(!slot.receiving, "forgetting a connection with a receive in flight");
+        let watch = (slot.watch == Watch::Armed).then(|| tag_generation(HANGUP, conn, slot.epoch));
+        *slot = ConnSlot { generation: slot.generation, epoch: slot.epoch.wrapping_add(1), ..ConnSlot::VACANT };
+        // The poll holds its own reference to the socket, so the server
+        // may close the descriptor now; the kernel releases the socket once
+        // the cancel has ended the poll.
+        if let Some(watch) = watch {
+            self.cancel(watch, conn);
+        }
     }
 
     fn submit(&mut self) {
@@ -714,8 +829,10 @@ mod tests {
     /// A submission queue of two entries and a kernel that says "not now"
     /// three times in a row, in each of its three ways: the entries that
     /// did not fit wait and go in later, in order. Each connection's
-    /// receive is followed by its cancel, so a cancel that overtook its
-    /// receive would find nothing, and that receive would never end.
+    /// receive (and hang-up watch) is followed by its cancel, so a cancel
+    /// that overtook its receive would find nothing, and that receive
+    /// would never end; forgetting the connections then cancels their
+    /// watches, and nothing is left in flight.
     #[test]
     fn entries_refused_for_now_go_in_later_in_order() {
         use std::os::fd::AsRawFd;
@@ -726,21 +843,40 @@ mod tests {
             io.recv(i as u32, ours.as_raw_fd());
             io.stop_recv(i as u32, ours.as_raw_fd());
         }
-        assert_eq!(io.unqueued.len(), 10, "two entries fit; the kernel refused the rest for now");
-        let mut stopped = [false; 6];
+        assert_eq!(io.unqueued.len(), 16, "two entries fit; the kernel refused the rest for now");
+        let stopped = std::cell::Cell::new([false; 6]);
         pump(
             &mut io,
             &mut |event| {
                 if let Event::RecvEnded(conn, end) = event {
                     assert!(matches!(end, RecvEnd::Stopped), "connection {conn}: {end:?}");
-                    assert!(!stopped[conn as usize], "connection {conn} ended twice");
-                    stopped[conn as usize] = true;
+                    let mut now = stopped.get();
+                    assert!(!now[conn as usize], "connection {conn} ended twice");
+                    now[conn as usize] = true;
+                    stopped.set(now);
                 }
             },
-            &|io| io.idle(),
+            &|_| stopped.get() == [true; 6],
         );
-        assert_eq!(stopped, [true; 6]);
+        for (i, (ours, _)) in pairs.iter().enumerate() {
+            io.forget(i as u32, ours.as_raw_fd());
+        }
+        pump(&mut io, &mut |event| panic!("nothing more was asked for: {:?}", kind(&event)), &|io| io.idle());
         assert!(io.submit_errors.is_empty() && io.unqueued.is_empty());
+    }
+
+    /// The kind of an event, for messages.
+    fn kind(event: &Event<'_>) -> &'static str {
+        match event {
+            Event::Accepted(_) => "Accepted",
+            Event::AcceptEnded(_) => "AcceptEnded",
+            Event::Data(..) => "Data",
+            Event::RecvEnded(..) => "RecvEnded",
+            Event::Sent(..) => "Sent",
+            Event::ReceivedInto(..) => "ReceivedInto",
+            Event::Signal(_) => "Signal",
+            Event::FileDone(_) => "FileDone",
+        }
     }
 
     /// Any other error of a submit is the ring's fault: the next wait
@@ -829,9 +965,12 @@ mod tests {
         (&theirs).write_all(&[1; 256]).unwrap();
         assert!(receive(&mut io, 256) > 64, "multishot takes what is there");
         io.stop_recv(0, fd);
-        let mut stopped = false;
-        pump(&mut io, &mut |e| stopped |= matches!(e, Event::RecvEnded(0, RecvEnd::Stopped)), &|io| io.idle());
-        assert!(stopped);
+        let stopped = std::cell::Cell::new(false);
+        pump(
+            &mut io,
+            &mut |e| stopped.set(stopped.get() | matches!(e, Event::RecvEnded(0, RecvEnd::Stopped))),
+            &|_| stopped.get(),
+        );
         (&theirs).write_all(&[2; 256]).unwrap();
         io.recv(0, fd);
         assert_eq!(receive(&mut io, 256), 64, "one buffer per wait");
@@ -839,6 +978,106 @@ mod tests {
         assert_eq!(receive(&mut io, 10), 10);
         (&theirs).write_all(&[4; 256]).unwrap();
         assert!(receive(&mut io, 256) > 64, "multishot again");
+    }
+
+    /// Sets IORING_RECVSEND_POLL_FIRST on a receive, for which the io-uring
+    /// crate has no setter on a multishot receive: the flag goes in the
+    /// entry's `ioprio`, the u16 after the opcode and flags bytes of the
+    /// kernel's `struct io_uring_sqe`.
+    pub(super) fn set_poll_first(entry: &mut squeue::Entry) {
+        const IOPRIO_OFFSET: usize = 2;
+        const RECVSEND_POLL_FIRST: u16 = 1;
+        const _: () = assert!(size_of::<squeue::Entry>() == 64);
+        // Safety: `squeue::Entry` is a `repr(C)` wrapper of the kernel's
+        // 64-byte `io_uring_sqe`, whose layout is the kernel's ABI; bytes 2
+        // and 3 are its `ioprio`, where receives take their own flags.
+        unsafe {
+            let ioprio = (&raw mut *entry).cast::<u8>().add(IOPRIO_OFFSET).cast::<u16>();
+            ioprio.write_unaligned(ioprio.read_unaligned() | RECVSEND_POLL_FIRST);
+        }
+    }
+
+    /// A connected TCP pair on loopback: (ours, theirs).
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        (ours, theirs)
+    }
+
+    /// Waits until `fd` reports one of `events` (without reading it).
+    fn wait_for_poll(fd: RawFd, events: i16) {
+        let mut p = libc::pollfd { fd, events, revents: 0 };
+        // Safety: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 5_000) };
+        assert!(n == 1 && p.revents & events != 0, "poll: {n}, revents {:#x}", p.revents);
+    }
+
+    /// The last bytes of a connection and its reset, both waiting when the
+    /// receive looks: the receive reports the bytes, then the reset. A
+    /// multishot receive that waits for readiness first (as one does when
+    /// it was armed just before they came) reported the bytes and then
+    /// nothing, ever, on this kernel (6.18) in 50 runs of 50; the hang-up
+    /// watch ends it.
+    #[test]
+    fn a_reset_that_comes_with_the_last_bytes_still_ends_the_receive() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(64, 8, 1024).expect("io_uring");
+        io.recv_poll_first = true;
+        let (ours, theirs) = tcp_pair();
+        (&theirs).write_all(b"put 0 0 10 100\r\nabc").unwrap();
+        socket2::SockRef::from(&theirs).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(theirs);
+        wait_for_poll(ours.as_raw_fd(), libc::POLLHUP | libc::POLLERR);
+        io.recv(0, ours.as_raw_fd());
+        let got = std::cell::RefCell::new(Vec::new());
+        let ended = std::cell::RefCell::new(None);
+        pump(
+            &mut io,
+            &mut |event| match event {
+                Event::Data(0, bytes) => got.borrow_mut().extend_from_slice(bytes),
+                Event::RecvEnded(0, end) => {
+                    assert!(ended.borrow().is_none(), "ended twice");
+                    *ended.borrow_mut() = Some(end);
+                }
+                other => panic!("unexpected {}", kind(&other)),
+            },
+            &|_| ended.borrow().is_some(),
+        );
+        assert_eq!(got.borrow().as_slice(), b"put 0 0 10 100\r\nabc");
+        match ended.into_inner() {
+            Some(RecvEnd::Error(e)) => assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET)),
+            other => panic!("{other:?}"),
+        }
+        io.forget(0, ours.as_raw_fd());
+        pump(&mut io, &mut |event| panic!("unexpected {}", kind(&event)), &|io| io.idle());
+    }
+
+    /// A connection forgotten while its hang-up watch is armed: the watch
+    /// is cancelled, so once the ring is idle the socket closed by the
+    /// server is gone and the peer reads the end of the stream.
+    #[test]
+    fn forgetting_a_connection_cancels_its_hangup_watch() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut io = Uring::with_sizes(64, 8, 1024).expect("io_uring");
+        let (ours, mut theirs) = tcp_pair();
+        io.recv(0, ours.as_raw_fd());
+        io.stop_recv(0, ours.as_raw_fd());
+        let stopped = std::cell::Cell::new(false);
+        pump(
+            &mut io,
+            &mut |e| stopped.set(stopped.get() | matches!(e, Event::RecvEnded(0, RecvEnd::Stopped))),
+            &|_| stopped.get(),
+        );
+        assert!(!io.idle(), "the watch is armed");
+        io.forget(0, ours.as_raw_fd());
+        drop(ours);
+        pump(&mut io, &mut |event| panic!("unexpected {}", kind(&event)), &|io| io.idle());
+        theirs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(theirs.read(&mut byte).expect("the end of the stream"), 0);
     }
 
     #[test]
