@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::{REPLY_TIMEOUT, Server, on_both, stat};
 
-/// Connections of each kind that reset: the harness's junk-connection
-/// scenario left a few of every thousand open on io_uring.
-const RESETS_PER_KIND: usize = 700;
-/// Clients sending them at once, so that resets arrive while the server is
-/// busy with other connections.
-const CLIENTS: usize = 4;
+/// Connections of each kind that reset.
+const RESETS_PER_KIND: usize = 1500;
+/// The pauses between connecting and sending go from 0 to this many
+/// microseconds (see `send_and_reset`).
+const PAUSE_US_MAX: u64 = 40;
 
 /// The descriptors the server has open.
 fn open_fds(server: &Server) -> usize {
@@ -31,40 +30,88 @@ fn fd_targets(server: &Server) -> Vec<String> {
     .collect()
 }
 
-/// Connects, sends `bytes` and resets the connection (SO_LINGER 0), as a
-/// client killed in the middle of a command does.
-fn send_and_reset(server: &Server, bytes: &[u8]) {
+/// Two CPUs this process may run on, if it has two.
+fn two_cpus() -> Option<(usize, usize)> {
+    // Safety: a zeroed cpu_set_t is a valid empty set, filled in by the call.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // Safety: `set` is a valid cpu_set_t of the size given.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return None;
+    }
+    // Safety: CPU_ISSET reads the set.
+    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) });
+    Some((cpus.next()?, cpus.next()?))
+}
+
+/// Runs thread or process `pid` (0: the calling thread) on `cpu` only.
+fn pin(pid: libc::pid_t, cpu: usize) {
+    // Safety: as in `two_cpus`; CPU_SET writes the set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // Safety: `set` is a valid cpu_set_t of the size given.
+    let done = unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(done, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+}
+
+/// Connects, waits `pause`, sends `bytes` and resets the connection
+/// (SO_LINGER 0), as a client killed in the middle of a command does.
+///
+/// The pause is what makes the bytes and the reset arrive at every point
+/// of the server's accepting and arming its receive: sent at once, they are
+/// there before the server first looks, and a receive finds both; the
+/// receive missed the reset when they came just after it had been armed.
+fn send_and_reset(server: &Server, bytes: &[u8], pause: Duration) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    stream.write_all(bytes).expect("send");
     socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    let start = Instant::now();
+    while start.elapsed() < pause {
+        std::hint::spin_loop();
+    }
+    stream.write_all(bytes).expect("send");
 }
 
 /// Connections reset after part of a put body (a small one, received
-/// through the shared buffers, and a large one, received straight into
-/// the job), or after pipelining commands whose replies they never read:
-/// every one is closed, so the server's descriptors come back to what they
-/// were and only the asking connection is left.
+/// through the shared buffers, and a large one, received straight into the
+/// job), right after a whole put, after pipelining commands whose replies
+/// they never read, or in the middle of a line: every one is closed, so the
+/// server's descriptors come back to what they were and only the asking
+/// connection is left.
+///
+/// The server runs on one CPU and the client on another, as in the
+/// harness: on io_uring, a multishot receive that found a connection's last
+/// bytes and its reset together reported the bytes and never the reset, and
+/// the connection stayed open for ever. Without the hang-up watch, 7 to 18
+/// of these 7,500 connections stayed open in each of six runs (small and
+/// large put bodies and the half line; the others end when the server's
+/// reply finds the reset). Each kind runs as a block of its own: mixed,
+/// they met the moment that loses the reset less often.
 #[test]
 fn connections_reset_in_the_middle_of_a_command_are_all_closed() {
     let mut large = b"put 0 0 10 60000\r\n".to_vec();
     large.resize(large.len() + 1000, b'x');
-    let kinds: [&[u8]; 4] = [b"put 0 0 10 100\r\nabc", &large, &b"stats\r\n".repeat(50), b"put 0 0 1"];
+    let kinds: [&[u8]; 5] =
+        [b"put 0 0 10 100\r\nabc", b"put 0 0 10 3\r\nabc\r\n", &large, &b"stats\r\n".repeat(50), b"put 0 0 1"];
+    let cpus = two_cpus();
     on_both(|backend| {
         let server = Server::start(backend, &[]);
         // Once it has answered, the server has everything of its own open.
         let mut asker = server.connect();
         assert_eq!(asker.ask(b"list-tube-used\r\n", 1), "USING default\r\n", "{backend}");
         let base = open_fds(&server);
+        if let Some((cpu, _)) = cpus {
+            pin(server.pid() as libc::pid_t, cpu);
+        }
         std::thread::scope(|scope| {
-            for _ in 0..CLIENTS {
-                scope.spawn(|| {
-                    for _ in 0..RESETS_PER_KIND / CLIENTS {
-                        for kind in kinds {
-                            send_and_reset(&server, kind);
-                        }
+            scope.spawn(|| {
+                if let Some((_, cpu)) = cpus {
+                    pin(0, cpu);
+                }
+                for kind in kinds {
+                    for i in 0..RESETS_PER_KIND as u64 {
+                        send_and_reset(&server, kind, Duration::from_micros(i * 7 % (PAUSE_US_MAX + 1)));
                     }
-                });
-            }
+                }
+            });
         });
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut open = open_fds(&server);
@@ -75,6 +122,5 @@ fn connections_reset_in_the_middle_of_a_command_are_all_closed() {
         assert_eq!(open, base, "{backend}: descriptors left open by reset connections: {:?}", fd_targets(&server));
         let doc = asker.ask(b"stats\r\n", 1);
         assert_eq!(stat(&doc, "current-connections"), "1", "{backend}");
-        assert_eq!(stat(&doc, "current-jobs-ready"), "0", "{backend}");
     });
 }
