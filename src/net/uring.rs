@@ -1,10 +1,13 @@
 //! The io_uring back end: one ring per core, driven directly (the io-uring
 //! crate) rather than through an async runtime.
 //!
-//! * Each connection has one multishot receive armed for its whole life;
-//!   data lands in a ring of provided buffers shared by all connections,
-//!   so an idle connection holds no buffer and no receive is re-armed per
-//!   message.
+//! * Each connection has one multishot receive armed at a time; data
+//!   lands in a ring of provided buffers shared by all connections, so an
+//!   idle connection holds no buffer and no receive is re-armed per
+//!   message. The kernel ends a receive once it has brought
+//!   [`RECV_BYTES_MAX`] (its total limit, probed at start: see
+//!   [`Uring::recv_entry`]), and the server arms the next one when its
+//!   session wants more, so what a connection reads ahead is bounded.
 //! * Sends are single writev operations on memory the server keeps alive
 //!   until their completion.
 //! * Everything an iteration queues is submitted by the one
@@ -36,7 +39,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::io::{Event, Io, RecvEnd};
+use super::io::{Event, Io, RECV_BYTES_MAX, RecvEnd};
 use crate::memory::{self, OutOfMemory};
 
 /// Submission queue entries.
@@ -45,6 +48,12 @@ const SQ_ENTRIES: u32 = 4096;
 const RECV_BUFFERS: u16 = 128;
 /// Bytes per receive buffer.
 const RECV_BUFFER_BYTES: usize = 16 * 1024;
+/// Where a receive's total limit goes in the kernel's 64-byte
+/// `struct io_uring_sqe`: the `optlen` member of the union at byte 44
+/// (`splice_fd_in`, `file_index`), which the io-uring crate does not set
+/// on a multishot receive.
+const SQE_OPTLEN_OFFSET: usize = 44;
+const _: () = assert!(size_of::<squeue::Entry>() == 64);
 /// The buffer group id of the receive buffers.
 const BUFFER_GROUP: u16 = 0;
 /// When the ring is dropped with operations still in flight (a test, or a
@@ -68,6 +77,7 @@ const SIGNAL: u64 = 5;
 const RECV_INTO: u64 = 6;
 const FILE: u64 = 7;
 const HANGUP: u64 = 8;
+const PROBE: u64 = 9;
 
 /// What a hang-up watch waits for: the peer's end of the stream or a reset
 /// (the kernel always adds POLLERR and POLLHUP to a poll's events).
@@ -110,9 +120,6 @@ struct ConnSlot {
     stopping: bool,
     /// Bumped for every receive started on the slot.
     generation: u16,
-    /// Receive one buffer at a time instead of multishot: see
-    /// [`Uring::recv_entry`].
-    one_at_a_time: bool,
     /// A receive is in flight (until its last completion).
     receiving: bool,
     /// Bumped when a connection leaves the slot; tags its hang-up watch,
@@ -137,7 +144,6 @@ impl ConnSlot {
         fd: -1,
         stopping: false,
         generation: 0,
-        one_at_a_time: false,
         receiving: false,
         epoch: 0,
         watch: Watch::Off,
@@ -171,6 +177,9 @@ pub struct Uring {
     /// The first error of the ring itself (a submit that failed for good,
     /// a completion no operation can produce), returned by the next wait.
     fault: Option<io::Error>,
+    /// The kernel ends a multishot receive after a total of bytes (see
+    /// [`Uring::recv_entry`]).
+    recv_limit: bool,
     /// Errors that the next submits return instead of entering the kernel.
     #[cfg(test)]
     submit_errors: VecDeque<i32>,
@@ -198,7 +207,7 @@ impl Uring {
         // Room for a whole completion queue, so that reaping never grows it.
         let cq_entries = ring.params().cq_entries() as usize;
         let buffers = BufferRing::new(&ring, count, bytes)?;
-        Ok(Uring {
+        let mut uring = Uring {
             ring,
             buffers,
             conns: Vec::new(),
@@ -211,11 +220,66 @@ impl Uring {
             unqueued: VecDeque::new(),
             in_flight: 0,
             fault: None,
+            recv_limit: false,
             #[cfg(test)]
             submit_errors: VecDeque::new(),
             #[cfg(test)]
             recv_poll_first: false,
-        })
+        };
+        uring.recv_limit = uring.probe_recv_limit()?;
+        Ok(uring)
+    }
+
+    /// Whether the kernel honours a multishot receive's total limit (the
+    /// `optlen` of its entry): a receive limited to one byte, on a socket
+    /// with two waiting, must bring both (one buffer) and end. A kernel
+    /// before the limit refuses the entry (EINVAL: the field was checked
+    /// to be zero); one that ignored it would go on receiving, and is
+    /// treated as having none. Runs before anything else is in flight.
+    fn probe_recv_limit(&mut self) -> io::Result<bool> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        (&theirs).write_all(b"ab")?;
+        let entry = opcode::RecvMulti::new(types::Fd(ours.as_raw_fd()), BUFFER_GROUP).build();
+        let probe = with_total_limit(entry, 1).user_data(tag(PROBE, 0));
+        // Safety: the receive writes into the registered buffers only, and
+        // is reaped below before `ours` is dropped.
+        unsafe { self.ring.submission().push(&probe) }.map_err(|_| io::Error::other("submission queue full"))?;
+        let (mut first, mut ended, mut cancelled, mut cancel_reaped) = (None, false, false, false);
+        while !ended || cancelled && !cancel_reaped {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if not_now(&e) => {}
+                Err(e) => return Err(e),
+            }
+            let mut returned = false;
+            for cqe in self.ring.completion() {
+                if cqe.user_data() != tag(PROBE, 0) {
+                    // Nothing else is in flight: this is the cancel's.
+                    cancel_reaped = true;
+                    continue;
+                }
+                if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                    self.buffers.give_back(bid);
+                    returned = true;
+                }
+                first.get_or_insert((cqe.result(), cqueue::more(cqe.flags())));
+                ended |= !cqueue::more(cqe.flags());
+            }
+            if returned {
+                self.buffers.publish();
+            }
+            if !ended && !cancelled {
+                // Still receiving: the limit was ignored.
+                let cancel = opcode::AsyncCancel::new(tag(PROBE, 0)).build().user_data(tag(CANCEL, 0));
+                // Safety: the cancel points to no memory.
+                unsafe { self.ring.submission().push(&cancel) }
+                    .map_err(|_| io::Error::other("submission queue full"))?;
+                cancelled = true;
+            }
+        }
+        Ok(first == Some((2, false)))
     }
 
     /// Submits what is queued, without waiting.
@@ -290,25 +354,30 @@ impl Uring {
         self.push(read);
     }
 
-    /// The receive of a connection: multishot, except after the server
-    /// stopped a receive for back-pressure (its input piling up), when it
-    /// takes one buffer per receive until a receive finds less than a
-    /// buffer waiting. A multishot receive armed on a socket full of data
-    /// takes up to 32 buffers at once (the kernel's retry limit), which
-    /// made a turn that re-armed a few flooding connections copy megabytes;
-    /// one buffer at a time bounds what a busy connection brings into one
-    /// turn, as the epoll back end's one read per turn does.
+    /// The receive of a connection: multishot, limited to a total of
+    /// [`RECV_BYTES_MAX`] (the kernel ends it once that many have come,
+    /// checking after each buffer), so that it brings at most that and one
+    /// buffer more before the server decides whether its session wants
+    /// more ([`RecvEnd::Paused`]). Without the limit, a multishot receive
+    /// took whatever the kernel had queued, up to 32 buffers per wake-up
+    /// (its retry limit) and more in later ones before the loop had looked:
+    /// 2,000 connections that sent `stats` and never read held 170 KB of
+    /// input each, the gate that should have stopped them at their first
+    /// turn's worth closing too late. A kernel without the limit gets a
+    /// single receive of one buffer each time, which bounds the same way at
+    /// the cost of arming a receive per message.
     fn recv_entry(&self, conn: u32, slot: ConnSlot) -> squeue::Entry {
         let data = tag_generation(RECV, conn, slot.generation);
         #[allow(unused_mut)]
-        let mut entry = if slot.one_at_a_time {
+        let mut entry = if self.recv_limit {
+            let entry = opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build();
+            with_total_limit(entry, RECV_BYTES_MAX as u32).user_data(data)
+        } else {
             opcode::Recv::new(types::Fd(slot.fd), std::ptr::null_mut(), self.buffers.size as u32)
                 .buf_group(BUFFER_GROUP)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
                 .user_data(data)
-        } else {
-            opcode::RecvMulti::new(types::Fd(slot.fd), BUFFER_GROUP).build().user_data(data)
         };
         #[cfg(test)]
         if self.recv_poll_first {
@@ -402,38 +471,27 @@ impl Uring {
                 if more || !current {
                     return;
                 }
-                let mut slot = slot.expect("checked by current");
+                let slot = slot.expect("checked by current");
                 let nudged = std::mem::take(&mut self.conns[conn as usize].nudged);
                 self.conns[conn as usize].receiving = false;
                 let end = match res {
-                    0 => Some(RecvEnd::Eof),
-                    _ if slot.stopping => Some(RecvEnd::Stopped),
-                    // Out of buffers, or ended after data: arm again.
-                    r if r > 0 || r == -libc::ENOBUFS => None,
+                    0 => RecvEnd::Eof,
+                    _ if slot.stopping => RecvEnd::Stopped,
+                    // Its share brought, out of buffers, or ended after
+                    // data for a reason of the kernel's: the server arms
+                    // the next receive if the session wants more.
+                    r if r > 0 || r == -libc::ENOBUFS => RecvEnd::Paused,
                     // Cancelled by the hang-up watch: the new receive finds
                     // the error (or what is left before it).
-                    r if r == -libc::ECANCELED && nudged => None,
-                    r if r == -libc::ECANCELED => Some(RecvEnd::Stopped),
-                    r => Some(RecvEnd::Error(io::Error::from_raw_os_error(-r))),
-                };
-                match end {
-                    Some(end) => {
-                        if matches!(end, RecvEnd::Stopped) {
-                            self.conns[conn as usize].one_at_a_time = true;
-                        }
-                        handle(Event::RecvEnded(conn, end));
-                    }
-                    None => {
-                        if slot.one_at_a_time && res >= 0 && (res as usize) < self.buffers.size {
-                            // Less than a buffer was waiting: the burst is over.
-                            slot.one_at_a_time = false;
-                            self.conns[conn as usize].one_at_a_time = false;
-                        }
+                    r if r == -libc::ECANCELED && nudged => {
                         self.conns[conn as usize].receiving = true;
                         let entry = self.recv_entry(conn, slot);
-                        self.push(entry);
+                        return self.push(entry);
                     }
-                }
+                    r if r == -libc::ECANCELED => RecvEnd::Stopped,
+                    r => RecvEnd::Error(io::Error::from_raw_os_error(-r)),
+                };
+                handle(Event::RecvEnded(conn, end));
             }
             HANGUP => self.hung_up(conn, generation, res),
             SEND => handle(Event::Sent(conn, outcome(res))),
@@ -493,8 +551,8 @@ impl Io for Uring {
 
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let slot = self.conn_mut(conn);
-        // `forget` clears `one_at_a_time` and the watch, so a new
-        // connection in the slot starts multishot, and watched.
+        // `forget` clears the watch, so a new connection in the slot is
+        // watched.
         slot.fd = fd;
         slot.stopping = false;
         slot.nudged = false;
@@ -666,6 +724,19 @@ impl Drop for Uring {
     }
 }
 
+/// Sets a multishot receive's total limit: the kernel ends it once it has
+/// brought `bytes` (checked after each buffer).
+fn with_total_limit(mut entry: squeue::Entry, bytes: u32) -> squeue::Entry {
+    // Safety: `squeue::Entry` is a `repr(C)` wrapper of the kernel's 64-byte
+    // `io_uring_sqe` (checked above), whose layout is the kernel's ABI; the
+    // four bytes at SQE_OPTLEN_OFFSET are its `optlen`.
+    unsafe {
+        let optlen = (&raw mut entry).cast::<u8>().add(SQE_OPTLEN_OFFSET).cast::<u32>();
+        optlen.write_unaligned(bytes);
+    }
+    entry
+}
+
 fn outcome(res: i32) -> io::Result<usize> {
     if res >= 0 { Ok(res as usize) } else { Err(io::Error::from_raw_os_error(-res)) }
 }
@@ -783,8 +854,9 @@ mod tests {
     use super::*;
 
     /// Two 64-byte receive buffers for four connections with 300 bytes
-    /// each: receives run out of buffers again and again and must be armed
-    /// again, and every byte must arrive, in order.
+    /// each: receives run out of buffers again and again, end paused and
+    /// are armed again, as the server does, and every byte arrives, in
+    /// order.
     #[test]
     fn receives_survive_running_out_of_buffers() {
         use std::io::Write;
@@ -804,12 +876,16 @@ mod tests {
             if got.iter().map(Vec::len).sum::<usize>() == 1200 {
                 break;
             }
-            io.wait(Some(Duration::from_millis(50)), &mut |event| {
-                if let Event::Data(conn, bytes) = event {
-                    got[conn as usize].extend_from_slice(bytes);
-                }
+            let mut paused = Vec::new();
+            io.wait(Some(Duration::from_millis(50)), &mut |event| match event {
+                Event::Data(conn, bytes) => got[conn as usize].extend_from_slice(bytes),
+                Event::RecvEnded(conn, RecvEnd::Paused) => paused.push(conn),
+                other => panic!("unexpected {}", kind(&other)),
             })
             .unwrap();
+            for conn in paused {
+                io.recv(conn, pairs[conn as usize].0.as_raw_fd());
+            }
         }
         assert_eq!(got, sent);
     }
@@ -929,55 +1005,85 @@ mod tests {
         unsafe { libc::close(accepted.get().unwrap()) };
     }
 
-    /// Waits until `bytes` have come on connection 0; returns the most
-    /// bytes one wait brought.
-    fn receive(io: &mut Uring, bytes: usize) -> usize {
-        let (mut got, mut most) = (0, 0);
+    /// Receives on connection 0, armed again each time it ends paused as
+    /// the server does, until `bytes` have come; returns the bytes each
+    /// receive brought.
+    fn receive_in_shares(io: &mut Uring, fd: RawFd, bytes: usize) -> Vec<usize> {
+        let mut shares = vec![0];
+        io.recv(0, fd);
         for _ in 0..1000 {
-            if got >= bytes {
-                return most;
+            if shares.iter().sum::<usize>() >= bytes {
+                return shares;
             }
-            let mut this_wait = 0;
-            io.wait(Some(Duration::from_millis(10)), &mut |event| {
-                if let Event::Data(0, data) = event {
-                    this_wait += data.len();
-                }
+            let mut paused = false;
+            io.wait(Some(Duration::from_millis(10)), &mut |event| match event {
+                Event::Data(0, data) => *shares.last_mut().expect("one share at least") += data.len(),
+                Event::RecvEnded(0, RecvEnd::Paused) => paused = true,
+                other => panic!("unexpected {}", kind(&other)),
             })
             .expect("wait");
-            got += this_wait;
-            most = most.max(this_wait);
+            if paused {
+                shares.push(0);
+                io.recv(0, fd);
+            }
         }
-        panic!("only {got} of {bytes} bytes came");
+        panic!("only {shares:?} of {bytes} bytes came");
     }
 
-    /// After the server stopped a receive (back-pressure), the next one
-    /// brings one buffer per wait, not a burst of as many as are free,
-    /// until a receive finds less than a buffer waiting; then multishot
-    /// again.
+    /// A receive on a socket with far more waiting brings its share
+    /// (RECV_BYTES_MAX, or up to a buffer more) and ends paused: what a
+    /// connection reads ahead of its session is bounded by the back end,
+    /// whatever the client managed to send. Then a new receive brings the
+    /// next share. Both with the kernel's limit on a multishot receive
+    /// (where it has one) and without it (one buffer per receive).
     #[test]
-    fn a_receive_stopped_for_back_pressure_resumes_one_buffer_at_a_time() {
+    fn a_receive_brings_its_share_and_ends_paused() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        let mut io = Uring::with_sizes(SQ_ENTRIES, 8, 64).expect("io_uring");
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let fd = ours.as_raw_fd();
-        io.recv(0, fd);
-        (&theirs).write_all(&[1; 256]).unwrap();
-        assert!(receive(&mut io, 256) > 64, "multishot takes what is there");
-        io.stop_recv(0, fd);
-        let stopped = std::cell::Cell::new(false);
-        pump(
-            &mut io,
-            &mut |e| stopped.set(stopped.get() | matches!(e, Event::RecvEnded(0, RecvEnd::Stopped))),
-            &|_| stopped.get(),
-        );
-        (&theirs).write_all(&[2; 256]).unwrap();
-        io.recv(0, fd);
-        assert_eq!(receive(&mut io, 256), 64, "one buffer per wait");
-        (&theirs).write_all(&[3; 10]).unwrap();
-        assert_eq!(receive(&mut io, 10), 10);
-        (&theirs).write_all(&[4; 256]).unwrap();
-        assert!(receive(&mut io, 256) > 64, "multishot again");
+        const SENT_BYTES: usize = 6 * RECV_BYTES_MAX;
+        let mut io = Uring::with_sizes(SQ_ENTRIES, 16, 4096).expect("io_uring");
+        let limit = io.recv_limit;
+        for recv_limit in [true, false] {
+            if recv_limit && !limit {
+                continue;
+            }
+            io.recv_limit = recv_limit;
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            theirs.set_nonblocking(true).unwrap();
+            let sender = std::thread::spawn(move || {
+                let bytes: Vec<u8> = (0..SENT_BYTES).map(|i| i as u8).collect();
+                let mut sent = 0;
+                while sent < bytes.len() {
+                    match (&theirs).write(&bytes[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                theirs
+            });
+            let shares = receive_in_shares(&mut io, ours.as_raw_fd(), SENT_BYTES);
+            let share_max = if recv_limit { RECV_BYTES_MAX + 4096 - 1 } else { 4096 };
+            assert!(shares.iter().all(|&n| n <= share_max), "limit {recv_limit}: {shares:?}");
+            assert!(shares.len() > 2, "limit {recv_limit}: {shares:?}");
+            drop(sender.join());
+            io.stop_recv(0, ours.as_raw_fd());
+            let ended = std::cell::Cell::new(false);
+            pump(&mut io, &mut |e| ended.set(ended.get() | matches!(e, Event::RecvEnded(0, _))), &|_| ended.get());
+            io.forget(0, ours.as_raw_fd());
+            pump(&mut io, &mut |_| {}, &|io| io.idle());
+        }
+    }
+
+    /// This kernel (6.18) has the limit; the probe must find it.
+    #[test]
+    fn the_probe_finds_the_kernels_receive_limit() {
+        let release = crate::sys::uname().map(|u| u.release).unwrap_or_default();
+        let io = Uring::with_sizes(8, 4, 64).expect("io_uring");
+        if kernel_at_least(&release, 6, 18) {
+            assert!(io.recv_limit, "kernel {release}");
+        }
+        assert!(io.idle(), "the probe leaves nothing in flight");
     }
 
     /// Sets IORING_RECVSEND_POLL_FIRST on a receive, for which the io-uring
