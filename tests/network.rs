@@ -1,6 +1,7 @@
 //! Wire tests of the network layer under the hostile tester's loads
 //! (`scripts/abuse`), on both back ends: connections reset in the middle of
-//! a command, and the descriptors they hold.
+//! a command, and the descriptors they hold; connections that send without
+//! end and never read, and the input the server reads ahead for them.
 
 mod common;
 
@@ -122,5 +123,74 @@ fn connections_reset_in_the_middle_of_a_command_are_all_closed() {
         assert_eq!(open, base, "{backend}: descriptors left open by reset connections: {:?}", fd_targets(&server));
         let doc = asker.ask(b"stats\r\n", 1);
         assert_eq!(stat(&doc, "current-connections"), "1", "{backend}");
+    });
+}
+
+/// Connections of the flood test: enough that the reply text budget is a
+/// small part of what they cost.
+const FLOODERS: usize = 1000;
+/// The server's reply text budget (`shard::OUTPUT_TEXT_BUDGET_BYTES`).
+const TEXT_BUDGET_BYTES: u64 = 32 << 20;
+/// What one connection that sends and never reads may cost beyond its
+/// share of the reply budget: the hostile tester's target. Reading ahead
+/// whatever the kernel had queued, the server held 170 KB of input for each
+/// of 2,000 such connections; with receives of a bounded share, 10 to 20.
+const FLOODER_BYTES_MAX: u64 = 64 << 10;
+/// A pass over the flooders in which the server took none of their bytes,
+/// after this pause, ends the flood.
+const FLOOD_QUIET: Duration = Duration::from_millis(300);
+/// The send buffer of a flooder, small, so that what the server takes is
+/// not hidden in the client's kernel.
+const FLOODER_SEND_BUFFER_BYTES: usize = 4096;
+
+/// Connections that send `stats` as fast as the server takes it and never
+/// read: once the server takes no more (their sessions hold replies up to
+/// the budget, and input behind them), its memory is within the reply
+/// budget (twice: text buffers freed while the kernel took sends and not
+/// given back yet) and the target per connection.
+#[test]
+fn connections_that_flood_and_never_read_cost_a_bounded_amount() {
+    let block = b"stats\r\n".repeat(FLOODER_SEND_BUFFER_BYTES / 7);
+    on_both(|backend| {
+        let server = Server::start(backend, &[]);
+        let base = server.status_kb("VmRSS:") << 10;
+        let mut flooders: Vec<std::net::TcpStream> = (0..FLOODERS)
+            .map(|_| {
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                socket.set_send_buffer_size(FLOODER_SEND_BUFFER_BYTES).unwrap();
+                socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], server.port)).into()).unwrap();
+                socket.set_nonblocking(true).unwrap();
+                socket.into()
+            })
+            .collect();
+        let mut sent: u64 = 0;
+        loop {
+            let before = sent;
+            for f in &mut flooders {
+                loop {
+                    match f.write(&block) {
+                        Ok(n) => sent += n as u64,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{backend}: a flooder's write: {e}"),
+                    }
+                }
+            }
+            if sent == before {
+                break;
+            }
+            std::thread::sleep(FLOOD_QUIET);
+        }
+        let flooded = server.status_kb("VmRSS:") << 10;
+        let bound = 2 * TEXT_BUDGET_BYTES + FLOODERS as u64 * FLOODER_BYTES_MAX;
+        assert!(
+            flooded <= base + bound,
+            "{backend}: {} KB for {FLOODERS} connections ({} MB sent), more than {} KB",
+            (flooded - base) >> 10,
+            sent >> 20,
+            bound >> 10
+        );
+        drop(flooders);
+        let mut asker = server.connect();
+        assert_eq!(asker.ask(b"list-tube-used\r\n", 1), "USING default\r\n", "{backend}");
     });
 }

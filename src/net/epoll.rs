@@ -453,3 +453,52 @@ impl Io for Epoll {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receive on a socket with far more waiting brings exactly its
+    /// share and ends paused, in one wait or across several; the next one,
+    /// started as the server does, brings the next share, until every
+    /// byte has come, in order.
+    #[test]
+    fn a_receive_brings_its_share_and_ends_paused() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        const SENT_BYTES: usize = 5 * RECV_BYTES_MAX + 100;
+        let mut io = Epoll::new().expect("epoll");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let sent: Vec<u8> = (0..SENT_BYTES).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            std::thread::spawn(move || (&theirs).write_all(&sent).map(|()| theirs))
+        };
+        let fd = ours.as_raw_fd();
+        io.recv(0, fd);
+        let (mut got, mut shares) = (Vec::new(), vec![0]);
+        while got.len() < SENT_BYTES {
+            let mut paused = false;
+            io.wait(Some(Duration::from_millis(100)), &mut |event| match event {
+                Event::Data(0, data) => {
+                    got.extend_from_slice(data);
+                    *shares.last_mut().expect("one share at least") += data.len();
+                }
+                Event::RecvEnded(0, RecvEnd::Paused) => paused = true,
+                Event::RecvEnded(_, end) => panic!("ended: {end:?}"),
+                _ => {}
+            })
+            .expect("wait");
+            if paused {
+                shares.push(0);
+                io.recv(0, fd);
+            }
+        }
+        assert!(got == sent, "the bytes came in order");
+        let full = &shares[..shares.len() - 1];
+        assert!(full.len() >= 5 && full.iter().all(|&n| n == RECV_BYTES_MAX), "{shares:?}");
+        drop(writer.join());
+        io.forget(0, fd);
+    }
+}

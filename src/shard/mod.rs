@@ -43,9 +43,15 @@ use crate::protocol::yaml::{self, BinlogStats, CpuTime, ProcessStats};
 use request::{Reply, Request, Word};
 use session::{Input, LineScan, Mode, PendingPut, Session, find_crlf, scan_line};
 
-/// Commands pipelined behind a blocked reserve are buffered up to this
-/// many bytes; beyond it the connection is not read until it unblocks.
-pub const PENDING_BYTES_MAX: usize = 64 * 1024;
+/// Input not run yet (commands pipelined behind a blocked reserve, or held
+/// back by a high mark) is buffered up to this many bytes; beyond it the
+/// connection is not read until its session has taken some. A receive
+/// brings at most `net::io::RECV_BYTES_MAX` (and a buffer) more, so this
+/// bounds what a client that sends and never reads costs in input: with
+/// 64 KiB, 2,000 such clients held 36 KB each, about twice their share of
+/// the shard's reply text, whenever the kernel took a send and opened
+/// their gate again.
+pub const PENDING_BYTES_MAX: usize = 16 * 1024;
 
 /// A connection owed this many reply bytes runs no further command and is
 /// not read until they have been sent, so a client that sends cheap
