@@ -5,8 +5,10 @@
 //! Sockets are registered once, edge-triggered, for both directions. A
 //! readable socket is read into one buffer shared by every connection (the
 //! server consumes the bytes before the next read), at most
-//! [`READ_BYTES_PER_TURN`] per connection per turn so one busy connection
-//! cannot starve the others. Stopping an operation (`stop_accept`,
+//! [`RECV_BYTES_MAX`] per receive: then the receive ends
+//! ([`RecvEnd::Paused`]) and the server starts it again when it wants more,
+//! so one busy connection cannot starve the others nor pile up input that
+//! its session is not taking. Stopping an operation (`stop_accept`,
 //! `stop_recv_into`, `cancel_send`) only forgets it, since nothing is in
 //! the kernel's hands; its end is reported by the next `wait` like any
 //! other completion. A send is attempted at once with writev and,
@@ -20,16 +22,12 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::filethread::FileThread;
-use super::io::{Event, Io, RecvEnd};
+use super::io::{Event, Io, RECV_BYTES_MAX, RecvEnd};
 use crate::memory::{self, OutOfMemory};
 
-/// Bytes of the shared read buffer.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// Bytes read from one connection before others get their turn: one
-/// buffer. The shard runs at most `shard::COMMANDS_PER_TURN_MAX` commands
-/// of a connection per turn and keeps the rest, so reading more in one
-/// turn would only pile input up.
-const READ_BYTES_PER_TURN: usize = READ_BUFFER_BYTES;
+/// Bytes of the shared read buffer: one receive's share, which one read
+/// can bring at once.
+const READ_BUFFER_BYTES: usize = RECV_BYTES_MAX;
 /// Events taken per epoll_wait.
 const EVENTS_MAX: usize = 1024;
 /// Entries a connection can have waiting in `later` at once: a read or a
@@ -49,6 +47,8 @@ const FILE_TOKEN: u64 = u64::MAX - 2;
 struct Conn {
     fd: RawFd,
     reading: bool,
+    /// Bytes the current receive has brought.
+    taken: usize,
     /// A send waiting for the socket to become writable.
     pending_send: Option<(*const libc::iovec, usize)>,
     /// A receive into the server's memory waiting for data.
@@ -120,22 +120,26 @@ impl Epoll {
         &mut self.conns[i]
     }
 
-    /// Reads a connection until it has nothing more, or its turn is over.
+    /// Reads a connection until it has nothing more, or this receive has
+    /// brought its share ([`RECV_BYTES_MAX`]), when the receive ends
+    /// paused. What a receive has brought is counted from its start
+    /// ([`Io::recv`]) across turns.
     fn read(&mut self, conn: u32, handle: &mut dyn FnMut(Event<'_>)) {
-        let mut taken = 0;
         loop {
             let c = self.conns[conn as usize];
             if !c.reading {
                 return;
             }
-            if taken >= READ_BYTES_PER_TURN {
-                self.later.push_back(Later::Read(conn));
+            if c.taken >= RECV_BYTES_MAX {
+                self.conns[conn as usize].reading = false;
+                handle(Event::RecvEnded(conn, RecvEnd::Paused));
                 return;
             }
-            // Safety: reading into our own buffer.
-            let n = unsafe { libc::read(c.fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            let room = (RECV_BYTES_MAX - c.taken).min(self.buf.len());
+            // Safety: reading into our own buffer, at most its length.
+            let n = unsafe { libc::read(c.fd, self.buf.as_mut_ptr().cast(), room) };
             if n > 0 {
-                taken += n as usize;
+                self.conns[conn as usize].taken += n as usize;
                 handle(Event::Data(conn, &self.buf[..n as usize]));
                 continue;
             }
@@ -274,7 +278,7 @@ impl Io for Epoll {
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let c = self.conn_mut(conn);
         let first = c.fd != fd;
-        *c = Conn { fd, reading: true, pending_send: c.pending_send.filter(|_| !first), pending_recv: None };
+        *c = Conn { fd, reading: true, taken: 0, pending_send: c.pending_send.filter(|_| !first), pending_recv: None };
         if first {
             let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
             if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, fd, events, u64::from(conn)) {
@@ -329,7 +333,7 @@ impl Io for Epoll {
 
     fn forget(&mut self, conn: u32, fd: RawFd) {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, u64::from(conn));
-        *self.conn_mut(conn) = Conn { fd: -1, reading: false, pending_send: None, pending_recv: None };
+        *self.conn_mut(conn) = Conn { fd: -1, reading: false, taken: 0, pending_send: None, pending_recv: None };
         self.later.retain(|l| match l {
             Later::Sent(c, _)
             | Later::RecvEnded(c, _)
@@ -447,5 +451,54 @@ impl Io for Epoll {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receive on a socket with far more waiting brings exactly its
+    /// share and ends paused, in one wait or across several; the next one,
+    /// started as the server does, brings the next share, until every
+    /// byte has come, in order.
+    #[test]
+    fn a_receive_brings_its_share_and_ends_paused() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        const SENT_BYTES: usize = 5 * RECV_BYTES_MAX + 100;
+        let mut io = Epoll::new().expect("epoll");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let sent: Vec<u8> = (0..SENT_BYTES).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            std::thread::spawn(move || (&theirs).write_all(&sent).map(|()| theirs))
+        };
+        let fd = ours.as_raw_fd();
+        io.recv(0, fd);
+        let (mut got, mut shares) = (Vec::new(), vec![0]);
+        while got.len() < SENT_BYTES {
+            let mut paused = false;
+            io.wait(Some(Duration::from_millis(100)), &mut |event| match event {
+                Event::Data(0, data) => {
+                    got.extend_from_slice(data);
+                    *shares.last_mut().expect("one share at least") += data.len();
+                }
+                Event::RecvEnded(0, RecvEnd::Paused) => paused = true,
+                Event::RecvEnded(_, end) => panic!("ended: {end:?}"),
+                _ => {}
+            })
+            .expect("wait");
+            if paused {
+                shares.push(0);
+                io.recv(0, fd);
+            }
+        }
+        assert!(got == sent, "the bytes came in order");
+        let full = &shares[..shares.len() - 1];
+        assert!(full.len() >= 5 && full.iter().all(|&n| n == RECV_BYTES_MAX), "{shares:?}");
+        drop(writer.join());
+        io.forget(0, fd);
     }
 }

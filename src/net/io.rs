@@ -11,6 +11,7 @@
 //! |------------------|----------------------------------|------------------------------------|
 //! | accept           | multishot accept                 | readiness of the listener, accept4 |
 //! | receive          | multishot recv, shared buffers   | readiness, read into one buffer    |
+//! |   (its share)    | ends past RECV_BYTES_MAX         | ends at RECV_BYTES_MAX             |
 //! | stop receiving   | cancel the recv                  | stop reading                       |
 //! | send             | one send or writev               | writev now, or when writable       |
 //! | receive into     | one recv (MSG_WAITALL)           | read now, or when readable         |
@@ -20,6 +21,12 @@
 //! | log file write   | writev at an offset              | pwritev on the log's I/O thread    |
 //! | log file sync    | fsync (data only for segments)   | fdatasync/fsync on that thread     |
 //! | wait             | io_uring_enter with a timeout    | epoll_wait with a timeout          |
+//!
+//! A receive brings at most about [`RECV_BYTES_MAX`] and then ends
+//! ([`RecvEnd::Paused`]); the server starts it again if it wants more. So
+//! what a connection can have read ahead of what its session takes is
+//! bounded by the back end, not by how much the client managed to send
+//! before the server next looked.
 //!
 //! Stopping: every operation can be ended by the server (`stop_accept`,
 //! `stop_recv`, `stop_recv_into`, `cancel_send`, `stop_signals`), and
@@ -34,6 +41,18 @@ use std::time::Duration;
 
 use crate::memory::OutOfMemory;
 
+/// What one receive may bring before it ends with [`RecvEnd::Paused`]:
+/// on epoll exactly, on io_uring up to one receive buffer more (the kernel
+/// checks its limit after each buffer). A session stops taking input
+/// (its read gate closes) once it has a turn's worth of commands, so what
+/// a client that sends and never reads has read ahead for it is about
+/// one receive: 2,000 of them held 170 KB each of input before this bound
+/// (a multishot receive took what the kernel had queued, and epoll read
+/// 64 KiB, twice in some turns). A session runs at most 64 commands a
+/// turn, which is seldom more than this many bytes; put bodies of 16 KiB
+/// or more are received straight into their jobs, outside this bound.
+pub const RECV_BYTES_MAX: usize = 16 * 1024;
+
 /// How a receive ended.
 #[derive(Debug)]
 pub enum RecvEnd {
@@ -43,6 +62,9 @@ pub enum RecvEnd {
     Error(io::Error),
     /// The server asked it to stop.
     Stopped,
+    /// It brought its share ([`RECV_BYTES_MAX`]), or the back end ran out
+    /// of room for a moment; receiving again brings more.
+    Paused,
 }
 
 pub enum Event<'a> {
@@ -134,7 +156,10 @@ pub trait Io {
     /// and unchanged until the `FileDone` event.
     unsafe fn file_op(&mut self, request: crate::wal::flush::Request);
 
-    /// The server is about to close `fd`: nothing is in flight on it.
+    /// The server is about to close `fd`: nothing it started is in flight
+    /// on it. What the back end started on its own (io_uring's hang-up
+    /// watch) it cancels here; that holds no memory of the server, and
+    /// [`Io::idle`] counts it until it has been reaped.
     fn forget(&mut self, conn: u32, fd: RawFd);
 
     /// Starts what has been asked for so far now, without waiting for

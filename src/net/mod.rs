@@ -706,7 +706,7 @@ impl<I: Io> Server<I> {
                 self.log_error(fd, "recv()", &e);
                 self.shard.abort(ConnId(conn), now);
             }
-            RecvEnd::Stopped => {}
+            RecvEnd::Stopped | RecvEnd::Paused => {}
         }
         self.touched.push(ConnId(conn));
     }

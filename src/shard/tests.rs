@@ -870,3 +870,61 @@ fn memory_upkeep_wakes_the_loop_only_while_the_server_has_been_busy() {
     assert!(now >= S + COLLECT_QUIET_NS - COLLECT_INTERVAL_NS, "collections stopped too soon, at {now}");
     assert!(wakes >= 2);
 }
+
+/// The connection figures of `stats` as one connection sees them.
+fn figures(c: &mut Conv, asker: ConnId, now: Nanos) -> [u64; 4] {
+    let doc = c.ask(asker, b"stats\r\n", now);
+    ["current-connections", "current-producers", "current-workers", "current-waiting"].map(|key| {
+        let line = doc.lines().find(|l| l.starts_with(&format!("{key}: "))).unwrap_or_else(|| panic!("{key}"));
+        line[key.len() + 2..].parse().expect("a number")
+    })
+}
+
+/// The figures are kept as sessions change, not counted by `stats` (which
+/// made each `stats` walk every session): every way into and out of each
+/// one, checked at the wire and, in debug builds, against a count of the
+/// sessions at every `stats`.
+#[test]
+fn connection_figures_follow_every_change() {
+    let mut c = Conv::new();
+    let asker = c.open();
+    assert_eq!(figures(&mut c, asker, 0), [1, 0, 0, 0]);
+    let producer = c.open();
+    assert_eq!(c.ask(producer, b"put 0 0 10 1\r\na\r\nput 0 0 10 1\r\nb\r\n", 0), "INSERTED 1\r\nINSERTED 2\r\n");
+    assert_eq!(figures(&mut c, asker, 0), [2, 1, 0, 0]);
+    // Two reserves answered at once, then one that waits and is answered
+    // by a put; one that waits and times out; one that waits and is cut
+    // short by a half-close; one that waits and goes with its connection.
+    let worker = c.open();
+    assert_eq!(c.ask(worker, b"reserve\r\nreserve\r\n", 0), "RESERVED 1 1\r\na\r\nRESERVED 2 1\r\nb\r\n");
+    assert_eq!(c.ask(worker, b"reserve\r\n", 0), "");
+    assert_eq!(figures(&mut c, asker, 0), [3, 1, 1, 1]);
+    assert_eq!(c.ask(producer, b"put 0 0 10 1\r\nc\r\n", 0), "INSERTED 3\r\n");
+    assert_eq!(c.out(worker), b"RESERVED 3 1\r\nc\r\n");
+    assert_eq!(figures(&mut c, asker, 0), [3, 1, 1, 0]);
+    let timing_out = c.open();
+    assert_eq!(c.ask(timing_out, b"reserve-with-timeout 1\r\n", 0), "");
+    let half_closing = c.open();
+    assert_eq!(c.ask(half_closing, b"reserve\r\n", 0), "");
+    let leaving = c.open();
+    assert_eq!(c.ask(leaving, b"reserve\r\n", 0), "");
+    assert_eq!(figures(&mut c, asker, 0), [6, 1, 4, 3]);
+    c.shard.tick(2 * S);
+    assert_eq!(c.out(timing_out), b"TIMED_OUT\r\n");
+    c.eof(half_closing, 2 * S);
+    assert_eq!(c.out(half_closing), b"TIMED_OUT\r\n");
+    c.shard.close(leaving, 2 * S);
+    // The half-closed connection closed once answered.
+    assert_eq!(figures(&mut c, asker, 2 * S), [4, 1, 2, 0]);
+    // A reserve-job makes a worker too; closing takes each figure away.
+    let by_id = c.open();
+    assert_eq!(c.ask(by_id, b"reserve-job 3\r\n", 2 * S), "NOT_FOUND\r\n");
+    assert_eq!(figures(&mut c, asker, 2 * S), [5, 1, 2, 0]);
+    assert_eq!(c.ask(worker, b"release 3 0 0\r\n", 2 * S), "RELEASED\r\n");
+    assert_eq!(c.ask(by_id, b"reserve-job 3\r\n", 2 * S), "RESERVED 3 1\r\nc\r\n");
+    assert_eq!(figures(&mut c, asker, 2 * S), [5, 1, 3, 0]);
+    for conn in [producer, worker, timing_out, by_id] {
+        c.shard.close(conn, 2 * S);
+    }
+    assert_eq!(figures(&mut c, asker, 2 * S), [1, 0, 0, 0]);
+}
