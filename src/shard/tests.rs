@@ -928,3 +928,19 @@ fn connection_figures_follow_every_change() {
     }
     assert_eq!(figures(&mut c, asker, 2 * S), [1, 0, 0, 0]);
 }
+
+/// A waiter served by a put is no longer waiting for a `stats` run in the
+/// same batch, before its answer has been delivered (beanstalkd takes it off
+/// the waiting list when it hands the job over). Found by the
+/// session_framing fuzz target.
+#[test]
+fn a_waiter_served_in_the_same_batch_no_longer_counts_as_waiting() {
+    let mut c = Conv::new();
+    let (a, b) = (c.open(), c.open());
+    assert_eq!(c.ask(a, b"reserve\r\n", 0), "");
+    let stats = c.ask(b, b"put 0 0 10 1\r\nx\r\nstats\r\n", 0);
+    assert!(stats.starts_with("INSERTED 1\r\nOK "), "{stats}");
+    assert!(stats.contains("\ncurrent-waiting: 0\n"), "{stats}");
+    assert!(stats.contains("\ncurrent-workers: 1\n"), "{stats}");
+    assert_eq!(c.ask(a, b"", 0), "RESERVED 1 1\r\nx\r\n");
+}
