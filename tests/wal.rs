@@ -21,6 +21,9 @@
 //!    room for its jobs' deletes refused.
 //! 7. Compaction: the directory stays within the bound docs/OPERATIONS.md
 //!    states under workloads that pin old segments in C beanstalkd.
+//! 8. Reuse: under steady puts and deletes, emptied segments' files are
+//!    written again instead of new ones made, and a restart reads exactly
+//!    the live jobs from them.
 //!
 //! The on-disk checks read segment files as docs/LOG-FORMAT.md lays them
 //! out (a 64-byte header, then records framed by length and checksum).
@@ -69,10 +72,16 @@ fn segment_files(dir: &Path) -> BTreeMap<u64, PathBuf> {
     out
 }
 
-/// Whether a segment file has a header (it became a segment; the spares
-/// made ahead start with zeros). A file removed meanwhile has none.
+/// Whether a segment file has its own header (it became a segment). The
+/// spares made ahead have none: a new file starts with zeros, and a reused
+/// one still has the header of the segment it was, which names an earlier
+/// seq (bytes 32..40) than the file's name. A file removed meanwhile has
+/// none.
 fn has_header(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|bytes| bytes.len() >= HEADER_BYTES && bytes[..HEADER_BYTES].iter().any(|&b| b != 0))
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let seq: u64 = name.rsplit('.').next().unwrap().parse().unwrap();
+    std::fs::read(path)
+        .is_ok_and(|bytes| bytes.len() >= HEADER_BYTES && u64::from_le_bytes(bytes[32..40].try_into().unwrap()) == seq)
 }
 
 /// The bytes a job takes in the log while it lives: its job record, and a
@@ -1229,6 +1238,59 @@ fn check_bound(dir: &Path, live_bytes: u64, segment_bytes: u64, what: &str) -> (
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The inode numbers of the segment files in `dir`.
+fn segment_inodes(dir: &Path) -> BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    segment_files(dir).values().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.ino()).collect()
+}
+
+#[test]
+fn steady_puts_and_deletes_write_into_the_same_files_again() {
+    on_both(|backend| {
+        for sync in ["-f0", "-F"] {
+            let what = format!("{backend} {sync}");
+            let dir = TempDir::new("reuse");
+            let server = start(backend, &dir, &["-s", "8192", sync]);
+            let mut c = server.connect();
+            let mut live = std::collections::VecDeque::new();
+            let mut seen = BTreeSet::new();
+            let mut warm = BTreeSet::new();
+            // About 40 segments' worth of records through a handful of
+            // live jobs.
+            for i in 0..600u32 {
+                let body = vec![b'a' + (i % 26) as u8; 500];
+                live.push_back((put(&mut c, 1, 0, 60, &body), body));
+                if live.len() > 5 {
+                    let (id, _) = live.pop_front().unwrap();
+                    assert_eq!(c.ask(format!("delete {id}\r\n").as_bytes(), 1), "DELETED\r\n", "{what}");
+                }
+                if i == 150 {
+                    warm = segment_inodes(dir.path());
+                }
+                if i > 150 {
+                    seen.extend(segment_inodes(dir.path()));
+                }
+            }
+            // A file made now and then is allowed (a turn where no emptied
+            // segment was safe to give up yet); one per segment filled is
+            // what making every spare anew looks like.
+            let new: Vec<_> = seen.difference(&warm).collect();
+            assert!(new.len() <= 3, "{what}: {} files made after warming up, {} there then", new.len(), warm.len());
+            stop(server);
+            let server = start(backend, &dir, &[]);
+            let mut c = server.connect();
+            for (id, body) in &live {
+                assert_eq!(peek(&mut c, *id).as_deref(), Some(body.as_slice()), "{what}: job {id}");
+            }
+            let s = stats(&mut c);
+            assert_eq!(num(&s, "current-jobs-ready"), live.len() as u64, "{what}");
+            let log = server.log_text();
+            assert!(!log.contains("corrupt") && !log.contains("torn"), "{what}: {log}");
+            stop(server);
+        }
+    });
 }
 
 #[test]

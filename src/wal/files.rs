@@ -2,7 +2,7 @@
 //! removing segment files for [`Log`](super::log::Log).
 //!
 //! Everything here is a quick metadata operation done on the loop's thread
-//! (open, preallocate, unlink); the writes and syncs of records, which can
+//! (open, preallocate, rename, unlink); the writes and syncs of records, which can
 //! take milliseconds, run as operations of the loop's back end (see
 //! [`super::flush`]).
 
@@ -98,6 +98,40 @@ impl SegmentFiles for DirFiles {
 
     fn close(&mut self, _id: SegmentId, file: FileRef) {
         self.open.remove(&file.0);
+    }
+
+    fn recycle(&mut self, old: SegmentId, file: Option<FileRef>, new: SegmentId) -> io::Result<FileRef> {
+        let (from, to) = (self.path(old), self.path(new));
+        // The new name must not exist: a file there is not ours to replace.
+        if std::fs::symlink_metadata(&to).is_ok() {
+            if let Some(file) = file {
+                self.open.remove(&file.0);
+            }
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        if let Err(e) = std::fs::rename(&from, &to) {
+            if let Some(file) = file {
+                self.open.remove(&file.0);
+            }
+            return Err(e);
+        }
+        if let Some(file) = file {
+            // The descriptor follows the file through the rename.
+            return Ok(file);
+        }
+        let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(&to);
+        match opened {
+            Ok(f) => {
+                let fd = f.as_raw_fd();
+                self.open.insert(fd, f);
+                Ok(FileRef(fd))
+            }
+            Err(e) => {
+                // Back under its old name, so the segment is as it was.
+                let _ = std::fs::rename(&to, &from);
+                Err(e)
+            }
+        }
     }
 
     fn remove(&mut self, id: SegmentId, file: Option<FileRef>) -> io::Result<()> {

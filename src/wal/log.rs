@@ -31,6 +31,16 @@
 //! durable. Removing only from the oldest end is what makes a delete record
 //! safe to drop: the job record it cancels is never in a later segment.
 //!
+//! # Reusing files
+//! A segment that could be removed becomes a spare instead when spares are
+//! wanted and it has the usual size: its file is renamed to the next seq
+//! and written again from its start ([`SegmentFiles::recycle`]). Its blocks
+//! were written before, so a sync of records written into them needs no
+//! journal commit (the first write into freshly allocated space makes one:
+//! a `-f0` batch cost several times as much there). The salted checksums
+//! and the zeros after every write (see `segment`) keep the file's earlier
+//! records from being read as the new segment's.
+//!
 //! # Compaction
 //! A segment can hold a live job for a long time (a buried job, a job
 //! delayed for days), and that pins it and every later segment. While the
@@ -52,7 +62,7 @@ use std::io;
 
 use super::record::{self, StateFields};
 use super::recover::{Recovered, SegmentId};
-use super::segment::{HEADER_BYTES, Header};
+use super::segment::{self, HEADER_BYTES, Header};
 use crate::engine::body::Body;
 
 /// Bodies up to this many bytes are copied into the batch's text; larger
@@ -124,7 +134,16 @@ pub trait SegmentFiles {
     /// Removes a segment's file, closing it first if it is open (it is
     /// closed even when the removal fails).
     fn remove(&mut self, id: SegmentId, file: Option<FileRef>) -> io::Result<()>;
+    /// Renames segment `old` (closing nothing: its file, if open, stays
+    /// open) to `new`, a spare of the same size whose earlier bytes stay
+    /// until they are written over, and returns it open for writing. On
+    /// failure the old segment is left as it was, closed.
+    fn recycle(&mut self, old: SegmentId, file: Option<FileRef>, new: SegmentId) -> io::Result<FileRef>;
 }
+
+/// Zero bytes written after the last record of every write: an all-zero
+/// frame, so that records read back end there even in a reused file.
+const END_MARK_BYTES: u64 = record::FRAME_BYTES as u64;
 
 /// Bytes to write at one place in one file.
 #[derive(Debug)]
@@ -242,8 +261,9 @@ pub struct Log {
     make_error: Option<String>,
     /// The time the shard last gave, for file headers.
     now: u64,
-    /// Bytes appended to batches since the log was opened (headers and
-    /// records), for tests that cut the log at a byte.
+    /// Bytes appended to batches since the log was opened (headers,
+    /// records and the zeros after each write), for tests that cut the log
+    /// at a byte.
     appended: u64,
     /// The server is stopping: files stay open until they are synced,
     /// whatever the policy, for the final sync.
@@ -561,7 +581,9 @@ impl Log {
             seq: spare.id.seq,
             next_id: self.next_id,
             created_at: self.now,
+            salt: segment::salt_for(spare.id.seq),
         };
+        self.end_last_write();
         self.writes.push(Write {
             segment: spare.id,
             file: spare.file,
@@ -606,6 +628,7 @@ impl Log {
         self.records_written += 1;
         let extend = self.writes.last().is_some_and(|w| w.segment == id && w.offset + w.len == offset);
         if !extend {
+            self.end_last_write();
             self.writes.push(Write { segment: id, file, offset, parts: vec![Part::Text(Vec::new())], len: 0 });
         }
         let write = self.writes.last_mut().expect("pushed above");
@@ -626,8 +649,9 @@ impl Log {
     ) -> SegmentId {
         let bytes = record::job_record_bytes(tube.len(), body.len()) as u64;
         let write = self.place(bytes);
+        let salt = segment::salt_for(write.segment.seq);
         let text = text_part(write);
-        record::encode_job_head(text, fields, ttr_s, created_at, tube, body.bytes());
+        record::encode_job_head(text, salt, fields, ttr_s, created_at, tube, body.bytes());
         if body.len() <= BODY_COPY_BYTES_MAX {
             text.extend_from_slice(body.bytes());
         } else {
@@ -650,7 +674,8 @@ impl Log {
     /// record (it adds to the live bytes).
     pub fn state(&mut self, fields: &StateFields, first: bool) {
         let write = self.place(record::STATE_RECORD_BYTES as u64);
-        record::encode_state(text_part(write), fields);
+        let salt = segment::salt_for(write.segment.seq);
+        record::encode_state(text_part(write), salt, fields);
         if first {
             self.live_bytes += record::STATE_RECORD_BYTES as u64;
         }
@@ -662,7 +687,8 @@ impl Log {
     pub fn delete(&mut self, id: u64, segment: SegmentId, live: u64) {
         self.reserved -= record::DELETE_RECORD_BYTES as u64;
         let write = self.place(record::DELETE_RECORD_BYTES as u64);
-        record::encode_delete(text_part(write), id);
+        let salt = segment::salt_for(write.segment.seq);
+        record::encode_delete(text_part(write), salt, id);
         self.live_bytes -= live;
         self.leave(segment);
     }
@@ -711,6 +737,7 @@ impl Log {
         if self.writes.is_empty() {
             return None;
         }
+        self.end_last_write();
         let mut writes = std::mem::take(&mut self.writes);
         for w in &mut writes {
             w.parts.retain(|p| !p.bytes().is_empty());
@@ -719,6 +746,23 @@ impl Log {
         self.filling += 1;
         self.turn_bytes = 0;
         Some(batch)
+    }
+
+    /// The last write of the filling batch gets its end mark: zeros after
+    /// its records, as far as the file has room (a later write in that
+    /// file starts on them). Called when a write into another place starts
+    /// and when the batch is taken, so the bytes appended count the mark
+    /// where it is written.
+    fn end_last_write(&mut self) {
+        let Some(w) = self.writes.last_mut() else { return };
+        let room = self.segs.iter().rev().find(|s| s.id == w.segment).map_or(0, |s| s.bytes - (w.offset + w.len));
+        let mark = room.min(END_MARK_BYTES);
+        if mark > 0 {
+            let text = text_part(w);
+            text.resize(text.len() + mark as usize, 0);
+            w.len += mark;
+            self.appended += mark;
+        }
     }
 
     /// Batches up to `number` are written.
@@ -776,12 +820,26 @@ impl Log {
                 self.files.close(seg.id, file);
             }
         }
+        let want = self.config.segment_bytes;
         while let Some(seg) = self.segs.front() {
             let removable = seg.id != current && seg.live_jobs == 0 && seg.emptied_in.is_none_or(|b| b <= safe);
             if !removable || seg.last_batch > safe {
                 break;
             }
             let mut seg = self.segs.pop_front().expect("checked above");
+            if seg.bytes == want && self.wants_spare(1) {
+                let id = SegmentId { shard: self.config.shard, seq: self.next_seq };
+                match self.files.recycle(seg.id, seg.file.take(), id) {
+                    Ok(file) => {
+                        self.next_seq += 1;
+                        self.spares.push_back(Spare { id, file, bytes: seg.bytes });
+                        self.compact_cursor = 0;
+                        continue;
+                    }
+                    // Removed instead, below (a fresh spare is made later).
+                    Err(e) => self.make_error = Some(format!("cannot reuse log segment {}: {e}", seg.id.seq)),
+                }
+            }
             match self.files.remove(seg.id, seg.file.take()) {
                 Ok(()) => {
                     self.disk_bytes -= seg.bytes;
@@ -796,15 +854,21 @@ impl Log {
                 }
             }
         }
-        let want = self.config.segment_bytes;
-        let mut have: u64 = self.spares.iter().map(|s| s.bytes).sum();
-        while self.spares.len() < SPARES_MAX
-            && (self.spares.len() < SPARES_MIN || have < SPARE_BYTES_MIN)
-            && self.make_spare(want)
-        {
-            have += want;
-        }
+        while self.wants_spare(0) && self.make_spare(want) {}
         self.compaction_budget()
+    }
+
+    /// Whether fewer spares are ready than the log keeps, plus `extra`
+    /// segments. New files are made only to keep the usual number; an
+    /// emptied segment is reused up to one more, because segments empty
+    /// at other times than spares are used: a spare used in a turn is made
+    /// again in that turn, before the segment whose reuse would replace it
+    /// is safe to give up, and the one kept in hand covers the next.
+    fn wants_spare(&self, extra: usize) -> bool {
+        let have: u64 = self.spares.iter().map(|s| s.bytes).sum();
+        let more = extra as u64 * self.config.segment_bytes;
+        self.spares.len() < SPARES_MAX + extra
+            && (self.spares.len() < SPARES_MIN + extra || have < SPARE_BYTES_MIN.saturating_add(more))
     }
 
     /// Bytes compaction should move now: none while the disk holds less

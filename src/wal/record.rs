@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! u32 len      bytes after this 8-byte frame (kind byte through the last body byte)
-//! u32 crc      CRC32C of the 4 len bytes followed by those `len` bytes
+//! u32 crc      CRC32C of the 4 len bytes followed by those `len` bytes,
+//!              started from the segment's salt (see super::segment)
 //! u8  kind     1 job, 2 state, 3 delete
 //! ...          the kind's fields, little-endian
 //! ```
@@ -88,7 +89,15 @@ pub fn job_record_bytes(tube_bytes: usize, body_bytes: usize) -> usize {
 /// Appends a job record's frame and fields up to (not including) the body,
 /// with the checksum computed over the body too: the caller appends `body`
 /// next, by copy or as a separate buffer of a vectored write.
-pub fn encode_job_head(out: &mut Vec<u8>, fields: &StateFields, ttr_s: u32, created_at: u64, tube: &str, body: &[u8]) {
+pub fn encode_job_head(
+    out: &mut Vec<u8>,
+    salt: u32,
+    fields: &StateFields,
+    ttr_s: u32,
+    created_at: u64,
+    tube: &str,
+    body: &[u8],
+) {
     debug_assert!(!tube.is_empty() && tube.len() <= TUBE_NAME_BYTES_MAX);
     let start = out.len();
     let len = job_record_bytes(tube.len(), body.len()) - FRAME_BYTES;
@@ -101,36 +110,37 @@ pub fn encode_job_head(out: &mut Vec<u8>, fields: &StateFields, ttr_s: u32, crea
     out.push(tube.len() as u8);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(tube.as_bytes());
-    let crc = crc32c::crc32c_append(checksum_head(&out[start..]), body);
+    let crc = crc32c::crc32c_append(checksum_head(salt, &out[start..]), body);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-pub fn encode_state(out: &mut Vec<u8>, fields: &StateFields) {
+pub fn encode_state(out: &mut Vec<u8>, salt: u32, fields: &StateFields) {
     let start = out.len();
     out.extend_from_slice(&((STATE_RECORD_BYTES - FRAME_BYTES) as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.push(KIND_STATE);
     put_state_fields(out, fields);
-    seal(out, start);
+    seal(out, salt, start);
 }
 
-pub fn encode_delete(out: &mut Vec<u8>, id: u64) {
+pub fn encode_delete(out: &mut Vec<u8>, salt: u32, id: u64) {
     let start = out.len();
     out.extend_from_slice(&((DELETE_RECORD_BYTES - FRAME_BYTES) as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.push(KIND_DELETE);
     out.extend_from_slice(&id.to_le_bytes());
-    seal(out, start);
+    seal(out, salt, start);
 }
 
 /// The checksum of a record's `len` field and the bytes after the frame
-/// that are present in `record` (which starts at the frame).
-fn checksum_head(record: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&record[..4]), &record[FRAME_BYTES..])
+/// that are present in `record` (which starts at the frame), started from
+/// the segment's salt (with salt 0, the plain CRC32C of those bytes).
+fn checksum_head(salt: u32, record: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(salt, &record[..4]), &record[FRAME_BYTES..])
 }
 
-fn seal(out: &mut [u8], start: usize) {
-    let crc = checksum_head(&out[start..]);
+fn seal(out: &mut [u8], salt: u32, start: usize) {
+    let crc = checksum_head(salt, &out[start..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -200,9 +210,9 @@ impl Frame {
     }
 
     /// Checks the payload (the `len` bytes after the frame) against the
-    /// checksum.
-    pub fn check(&self, payload: &[u8]) -> Result<(), Invalid> {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.len.to_le_bytes()), payload);
+    /// checksum, started from the segment's salt.
+    pub fn check(&self, payload: &[u8], salt: u32) -> Result<(), Invalid> {
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(salt, &self.len.to_le_bytes()), payload);
         if crc == self.crc { Ok(()) } else { Err(Invalid::Checksum) }
     }
 }
@@ -313,7 +323,7 @@ mod tests {
     fn open(bytes: &[u8]) -> Record<'_> {
         let frame = Frame::parse(bytes[..FRAME_BYTES].try_into().unwrap());
         assert_eq!(frame.check_len().unwrap(), bytes.len() - FRAME_BYTES);
-        frame.check(&bytes[FRAME_BYTES..]).unwrap();
+        frame.check(&bytes[FRAME_BYTES..], 0).unwrap();
         decode(&bytes[FRAME_BYTES..]).unwrap()
     }
 
@@ -321,7 +331,7 @@ mod tests {
     fn each_kind_round_trips_with_its_documented_size() {
         let mut buf = Vec::new();
         let f = fields(42, ImageState::Delayed);
-        encode_job_head(&mut buf, &f, 60, 123, "tube-a", b"hello\r\nworld");
+        encode_job_head(&mut buf, 0, &f, 60, 123, "tube-a", b"hello\r\nworld");
         assert_eq!(buf.len(), job_record_bytes(6, 12) - 12);
         buf.extend_from_slice(b"hello\r\nworld");
         assert_eq!(
@@ -330,12 +340,12 @@ mod tests {
         );
 
         let mut buf = Vec::new();
-        encode_state(&mut buf, &fields(9, ImageState::Buried));
+        encode_state(&mut buf, 0, &fields(9, ImageState::Buried));
         assert_eq!(buf.len(), STATE_RECORD_BYTES);
         assert_eq!(open(&buf), Record::State(fields(9, ImageState::Buried)));
 
         let mut buf = Vec::new();
-        encode_delete(&mut buf, u64::MAX);
+        encode_delete(&mut buf, 0, u64::MAX);
         assert_eq!(buf.len(), DELETE_RECORD_BYTES);
         assert_eq!(open(&buf), Record::Delete { id: u64::MAX });
     }
@@ -343,7 +353,7 @@ mod tests {
     #[test]
     fn the_documented_bytes_of_a_delete_record() {
         let mut buf = Vec::new();
-        encode_delete(&mut buf, 1);
+        encode_delete(&mut buf, 0, 1);
         assert_eq!(&buf[..4], &[9, 0, 0, 0]);
         assert_eq!(buf[8], KIND_DELETE);
         assert_eq!(&buf[9..], &[1, 0, 0, 0, 0, 0, 0, 0]);
@@ -352,9 +362,27 @@ mod tests {
     }
 
     #[test]
+    fn a_record_sealed_with_one_salt_fails_with_any_other() {
+        use crate::wal::segment::salt_for;
+        let salts = [0, salt_for(1), salt_for(2), salt_for(3), salt_for(0x7fff_ffff)];
+        for &written in &salts {
+            let mut buf = Vec::new();
+            encode_delete(&mut buf, written, 77);
+            let frame = Frame::parse(buf[..FRAME_BYTES].try_into().unwrap());
+            for &read in &salts {
+                assert_eq!(
+                    frame.check(&buf[FRAME_BYTES..], read).is_ok(),
+                    read == written,
+                    "{written:x} read as {read:x}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_flipped_bit_is_caught() {
         let mut buf = Vec::new();
-        encode_job_head(&mut buf, &fields(5, ImageState::Ready), 1, 2, "t", b"body");
+        encode_job_head(&mut buf, 0, &fields(5, ImageState::Ready), 1, 2, "t", b"body");
         buf.extend_from_slice(b"body");
         for bit in 0..buf.len() * 8 {
             let mut bad = buf.clone();
@@ -363,7 +391,7 @@ mod tests {
             let refused = match frame.check_len() {
                 Err(_) => true,
                 Ok(len) if len != bad.len() - FRAME_BYTES => true,
-                Ok(_) => frame.check(&bad[FRAME_BYTES..]).is_err(),
+                Ok(_) => frame.check(&bad[FRAME_BYTES..], 0).is_err(),
             };
             assert!(refused, "bit {bit} flipped and still accepted");
         }
@@ -381,7 +409,7 @@ mod tests {
         ];
         for (what, spoil) in cases {
             let mut buf = Vec::new();
-            encode_job_head(&mut buf, &fields(5, ImageState::Ready), 1, 2, "tube", b"");
+            encode_job_head(&mut buf, 0, &fields(5, ImageState::Ready), 1, 2, "tube", b"");
             let mut payload = buf[FRAME_BYTES..].to_vec();
             spoil(&mut payload);
             assert!(decode(&payload).is_err(), "{what} accepted");

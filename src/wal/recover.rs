@@ -24,6 +24,11 @@
 //! zeros but that holds other bytes is named in a warning and left as it
 //! is, like a file whose header is refused: what is in it is not ours to
 //! guess, nor to throw away.
+//!
+//! A file whose header names an earlier seq of its shard than its name is
+//! a reused file (see `segment`) renamed for its next use, whose new header
+//! never reached the disk: its records are those of the segment it was,
+//! which the log had given up, and it is treated like a file of zeros.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -127,7 +132,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         }
         last_seq.insert(id.shard, id.seq);
         let mut job_ids = Vec::new();
-        let scan = segment::read_with(&path, &mut buf, |_, record| {
+        let scan = segment::read_with(&path, Some((id.shard, id.seq)), &mut buf, |_, record| {
             if let Record::Job { fields, .. } = &record {
                 job_ids.push(fields.id);
             }
@@ -138,6 +143,10 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
             // `buf` holds the whole file: a short file or a zero header is
             // nothing at all if every byte after it is zero too.
             Err(BadHeader::Zeros | BadHeader::Short) if buf.iter().all(|&b| b == 0) => {
+                zeroed.push((id, path));
+                continue;
+            }
+            Err(BadHeader::Reused(_)) => {
                 zeroed.push((id, path));
                 continue;
             }

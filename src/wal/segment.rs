@@ -17,12 +17,29 @@
 //! 40   8  next job id: no job id at or above it was handed out before
 //!         this file was opened
 //! 48   8  wall-clock time the file was opened, ns since the epoch
-//! 56   4  zero
+//! 56   4  salt: the value the records' checksums start from (0 in files
+//!         written before files were reused, which read as before)
 //! 60   4  CRC32C of bytes 0..60
 //! ```
 //!
-//! Records follow the header back to back ([`super::record`]); the space
-//! after the last one is zeros, which read as an all-zero frame.
+//! Records follow the header back to back ([`super::record`]), and every
+//! write ends with up to eight zero bytes after its last record (the next
+//! write starts on them), so that the records of a file always end at an
+//! all-zero frame or at the end of the file.
+//!
+//! # Reused files
+//! A segment whose jobs are all gone is not always removed: its file may
+//! be renamed to a later seq and written again (the log's spares), because
+//! writing into blocks that were written before costs a sync no journal
+//! commit, while the first write into freshly allocated space does. Such a
+//! file still holds its earlier records after the new ones. Two things
+//! keep them from ever being read as the new segment's: the salt, which
+//! differs between any two seqs of a shard ([`salt_for`]), so an old
+//! record's checksum fails in the new file even where it starts exactly at
+//! a record boundary; and the header, which is written before any record
+//! is relied on: a file whose header names an earlier seq than its name is
+//! a reused file whose new header never reached the disk, and nothing in it
+//! is read (see [`super::recover`]).
 //!
 //! # Reading
 //! [`read`] returns every record up to the first one that fails a check,
@@ -57,6 +74,14 @@ pub struct Header {
     pub seq: u64,
     pub next_id: u64,
     pub created_at: u64,
+    pub salt: u32,
+}
+
+/// The salt of segment `seq`: its low 31 bits with the top bit set, so it
+/// is never 0 (the salt of files written before reuse) and two seqs of a
+/// shard less than 2^31 apart never share one.
+pub fn salt_for(seq: u64) -> u32 {
+    (seq as u32 & 0x7fff_ffff) | 0x8000_0000
 }
 
 impl Header {
@@ -70,6 +95,7 @@ impl Header {
         h[32..40].copy_from_slice(&self.seq.to_le_bytes());
         h[40..48].copy_from_slice(&self.next_id.to_le_bytes());
         h[48..56].copy_from_slice(&self.created_at.to_le_bytes());
+        h[56..60].copy_from_slice(&self.salt.to_le_bytes());
         let crc = crc32c::crc32c(&h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         h
@@ -100,6 +126,7 @@ impl Header {
             seq: u64_at(32),
             next_id: u64_at(40),
             created_at: u64_at(48),
+            salt: u32_at(56),
         };
         if header.shards == 0 || header.shard >= header.shards {
             return Err(BadHeader::Shard(header.shard, header.shards));
@@ -121,6 +148,11 @@ pub enum BadHeader {
     Shard(u32, u32),
     /// Shorter than a header.
     Short,
+    /// The header names an earlier seq of the same shard than the file's
+    /// name: a reused file whose new header never reached the disk. Every
+    /// record in it belongs to the segment it was before, which the log
+    /// had given up; none is read.
+    Reused(u64),
 }
 
 impl std::fmt::Display for BadHeader {
@@ -133,6 +165,7 @@ impl std::fmt::Display for BadHeader {
             BadHeader::Size(n) => write!(f, "unknown header size {n}"),
             BadHeader::Shard(s, n) => write!(f, "impossible shard {s} of {n}"),
             BadHeader::Short => write!(f, "shorter than a header"),
+            BadHeader::Reused(seq) => write!(f, "a reused file still headed as segment {seq}"),
         }
     }
 }
@@ -196,15 +229,18 @@ pub struct Scan {
 /// `each` in order. Fails only when the file cannot be opened or read, or
 /// its header is refused.
 pub fn read(path: &Path, each: impl FnMut(u64, Record<'_>)) -> io::Result<Result<Scan, BadHeader>> {
-    read_with(path, &mut Vec::new(), each)
+    read_with(path, None, &mut Vec::new(), each)
 }
 
 /// [`read`], reading the file into `buf` (whose memory is reused from one
 /// file to the next: fresh memory for each 10 MB segment cost a fifth of a
 /// recovery in the kernel's page zeroing). Once it returns without an I/O
-/// error, `buf` holds the whole file, header refused or not.
+/// error, `buf` holds the whole file, header refused or not. With `name`
+/// (the shard and seq in the file's name), a header of the same shard and
+/// an earlier seq is refused as [`BadHeader::Reused`].
 pub fn read_with(
     path: &Path,
+    name: Option<(u32, u64)>,
     buf: &mut Vec<u8>,
     mut each: impl FnMut(u64, Record<'_>),
 ) -> io::Result<Result<Scan, BadHeader>> {
@@ -223,6 +259,12 @@ pub fn read_with(
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
+    if let Some((shard, seq)) = name
+        && header.shard == shard
+        && header.seq < seq
+    {
+        return Ok(Err(BadHeader::Reused(header.seq)));
+    }
     let mut at = HEADER_BYTES;
     let mut scan = Scan { header, end: End::Eof, record_bytes: 0, records: 0 };
     let damaged = |at: usize, why: Damage| End::Damaged { offset: at as u64, cut: size - at as u64, why };
@@ -253,7 +295,7 @@ pub fn read_with(
             scan.end = damaged(at, Damage::Torn);
             break;
         };
-        match frame.check(payload).and_then(|()| record::decode(payload)) {
+        match frame.check(payload, scan.header.salt).and_then(|()| record::decode(payload)) {
             Ok(record) => each(at as u64, record),
             Err(why) => {
                 scan.end = damaged(at, Damage::Invalid(why));
@@ -274,7 +316,7 @@ mod tests {
     use crate::wal::record::{StateFields, encode_delete, encode_job_head, encode_state};
 
     fn header() -> Header {
-        Header { shard: 0, shards: 1, seq: 7, next_id: 100, created_at: 1_700_000_000_000_000_000 }
+        Header { shard: 0, shards: 1, seq: 7, next_id: 100, created_at: 1_700_000_000_000_000_000, salt: salt_for(7) }
     }
 
     fn fields(id: u64) -> StateFields {
@@ -286,12 +328,13 @@ mod tests {
     fn segment(padding: usize) -> (Vec<u8>, Vec<u64>) {
         let mut bytes = header().encode().to_vec();
         let mut offsets = vec![bytes.len() as u64];
-        encode_job_head(&mut bytes, &fields(1), 5, 6, "default", b"body");
+        let salt = header().salt;
+        encode_job_head(&mut bytes, salt, &fields(1), 5, 6, "default", b"body");
         bytes.extend_from_slice(b"body");
         offsets.push(bytes.len() as u64);
-        encode_state(&mut bytes, &fields(1));
+        encode_state(&mut bytes, salt, &fields(1));
         offsets.push(bytes.len() as u64);
-        encode_delete(&mut bytes, 1);
+        encode_delete(&mut bytes, salt, 1);
         offsets.push(bytes.len() as u64);
         bytes.resize(bytes.len() + padding, 0);
         (bytes, offsets)
