@@ -139,6 +139,9 @@ pub trait SegmentFiles {
     /// until they are written over, and returns it open for writing. On
     /// failure the old segment is left as it was, closed.
     fn recycle(&mut self, old: SegmentId, file: Option<FileRef>, new: SegmentId) -> io::Result<FileRef>;
+    /// The log was opened and the server starts serving: files made from
+    /// now on are made while commands wait.
+    fn serving(&mut self) {}
 }
 
 /// Zero bytes written after the last record of every write: an all-zero
@@ -345,6 +348,11 @@ impl Log {
                 )));
             }
         }
+        // The spares the first turns will want, made before serving (a
+        // failure here is not fatal: the turns try again).
+        while log.wants_spare(0) && log.make_spare(log.config.segment_bytes) {}
+        log.make_after = 0;
+        log.files.serving();
         Ok(log)
     }
 
