@@ -24,6 +24,7 @@ use std::time::Duration;
 use super::filethread::FileThread;
 use super::io::{Event, Io, RECV_BYTES_MAX, RecvEnd};
 use crate::memory::{self, OutOfMemory};
+use crate::wal::flush::{LANES, Lane};
 
 /// Bytes of the shared read buffer: one receive's share, which one read
 /// can bring at once.
@@ -41,6 +42,7 @@ const LATER_SPARE: usize = 2;
 
 const LISTENER_TOKEN: u64 = u64::MAX;
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
+/// The log's I/O threads, one per lane: `FILE_TOKEN - lane`.
 const FILE_TOKEN: u64 = u64::MAX - 2;
 
 #[derive(Clone, Copy, Default)]
@@ -65,7 +67,7 @@ enum Later {
     /// Try a pending receive into the server's memory.
     ReadInto(u32),
     /// A file operation that could not be started.
-    FileDone(io::Result<usize>),
+    FileDone(Lane, io::Result<usize>),
 }
 
 pub struct Epoll {
@@ -76,11 +78,12 @@ pub struct Epoll {
     signal_fd: Option<RawFd>,
     later: VecDeque<Later>,
     buf: Box<[u8]>,
-    /// The write-ahead log's I/O thread, started with the first file
-    /// operation (epoll cannot write or sync a file without blocking).
-    files: Option<FileThread>,
+    /// The write-ahead log's I/O threads, one per lane, each started with
+    /// its lane's first file operation (epoll cannot write or sync a file
+    /// without blocking).
+    files: [Option<FileThread>; LANES],
     /// A file operation is in flight there.
-    file_busy: bool,
+    file_busy: [bool; LANES],
 }
 
 impl Epoll {
@@ -98,8 +101,8 @@ impl Epoll {
             signal_fd: None,
             later: VecDeque::new(),
             buf: vec![0u8; READ_BUFFER_BYTES].into_boxed_slice(),
-            files: None,
-            file_busy: false,
+            files: [None, None],
+            file_busy: [false; LANES],
         })
     }
 
@@ -340,35 +343,37 @@ impl Io for Epoll {
             | Later::ReceivedInto(c, _)
             | Later::Read(c)
             | Later::ReadInto(c) => *c != conn,
-            Later::AcceptEnded | Later::FileDone(_) => true,
+            Later::AcceptEnded | Later::FileDone(..) => true,
         });
     }
 
     fn submit(&mut self) {}
 
-    unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
-        if self.files.is_none() {
-            match FileThread::spawn("runnerbean-log") {
-                Ok(t) if self.ctl(libc::EPOLL_CTL_ADD, t.eventfd(), libc::EPOLLIN as u32, FILE_TOKEN).is_ok() => {
-                    self.files = Some(t);
+    unsafe fn file_op(&mut self, lane: Lane, request: crate::wal::flush::Request) {
+        let i = lane.index();
+        if self.files[i].is_none() {
+            let token = FILE_TOKEN - i as u64;
+            match FileThread::spawn(if lane == Lane::Batch { "runnerbean-log" } else { "runnerbean-sync" }) {
+                Ok(t) if self.ctl(libc::EPOLL_CTL_ADD, t.eventfd(), libc::EPOLLIN as u32, token).is_ok() => {
+                    self.files[i] = Some(t);
                 }
                 Ok(_) | Err(_) => {
                     // No thread (or no way to hear from it): the operation
                     // fails, and the log tries again later.
                     let e = io::Error::last_os_error();
-                    self.later.push_back(Later::FileDone(Err(e)));
+                    self.later.push_back(Later::FileDone(lane, Err(e)));
                     return;
                 }
             }
         }
-        self.file_busy = true;
-        let files = self.files.as_mut().expect("started above");
+        self.file_busy[i] = true;
+        let files = self.files[i].as_mut().expect("started above");
         // Safety: passed on with the caller's promise.
         unsafe { files.submit(0, request) };
     }
 
     fn idle(&self) -> bool {
-        !self.file_busy
+        !self.file_busy.iter().any(|&b| b)
             && self.later.is_empty()
             && self.listener.is_none()
             && self.signal_fd.is_none()
@@ -398,7 +403,7 @@ impl Io for Epoll {
                 Later::RecvEnded(conn, end) => handle(Event::RecvEnded(conn, end)),
                 Later::ReceivedInto(conn, outcome) => handle(Event::ReceivedInto(conn, outcome)),
                 Later::AcceptEnded => handle(Event::AcceptEnded(None)),
-                Later::FileDone(outcome) => handle(Event::FileDone(outcome)),
+                Later::FileDone(lane, outcome) => handle(Event::FileDone(lane, outcome)),
                 Later::Read(conn) => self.read(conn, handle),
                 Later::ReadInto(conn) => self.read_into(conn, handle),
             }
@@ -417,12 +422,14 @@ impl Io for Epoll {
                         self.read_signals(fd, handle);
                     }
                 }
-                FILE_TOKEN => {
-                    if let Some(files) = self.files.as_mut() {
-                        let busy = &mut self.file_busy;
+                token if token == FILE_TOKEN || token == FILE_TOKEN - 1 => {
+                    let i = (FILE_TOKEN - token) as usize;
+                    let lane = Lane::from_index(i).expect("a lane's token");
+                    if let Some(files) = self.files[i].as_mut() {
+                        let busy = &mut self.file_busy[i];
                         files.completions(|_, outcome| {
                             *busy = false;
-                            handle(Event::FileDone(outcome));
+                            handle(Event::FileDone(lane, outcome));
                         });
                     }
                 }

@@ -90,9 +90,9 @@ pub enum Event<'a> {
     ReceivedInto(u32, io::Result<usize>),
     /// A signal arrived (SIGUSR1, SIGTERM, SIGINT).
     Signal(i32),
-    /// The log's file operation finished: bytes written (0 for a sync), or
-    /// the error.
-    FileDone(io::Result<usize>),
+    /// The log's file operation in a lane finished: bytes written (0 for a
+    /// sync), or the error.
+    FileDone(crate::wal::flush::Lane, io::Result<usize>),
 }
 
 pub trait Io {
@@ -148,13 +148,14 @@ pub trait Io {
     fn cancel_send(&mut self, conn: u32);
 
     /// Starts one of the write-ahead log's file operations (a vectored
-    /// write at an offset, or a sync); `FileDone` follows. At most one is
-    /// in flight at a time.
+    /// write at an offset, or a sync) in `lane`; `FileDone` follows. At
+    /// most one is in flight per lane, and the two lanes' operations run
+    /// at the same time.
     ///
     /// # Safety
     /// The iovecs of a write and the memory they point to must stay valid
     /// and unchanged until the `FileDone` event.
-    unsafe fn file_op(&mut self, request: crate::wal::flush::Request);
+    unsafe fn file_op(&mut self, lane: crate::wal::flush::Lane, request: crate::wal::flush::Request);
 
     /// The server is about to close `fd`: nothing it started is in flight
     /// on it. What the back end started on its own (io_uring's hang-up

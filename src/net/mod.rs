@@ -127,7 +127,7 @@ pub struct Start {
 /// A core's I/O back end, chosen before the shard is built.
 pub enum Driver {
     Uring(Box<uring::Uring>),
-    Epoll(epoll::Epoll),
+    Epoll(Box<epoll::Epoll>),
 }
 
 impl Driver {
@@ -140,11 +140,11 @@ impl Driver {
                 Err(e) if insist_uring => return Err(e),
                 Err(e) => {
                     let why = format!("io_uring unavailable ({e}); using epoll");
-                    return Ok((Driver::Epoll(epoll::Epoll::new()?), Some(why)));
+                    return Ok((Driver::Epoll(Box::new(epoll::Epoll::new()?)), Some(why)));
                 }
             }
         }
-        Ok((Driver::Epoll(epoll::Epoll::new()?), None))
+        Ok((Driver::Epoll(Box::new(epoll::Epoll::new()?)), None))
     }
 
     pub fn backend(&self) -> Backend {
@@ -160,7 +160,7 @@ impl Driver {
     pub fn serve(self, shard: Shard, start: Start) -> std::io::Result<()> {
         match self {
             Driver::Uring(io) => Server::new(*io, shard, start).run(),
-            Driver::Epoll(io) => Server::new(io, shard, start).run(),
+            Driver::Epoll(io) => Server::new(*io, shard, start).run(),
         }
     }
 }
@@ -392,10 +392,10 @@ impl<I: Io> Server<I> {
                     Deferred::ReceivedInto(conn, outcome) => self.received_into(conn, outcome),
                     Deferred::Signal(libc::SIGUSR1) => self.shard.set_draining(),
                     Deferred::Signal(_) => self.begin_stop(),
-                    Deferred::FileDone(outcome) => {
+                    Deferred::FileDone(lane, outcome) => {
                         let now = self.clock.now();
                         if let Some(log) = self.log.as_mut() {
-                            log.completed(&mut self.shard, &mut self.io, outcome, now);
+                            log.completed(&mut self.shard, &mut self.io, lane, outcome, now);
                         }
                     }
                 }
@@ -920,7 +920,7 @@ enum Deferred {
     Sent(u32, std::io::Result<usize>),
     ReceivedInto(u32, std::io::Result<usize>),
     Signal(i32),
-    FileDone(std::io::Result<usize>),
+    FileDone(crate::wal::flush::Lane, std::io::Result<usize>),
 }
 
 /// The handler of one wait: data goes to the shard at once (all data of
@@ -947,7 +947,7 @@ impl Events<'_> {
             Event::Sent(conn, outcome) => Deferred::Sent(conn, outcome),
             Event::ReceivedInto(conn, outcome) => Deferred::ReceivedInto(conn, outcome),
             Event::Signal(signal) => Deferred::Signal(signal),
-            Event::FileDone(outcome) => Deferred::FileDone(outcome),
+            Event::FileDone(lane, outcome) => Deferred::FileDone(lane, outcome),
         };
         self.deferred.push_back(deferred);
     }

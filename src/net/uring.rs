@@ -495,7 +495,10 @@ impl Uring {
             }
             HANGUP => self.hung_up(conn, generation, res),
             SEND => handle(Event::Sent(conn, outcome(res))),
-            FILE => handle(Event::FileDone(outcome(res))),
+            FILE => match crate::wal::flush::Lane::from_index(conn as usize) {
+                Some(lane) => handle(Event::FileDone(lane, outcome(res))),
+                None => debug_assert!(false, "a file completion for lane {conn}"),
+            },
             RECV_INTO => handle(Event::ReceivedInto(conn, outcome(res))),
             SIGNAL => {
                 if res as usize == SIGINFO_BYTES {
@@ -610,7 +613,7 @@ impl Io for Uring {
         memory::try_reserve_total(&mut self.conns, conn as usize + 1)
     }
 
-    unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
+    unsafe fn file_op(&mut self, lane: crate::wal::flush::Lane, request: crate::wal::flush::Request) {
         use crate::wal::flush::Request;
         let entry = match request {
             Request::Write { fd, iov, count, offset, dsync } => {
@@ -622,7 +625,9 @@ impl Io for Uring {
                 opcode::Fsync::new(types::Fd(fd)).flags(flags).build()
             }
         };
-        self.push(entry.user_data(tag(FILE, 0)));
+        // The lane in the connection's place: one operation per lane is
+        // in flight, so it names the operation.
+        self.push(entry.user_data(tag(FILE, lane.index() as u32)));
     }
 
     fn forget(&mut self, conn: u32, _fd: RawFd) {
@@ -951,7 +956,7 @@ mod tests {
             Event::Sent(..) => "Sent",
             Event::ReceivedInto(..) => "ReceivedInto",
             Event::Signal(_) => "Signal",
-            Event::FileDone(_) => "FileDone",
+            Event::FileDone(..) => "FileDone",
         }
     }
 

@@ -4,15 +4,15 @@
 //! of old ones), and when a batch is durable the replies that waited for
 //! it are released.
 //!
-//! At most one file operation is in flight (see `wal::flush`); while a
-//! batch is written and synced, the next one fills.
+//! At most one file operation is in flight per lane (see `wal::flush`);
+//! while a batch is written and synced, the next one fills.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::io::Io;
 use crate::engine::Nanos;
 use crate::shard::Shard;
-use crate::wal::flush::{Flush, Progress};
+use crate::wal::flush::{Flush, LANES, Lane, Progress};
 
 /// How often a failure to make a log segment (a full disk) is logged.
 const MAKE_ERROR_LOG_NS: u64 = 10_000_000_000;
@@ -21,8 +21,8 @@ pub struct LogDriver {
     flush: Flush,
     /// The log directory, kept open for syncing new files' entries.
     _dir: OwnedFd,
-    /// A file operation is in flight on the back end.
-    in_flight: bool,
+    /// A file operation is in flight on the back end, per lane.
+    in_flight: [bool; LANES],
     make_error_logged_at: Option<u64>,
 }
 
@@ -32,7 +32,7 @@ impl LogDriver {
         LogDriver {
             flush: Flush::new(policy, dir.as_raw_fd(), now),
             _dir: dir,
-            in_flight: false,
+            in_flight: [false; LANES],
             make_error_logged_at: None,
         }
     }
@@ -56,20 +56,26 @@ impl LogDriver {
         {
             self.flush.start(batch);
         }
-        if !self.in_flight
-            && let Some(request) = self.flush.request(now)
-        {
-            self.in_flight = true;
+        while let Some((lane, request)) = self.flush.request(now) {
+            debug_assert!(!self.in_flight[lane.index()], "two operations in flight in {lane:?}");
+            self.in_flight[lane.index()] = true;
             // Safety: the request's memory is owned by `self.flush` until
             // `completed` is called for it.
-            unsafe { io.file_op(request) };
+            unsafe { io.file_op(lane, request) };
         }
     }
 
     /// A file operation completed.
-    pub fn completed(&mut self, shard: &mut Shard, io: &mut dyn FileIo, result: std::io::Result<usize>, now: Nanos) {
-        self.in_flight = false;
-        match self.flush.complete(result, now) {
+    pub fn completed(
+        &mut self,
+        shard: &mut Shard,
+        io: &mut dyn FileIo,
+        lane: Lane,
+        result: std::io::Result<usize>,
+        now: Nanos,
+    ) {
+        self.in_flight[lane.index()] = false;
+        match self.flush.complete(lane, result, now) {
             Ok(Progress { written, synced }) => {
                 let log = shard.engine_mut().log_mut().expect("a shard with a log");
                 if let Some(n) = written {
@@ -103,11 +109,11 @@ impl LogDriver {
     /// flight: the process may exit.
     pub fn is_done(&self, shard: &Shard) -> bool {
         let pending = shard.engine().log().is_some_and(|l| l.has_records());
-        !self.in_flight && !pending && self.flush.is_idle()
+        !self.in_flight() && !pending && self.flush.is_idle()
     }
 
     pub fn in_flight(&self) -> bool {
-        self.in_flight
+        self.in_flight.iter().any(|&b| b)
     }
 }
 
@@ -117,12 +123,12 @@ pub trait FileIo {
     ///
     /// # Safety
     /// The memory the request points to must stay valid until then.
-    unsafe fn file_op(&mut self, request: crate::wal::flush::Request);
+    unsafe fn file_op(&mut self, lane: Lane, request: crate::wal::flush::Request);
 }
 
 impl<T: Io> FileIo for T {
-    unsafe fn file_op(&mut self, request: crate::wal::flush::Request) {
+    unsafe fn file_op(&mut self, lane: Lane, request: crate::wal::flush::Request) {
         // Safety: passed on with the caller's promise.
-        unsafe { Io::file_op(self, request) }
+        unsafe { Io::file_op(self, lane, request) }
     }
 }

@@ -14,6 +14,16 @@
 //! last records can stay unsynced forever). With `-F` nothing is synced
 //! until the server stops.
 //!
+//! # Lanes
+//! Operations run in two [`Lane`]s, each with at most one operation in
+//! flight: a batch's writes (and a `-f0` batch's syncs) in one, the timed
+//! syncs of `-f MS` in the other. A timed sync can take tens of
+//! milliseconds with megabytes to write back; in one lane, the batches
+//! behind it waited that long (`-f 50` puts ran at half the rate of `-F`).
+//! A timed sync covers the batches written before it started; a batch
+//! written while it runs waits for the next one. At a stop the lanes take
+//! turns, as the final syncs must cover everything.
+//!
 //! # Faults
 //! A write or sync that fails is logged and tried again after
 //! [`RETRY_NS`]; the replies that wait for it wait too, and nothing is
@@ -36,6 +46,30 @@ const IOVECS_PER_WRITE_MAX: usize = 1024;
 
 // More would make the write fail with EINVAL.
 const _: () = assert!(IOVECS_PER_WRITE_MAX <= libc::UIO_MAXIOV as usize);
+
+/// Where an operation runs; see "Lanes" above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Batch = 0,
+    Timed = 1,
+}
+
+/// The number of lanes, for back ends that keep state per lane.
+pub const LANES: usize = 2;
+
+impl Lane {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_index(i: usize) -> Option<Lane> {
+        match i {
+            0 => Some(Lane::Batch),
+            1 => Some(Lane::Timed),
+            _ => None,
+        }
+    }
+}
 
 /// A file operation to start now. The iovecs it points to stay valid
 /// until [`Flush::complete`] is called for it.
@@ -101,8 +135,8 @@ pub struct Flush {
     unsynced: Vec<FileRef>,
     unsynced_upto: u64,
     unsynced_dir: bool,
-    /// An operation is in flight.
-    busy: bool,
+    /// An operation is in flight in each lane.
+    busy: [bool; LANES],
     last_sync_at: u64,
     /// After a failure, nothing is tried before this time.
     retry_at: Option<u64>,
@@ -120,28 +154,29 @@ impl Flush {
             unsynced: Vec::new(),
             unsynced_upto: 0,
             unsynced_dir: false,
-            busy: false,
+            busy: [false; LANES],
             last_sync_at: now,
             retry_at: None,
             final_sync: false,
         }
     }
 
-    /// Whether a new batch can start: nothing is in flight, and no timed
-    /// sync is due (it goes first, or a steady stream of batches would
-    /// keep it from ever running).
+    /// Whether a new batch can start: no batch is in flight. At a stop,
+    /// a due final sync goes first, or a steady stream of batches would
+    /// keep it from ever running.
     pub fn can_start(&self, now: u64) -> bool {
-        self.batch.is_none() && self.timed.is_none() && (self.unsynced.is_empty() || !self.sync_due(now))
+        self.batch.is_none()
+            && !(self.final_sync && (self.timed.is_some() || (!self.unsynced.is_empty() && self.sync_due(now))))
     }
 
     /// Whether nothing is in flight and nothing waits to be synced.
     pub fn is_idle(&self) -> bool {
-        self.batch.is_none() && self.timed.is_none() && !self.busy && self.unsynced.is_empty()
+        self.batch.is_none() && self.timed.is_none() && !self.is_busy() && self.unsynced.is_empty()
     }
 
     /// Whether an operation is in flight (the loop must wait for it).
     pub fn is_busy(&self) -> bool {
-        self.busy
+        self.busy.iter().any(|&b| b)
     }
 
     /// From now on, sync what is written as soon as possible, whatever the
@@ -208,44 +243,57 @@ impl Flush {
         }
     }
 
-    /// The operation to start now, if any; at most one is in flight.
-    pub fn request(&mut self, now: u64) -> Option<Request> {
-        if self.busy || self.retry_at.is_some_and(|at| now < at) {
+    /// An operation to start now, if any, and its lane; call again until
+    /// it returns `None` (at most one is in flight per lane).
+    pub fn request(&mut self, now: u64) -> Option<(Lane, Request)> {
+        if self.retry_at.is_some_and(|at| now < at) {
             return None;
         }
         self.retry_at = None;
-        let request = match self.batch.as_ref() {
-            Some(b) => match b.phase {
-                Phase::Writing { write, first, offset } => {
-                    let iov = &b.iovecs[write][first..];
-                    Request::Write {
-                        fd: b.writes[write].file.0,
-                        iov: iov.as_ptr(),
-                        count: iov.len().min(IOVECS_PER_WRITE_MAX),
-                        offset,
-                        dsync: b.dsync,
-                    }
+        if !self.busy[Lane::Batch.index()]
+            && let Some(request) = self.batch_request()
+        {
+            self.busy[Lane::Batch.index()] = true;
+            return Some((Lane::Batch, request));
+        }
+        // At a stop, the final syncs wait for the batch in flight and go
+        // before the next (see `can_start`).
+        let turns = self.final_sync && (self.batch.is_some() || self.busy[Lane::Batch.index()]);
+        if self.busy[Lane::Timed.index()] || turns {
+            return None;
+        }
+        if self.timed.is_none() && !self.unsynced.is_empty() && self.sync_due(now) {
+            let mut targets: Vec<i32> = self.unsynced.drain(..).map(|f| f.0).collect();
+            if std::mem::take(&mut self.unsynced_dir) {
+                targets.push(self.dir_fd);
+            }
+            self.timed = Some(TimedSync { targets, next: 0, upto: self.unsynced_upto });
+        }
+        let t = self.timed.as_ref()?;
+        let fd = t.targets[t.next];
+        self.busy[Lane::Timed.index()] = true;
+        Some((Lane::Timed, Request::Sync { fd, data_only: fd != self.dir_fd }))
+    }
+
+    /// The next operation of the batch in flight.
+    fn batch_request(&self) -> Option<Request> {
+        let b = self.batch.as_ref()?;
+        Some(match b.phase {
+            Phase::Writing { write, first, offset } => {
+                let iov = &b.iovecs[write][first..];
+                Request::Write {
+                    fd: b.writes[write].file.0,
+                    iov: iov.as_ptr(),
+                    count: iov.len().min(IOVECS_PER_WRITE_MAX),
+                    offset,
+                    dsync: b.dsync,
                 }
-                Phase::Syncing { next } => {
-                    let fd = b.targets[next];
-                    Request::Sync { fd, data_only: fd != self.dir_fd }
-                }
-            },
-            None => {
-                if self.timed.is_none() && !self.unsynced.is_empty() && self.sync_due(now) {
-                    let mut targets: Vec<i32> = self.unsynced.drain(..).map(|f| f.0).collect();
-                    if std::mem::take(&mut self.unsynced_dir) {
-                        targets.push(self.dir_fd);
-                    }
-                    self.timed = Some(TimedSync { targets, next: 0, upto: self.unsynced_upto });
-                }
-                let t = self.timed.as_ref()?;
-                let fd = t.targets[t.next];
+            }
+            Phase::Syncing { next } => {
+                let fd = b.targets[next];
                 Request::Sync { fd, data_only: fd != self.dir_fd }
             }
-        };
-        self.busy = true;
-        Some(request)
+        })
     }
 
     fn sync_due(&self, now: u64) -> bool {
@@ -261,47 +309,50 @@ impl Flush {
     /// When [`Flush::request`] will next have something to start without
     /// anything else happening (a timed sync, or a retry).
     pub fn next_deadline(&self) -> Option<u64> {
-        if self.busy {
+        if let Some(at) = self.retry_at {
+            return (!self.is_busy()).then_some(at);
+        }
+        if self.busy[Lane::Timed.index()] || self.timed.is_some() {
             return None;
         }
-        if let Some(at) = self.retry_at {
-            return Some(at);
-        }
         match self.policy {
-            SyncPolicy::EveryMs(ms) if self.batch.is_none() && !self.unsynced.is_empty() => {
+            SyncPolicy::EveryMs(ms) if !self.unsynced.is_empty() => {
                 Some(self.last_sync_at.saturating_add(ms * 1_000_000))
             }
             _ => None,
         }
     }
 
-    /// The operation started by the last [`Flush::request`] completed with
-    /// `result` (bytes written, or 0 for a sync). Returns what is now done,
-    /// or the error to log (the operation is tried again later).
-    pub fn complete(&mut self, result: std::io::Result<usize>, now: u64) -> Result<Progress, String> {
-        assert!(self.busy, "a completion with nothing in flight");
-        self.busy = false;
+    /// The operation in flight in `lane` completed with `result` (bytes
+    /// written, or 0 for a sync). Returns what is now done, or the error to
+    /// log (the operation is tried again later).
+    pub fn complete(&mut self, lane: Lane, result: std::io::Result<usize>, now: u64) -> Result<Progress, String> {
+        assert!(self.busy[lane.index()], "a completion with nothing in flight in {lane:?}");
+        self.busy[lane.index()] = false;
         let n = match result {
             Ok(n) => n,
             Err(e) => {
                 self.retry_at = Some(now + RETRY_NS);
-                let what = match self.batch.as_ref().map(|b| &b.phase) {
-                    Some(Phase::Writing { .. }) => "write",
+                let what = match (lane, self.batch.as_ref().map(|b| &b.phase)) {
+                    (Lane::Batch, Some(Phase::Writing { .. })) => "write",
                     _ => "sync",
                 };
                 return Err(format!("log {what} failed: {e}; trying again in a second"));
             }
         };
-        let Some(b) = self.batch.as_mut() else {
-            let t = self.timed.as_mut().expect("a completion with nothing in flight");
-            t.next += 1;
-            if t.next < t.targets.len() {
-                return Ok(Progress::default());
+        let b = match lane {
+            Lane::Batch => self.batch.as_mut().expect("a batch completion with no batch"),
+            Lane::Timed => {
+                let t = self.timed.as_mut().expect("a timed completion with no timed sync");
+                t.next += 1;
+                if t.next < t.targets.len() {
+                    return Ok(Progress::default());
+                }
+                let upto = t.upto;
+                self.timed = None;
+                self.last_sync_at = now;
+                return Ok(Progress { written: None, synced: Some(upto) });
             }
-            let upto = t.upto;
-            self.timed = None;
-            self.last_sync_at = now;
-            return Ok(Progress { written: None, synced: Some(upto) });
         };
         match b.phase {
             Phase::Writing { write, first, offset } => {
@@ -364,7 +415,10 @@ impl Flush {
                     self.unsynced.retain(|f| !b.targets.contains(&f.0));
                 }
                 self.last_sync_at = now;
-                let synced = if self.unsynced.is_empty() { Some(b.number) } else { None };
+                // A timed sync still in flight holds files of earlier
+                // batches (it took them from `unsynced`): until it is done,
+                // they are not synced, and the log must keep them open.
+                let synced = if self.unsynced.is_empty() && self.timed.is_none() { Some(b.number) } else { None };
                 if synced.is_none() {
                     self.unsynced_upto = b.number;
                 }
@@ -456,19 +510,24 @@ mod tests {
     fn run(f: &mut Flush, now: u64) -> (Vec<String>, Progress) {
         let mut seen = Vec::new();
         let mut progress = Progress::default();
-        while let Some(r) = f.request(now) {
-            let (text, n) = match r {
-                Request::Write { fd, count, offset, dsync, .. } => {
-                    (format!("write {fd}@{offset}x{count} dsync={dsync}"), 7)
-                }
-                Request::Sync { fd, data_only } => (format!("sync {fd} data={data_only}"), 0),
-            };
+        while let Some((lane, r)) = f.request(now) {
+            let (text, n) = describe(r);
             seen.push(text);
-            let p = f.complete(Ok(n), now).unwrap();
+            let p = f.complete(lane, Ok(n), now).unwrap();
             progress.written = p.written.or(progress.written);
             progress.synced = p.synced.or(progress.synced);
         }
         (seen, progress)
+    }
+
+    /// A request as text, and the result of doing it whole.
+    fn describe(r: Request) -> (String, usize) {
+        match r {
+            Request::Write { fd, count, offset, dsync, .. } => {
+                (format!("write {fd}@{offset}x{count} dsync={dsync}"), 7)
+            }
+            Request::Sync { fd, data_only } => (format!("sync {fd} data={data_only}"), 0),
+        }
     }
 
     #[test]
@@ -494,12 +553,57 @@ mod tests {
         assert_eq!(p, Progress { written: Some(1), synced: None });
         assert_eq!(f.next_deadline(), Some(50 * MS));
         assert!(f.request(49 * MS).is_none());
-        // Due: no new batch starts before the sync.
-        assert!(!f.can_start(50 * MS));
         let (ops, p) = run(&mut f, 50 * MS);
         assert_eq!(ops, ["sync 5 data=true", "sync 6 data=true"]);
         assert_eq!(p, Progress { written: None, synced: Some(1) });
         assert!(f.is_idle() && f.can_start(50 * MS));
+    }
+
+    #[test]
+    fn every_ms_batches_are_written_while_a_timed_sync_runs_and_wait_for_the_next() {
+        let mut f = Flush::new(SyncPolicy::EveryMs(50), DIR, 0);
+        f.start(batch(1, &[5], false));
+        run(&mut f, 10 * MS);
+        // The timed sync of batch 1 starts and takes its time.
+        let Some((Lane::Timed, sync)) = f.request(50 * MS) else { panic!("a timed sync is due") };
+        assert_eq!(describe(sync).0, "sync 5 data=true");
+        assert!(f.request(50 * MS).is_none(), "one operation per lane");
+        // Meanwhile batch 2 starts, is written, and is not covered.
+        assert!(f.can_start(51 * MS));
+        f.start(batch(2, &[5], false));
+        let Some((Lane::Batch, write)) = f.request(51 * MS) else { panic!("the batch lane is free") };
+        assert_eq!(describe(write).0, "write 5@64x2 dsync=false");
+        assert_eq!(f.complete(Lane::Batch, Ok(7), 52 * MS).unwrap(), Progress { written: Some(2), synced: None });
+        assert_eq!(f.complete(Lane::Timed, Ok(0), 60 * MS).unwrap(), Progress { written: None, synced: Some(1) });
+        assert!(!f.is_idle(), "batch 2 waits for its sync");
+        assert_eq!(f.next_deadline(), Some(110 * MS));
+        let (ops, p) = run(&mut f, 110 * MS);
+        assert_eq!(ops, ["sync 5 data=true"]);
+        assert_eq!(p, Progress { written: None, synced: Some(2) });
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn a_stop_during_a_timed_sync_claims_nothing_synced_before_it_is_done() {
+        // Batch 1 wrote file 5; its timed sync is in flight when the stop
+        // comes, with batch 2 (file 6) being written. Batch 2's final
+        // sync must not report batch 2 synced while file 5's sync is still
+        // out: the log would close file 5 under it.
+        let mut f = Flush::new(SyncPolicy::EveryMs(50), DIR, 0);
+        f.start(batch(1, &[5], false));
+        run(&mut f, 10 * MS);
+        let Some((Lane::Timed, _)) = f.request(50 * MS) else { panic!("a timed sync is due") };
+        f.start(batch(2, &[6], false));
+        let Some((Lane::Batch, _)) = f.request(50 * MS) else { panic!("the batch lane is free") };
+        f.sync_all([FileRef(5), FileRef(6)]);
+        assert_eq!(f.complete(Lane::Batch, Ok(7), 51 * MS).unwrap(), Progress { written: Some(2), synced: None });
+        let Some((Lane::Batch, sync)) = f.request(51 * MS) else { panic!("the batch's final sync") };
+        assert_eq!(describe(sync).0, "sync 6 data=true");
+        assert_eq!(f.complete(Lane::Batch, Ok(0), 52 * MS).unwrap(), Progress { written: Some(2), synced: None });
+        assert_eq!(f.complete(Lane::Timed, Ok(0), 60 * MS).unwrap(), Progress { written: None, synced: Some(1) });
+        // Nothing is left unsynced, and batch 2 is reported at the next
+        // step: the next turn's batch, or here the end.
+        assert!(f.request(60 * MS).is_none());
     }
 
     #[test]
@@ -524,21 +628,21 @@ mod tests {
     fn short_writes_go_on_from_where_they_stopped_and_errors_are_retried_later() {
         let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
         f.start(batch(1, &[5], false));
-        let Some(Request::Write { iov, count, offset, .. }) = f.request(0) else { panic!() };
+        let Some((Lane::Batch, Request::Write { iov, count, offset, .. })) = f.request(0) else { panic!() };
         assert_eq!((count, offset), (2, 64));
         // Safety: the iovecs live in `f` until the completion.
         let first = unsafe { &*iov };
         assert_eq!(first.iov_len, 3);
-        assert_eq!(f.complete(Ok(4), 0).unwrap(), Progress::default());
-        let Some(Request::Write { iov, count, offset, .. }) = f.request(0) else { panic!() };
+        assert_eq!(f.complete(Lane::Batch, Ok(4), 0).unwrap(), Progress::default());
+        let Some((Lane::Batch, Request::Write { iov, count, offset, .. })) = f.request(0) else { panic!() };
         // Safety: as above.
         let rest = unsafe { std::slice::from_raw_parts(iov, count) };
         assert_eq!((count, offset, rest[0].iov_len), (1, 68, 3));
-        assert!(f.complete(Err(std::io::Error::from_raw_os_error(libc::EIO)), 0).is_err());
+        assert!(f.complete(Lane::Batch, Err(std::io::Error::from_raw_os_error(libc::EIO)), 0).is_err());
         assert!(f.request(RETRY_NS - 1).is_none(), "no retry before the pause");
         assert_eq!(f.next_deadline(), Some(RETRY_NS));
-        let Some(Request::Write { offset, .. }) = f.request(RETRY_NS) else { panic!() };
+        let Some((Lane::Batch, Request::Write { offset, .. })) = f.request(RETRY_NS) else { panic!() };
         assert_eq!(offset, 68);
-        assert_eq!(f.complete(Ok(3), RETRY_NS).unwrap(), Progress { written: Some(1), synced: Some(1) });
+        assert_eq!(f.complete(Lane::Batch, Ok(3), RETRY_NS).unwrap(), Progress { written: Some(1), synced: Some(1) });
     }
 }
