@@ -10,6 +10,7 @@
 //! * tail.rs: tail.
 //! * top.rs: top, full-screen on a terminal and plain lines elsewhere.
 //! * raw.rs: raw, an interactive protocol session.
+//! * web/: web, the console in a browser (an axum server with its page embedded).
 //! * out.rs: writing to stdout, tables, the progress bar, confirmation prompts.
 //!
 //! rbctl is one binary crate built on the `runnerbean-client` library (a separate crate, so that
@@ -27,6 +28,7 @@ mod raw;
 mod report;
 mod tail;
 mod top;
+mod web;
 
 use std::process::ExitCode;
 
@@ -69,9 +71,10 @@ Exit codes:
 #[derive(Parser, Debug)]
 #[command(name = "rbctl", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Server address: HOST:PORT, HOST (port 11300) or unix:PATH.
-    #[arg(long, global = true, env = "BEANSTALK_ADDR", default_value = "127.0.0.1:11300")]
-    addr: String,
+    /// Server address: HOST:PORT, HOST (port 11300) or unix:PATH. `web` takes it more than
+    /// once, for several servers.
+    #[arg(long, global = true, env = "BEANSTALK_ADDR", default_value = "127.0.0.1:11300", action = clap::ArgAction::Append)]
+    addr: Vec<String>,
 
     #[command(subcommand)]
     command: Cmd,
@@ -120,6 +123,12 @@ enum Cmd {
     Top(top::TopArgs),
     /// An interactive protocol session: type commands, see the server's replies.
     Raw(raw::RawArgs),
+    /// A web console for one or more servers (--addr once per server): every tube with live
+    /// counts and rates, a tube's jobs with their bodies, and put, kick, delete, clear, pause
+    /// and move. It listens on 127.0.0.1:8080 by default; any address but a loopback one
+    /// needs --token. A move is a reserve, a put and a delete, not atomic: see the section
+    /// "The web console" of docs/OPERATIONS.md.
+    Web(web::WebArgs),
 }
 
 /// A failure as rbctl reports it: one line and an exit code.
@@ -219,7 +228,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let addr = cli.addr.as_str();
+    if let Cmd::Web(args) = cli.command {
+        return web::web(&cli.addr, args).await;
+    }
+    let addr = match cli.addr.as_slice() {
+        [addr] => addr.as_str(),
+        _ => return Err(Failure::new(exit::USAGE, "only `rbctl web` takes more than one --addr")),
+    };
     match cli.command {
         Cmd::Put(args) => jobs::put(addr, args).await,
         Cmd::Reserve(args) => jobs::reserve(addr, args).await,
@@ -237,5 +252,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Tail(args) => tail::tail(addr, args).await,
         Cmd::Top(args) => top::top(addr, args).await,
         Cmd::Raw(args) => raw::raw(addr, args).await,
+        Cmd::Web(_) => Ok(()),
     }
 }
