@@ -172,7 +172,10 @@ async function showTube(mine) {
   } catch (e) {
     if (mine !== generation) return;
     $("status").textContent = e.message;
-    $("tube-summary").replaceChildren(el("div", { class: "error", text: tube + ": " + e.message }));
+    const why = e.message === "not found"
+      ? "There is no tube " + tube + " now: a server keeps a tube only while it has jobs or a client uses or watches it."
+      : tube + ": " + e.message;
+    $("tube-summary").replaceChildren(el("div", { class: "error gone", text: why }));
     $("states").replaceChildren();
     return;
   }
