@@ -108,7 +108,8 @@ enum Cmd {
     Tubes(report::TubesArgs),
     /// Pause a tube: no job is reserved from it for SECONDS (0 ends a pause).
     Pause(manage::PauseArgs),
-    /// Delete every job of a tube in the given states (all states by default).
+    /// Delete every job of a tube in the given states (all states by default): with one
+    /// clear-tube command on runnerbean, job by job on servers without it (C beanstalkd).
     Clear(manage::ClearArgs),
     /// Move ready and buried jobs to another tube: each is put again with the same body,
     /// priority and time-to-run, then deleted. Not preserved: the id (jobs get new ones), the

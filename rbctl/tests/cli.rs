@@ -440,7 +440,7 @@ fn errors_are_one_line_with_an_exit_code() {
 fn every_subcommand_has_help() {
     let subcommands = [
         "put", "reserve", "peek", "delete", "bury", "kick", "touch", "release", "stats", "tubes", "pause", "clear",
-        "move", "tail", "top", "raw",
+        "move", "tail", "top", "raw", "web",
     ];
     let top = rbctl("127.0.0.1:1", &["--help"], b"");
     assert_eq!(top.code, 0);
