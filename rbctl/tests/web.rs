@@ -114,6 +114,17 @@ async fn every_action_on_both_servers() {
             "{name}"
         );
         assert_eq!(servers[0]["stats"]["current-jobs-ready"], 3, "{name}");
+        // The filter picks tubes by a part of their name, ignoring case.
+        let filtered = console.json("/api/overview?filter=T").await;
+        let names: Vec<&str> = filtered["servers"][0]["tubes"]
+            .as_array()
+            .expect("tubes")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!((names, filtered["servers"][0]["tubes-not-shown"].as_u64()), (vec!["default", "t"], Some(0)));
+        let filtered = console.json("/api/overview?filter=nothing").await;
+        assert_eq!(filtered["servers"][0]["tubes"], json!([]));
 
         // The tube: its jobs as the server would take them (all of them with list-jobs, the
         // first one by peeking without it).
@@ -196,6 +207,14 @@ async fn every_action_on_both_servers() {
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         let no_server = console.get("/api/servers/5/tubes/t").send().await.expect("GET");
         assert_eq!(no_server.status(), StatusCode::NOT_FOUND);
+        // What axum refuses by itself comes back in the same shape.
+        let not_json = console.http.post(format!("{}{s}/t/put", console.url)).header("X-Rbctl-Console", "1");
+        let not_json = not_json.header("Content-Type", "application/json").body("{body").send().await.expect("POST");
+        assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+        assert!(not_json.json::<Value>().await.expect("JSON")["error"].as_str().is_some_and(|e| !e.is_empty()));
+        let not_a_number = console.post("/api/servers/0/jobs/x/delete", json!({})).send().await.expect("POST");
+        assert_eq!(not_a_number.status(), StatusCode::BAD_REQUEST);
+        assert!(not_a_number.json::<Value>().await.expect("JSON")["error"].is_string());
     }
 }
 
@@ -296,7 +315,14 @@ async fn with_a_token_every_request_needs_it() {
     };
     let refused = login("guess", None).await.expect("POST");
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
-    assert!(refused.text().await.expect("text").contains("That is not the token."));
+    assert_eq!(refused.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(
+        refused
+            .text()
+            .await
+            .expect("text")
+            .contains("<p class=\"error\" id=\"login-error\">That is not the token.</p>")
+    );
     assert_eq!(login(token, Some("http://evil.example")).await.expect("POST").status(), StatusCode::FORBIDDEN);
     let accepted = login(token, Some(&console.url)).await.expect("POST");
     assert_eq!(accepted.status(), StatusCode::SEE_OTHER);

@@ -21,7 +21,6 @@
 //! original's priority, time-to-run and (for a delayed job) remaining delay, and arrives ready
 //! or delayed: a buried job arrives ready.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -49,8 +48,15 @@ const BODY_SHOWN_BYTES_MAX: usize = 64 * 1024;
 /// down shows as down within this time rather than stalling the page.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The most jobs one kick may ask for: the protocol's bound is a u32.
-const KICK_BOUND_MAX: u64 = u32::MAX as u64;
+/// The most tubes of one server the overview lists (those whose name matches the filter, in
+/// name order): each costs a `stats-tube` every refresh, and a page of more rows than this is
+/// not read by anyone. The filter finds the others.
+const TUBES_SHOWN_MAX: usize = 500;
+
+/// The largest request body: a put's JSON, whose job body a server limits to `max-job-size`
+/// (64 KiB by default; runnerbean and C beanstalkd allow more with `-z`). 16 MiB covers a
+/// generous `-z` while bounding what one request makes the console hold.
+pub const REQUEST_BYTES_MAX: usize = 16 << 20;
 
 /// One server the console shows.
 pub struct Server {
@@ -135,12 +141,21 @@ fn server(app: &Shared, index: usize) -> Result<&Server, ApiError> {
     app.servers.get(index).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no server {index}")))
 }
 
-/// `GET /api/overview`: every server's stats and every tube's, for the main screen.
-async fn overview(State(app): State<Shared>) -> Json<Value> {
+#[derive(Deserialize)]
+struct OverviewQuery {
+    /// Only tubes whose name contains this, ignoring case.
+    #[serde(default)]
+    filter: String,
+}
+
+/// `GET /api/overview?filter=TEXT`: every server's stats and its tubes' (those whose name
+/// contains the filter), for the main screen.
+async fn overview(State(app): State<Shared>, Query(query): Query<OverviewQuery>) -> Json<Value> {
+    let filter = query.filter.to_lowercase();
     let tasks: Vec<_> = (0..app.servers.len())
         .map(|index| {
-            let app = app.clone();
-            tokio::spawn(async move { summary(&app.servers[index], index).await })
+            let (app, filter) = (app.clone(), filter.clone());
+            tokio::spawn(async move { summary(&app.servers[index], index, &filter).await })
         })
         .collect();
     let mut servers = Vec::new();
@@ -154,29 +169,35 @@ async fn overview(State(app): State<Shared>) -> Json<Value> {
 }
 
 /// One server's part of the overview; a server that cannot be asked has an `error` instead.
-async fn summary(server: &Server, index: usize) -> Value {
+async fn summary(server: &Server, index: usize, filter: &str) -> Value {
     let sample = async {
         let client = server.client().await?;
-        let (stats, tubes) = tokio::join!(client.stats(), all_tubes(&client));
+        let (stats, tubes) = tokio::join!(client.stats(), some_tubes(&client, filter));
         let stats = stats.map_err(|e| ApiError::from_client(&server.addr, e))?;
         let tubes = tubes.map_err(|e| ApiError::from_client(&server.addr, e))?;
         Ok::<_, ApiError>((stats, tubes))
     };
     match sample.await {
-        Ok((stats, tubes)) => json!({
+        Ok((stats, (tubes, not_shown))) => json!({
             "index": index,
             "addr": server.addr,
             "stats": json_object(stats.fields().into_iter()),
             "tubes": tubes.iter().map(|t| Value::Object(json_object(t.fields().into_iter()))).collect::<Vec<_>>(),
+            "tubes-not-shown": not_shown,
         }),
         Err(e) => json!({ "index": index, "addr": server.addr, "error": e.message }),
     }
 }
 
-/// Every tube's stats, pipelined; a tube that goes away between the list and its stats is
-/// left out.
-async fn all_tubes(client: &Client) -> Result<Vec<TubeStats>, Error> {
-    let names = client.list_tubes().await?;
+/// The stats of the tubes whose name contains `filter` (lower case), at most
+/// [`TUBES_SHOWN_MAX`] of them in name order, pipelined, and how many more matched. A tube that
+/// goes away between the list and its stats is left out.
+async fn some_tubes(client: &Client, filter: &str) -> Result<(Vec<TubeStats>, usize), Error> {
+    let mut names = client.list_tubes().await?;
+    names.retain(|name| name.to_lowercase().contains(filter));
+    names.sort();
+    let not_shown = names.len().saturating_sub(TUBES_SHOWN_MAX);
+    names.truncate(TUBES_SHOWN_MAX);
     let tasks: Vec<_> = names
         .into_iter()
         .map(|name| {
@@ -193,8 +214,7 @@ async fn all_tubes(client: &Client) -> Result<Vec<TubeStats>, Error> {
             Err(_) => return Err(Error::Protocol("a stats-tube task failed".to_owned())),
         }
     }
-    tubes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(tubes)
+    Ok((tubes, not_shown))
 }
 
 const STATES: [JobState; 3] = [JobState::Ready, JobState::Delayed, JobState::Buried];
@@ -333,7 +353,8 @@ async fn kick(
     Json(request): Json<KickRequest>,
 ) -> Answer {
     let server = server(&app, index)?;
-    let bound = u32::try_from(request.count.min(KICK_BOUND_MAX)).unwrap_or(u32::MAX);
+    // The protocol's bound is a u32; asking for more is asking for all.
+    let bound = u32::try_from(request.count).unwrap_or(u32::MAX);
     let client = server.fresh().await?;
     let failed = |e| ApiError::from_client(&server.addr, e);
     client.stats_tube(&tube).await.map_err(failed)?;
@@ -420,7 +441,7 @@ async fn move_jobs(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "give either states or ids"));
     }
     let states = request.states.iter().map(|s| state_named(s)).collect::<Result<Vec<_>, _>>()?;
-    let client = Arc::new(server.fresh().await?);
+    let client = server.fresh().await?;
     let failed = |e| ApiError::from_client(&server.addr, e);
     let stats = client.stats_tube(&from).await.map_err(failed)?;
     let mut moved = 0u64;

@@ -134,6 +134,8 @@ fn router(app: Shared) -> Router {
         .route("/logout", post(logout))
         .merge(api::routes())
         .fallback(|| async { api::ApiError::new(StatusCode::NOT_FOUND, "no such page") })
+        .layer(axum::extract::DefaultBodyLimit::max(api::REQUEST_BYTES_MAX))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -191,6 +193,32 @@ async fn guard(State(app): State<Shared>, request: Request, next: Next) -> Respo
     // the Origin check refuses.
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
+}
+
+/// The most bytes of a plain-text error that [`json_errors`] reads: axum's rejections are one
+/// sentence.
+const ERROR_TEXT_BYTES_MAX: usize = 4096;
+
+/// Turns the plain-text errors axum answers by itself (a body that is not the JSON asked for,
+/// a job id that is not a number, a wrong method) into the `{"error": ...}` every other
+/// failure is, so that the page has one shape to read.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    // axum's own errors are plain text or empty; the login page's refusal is HTML and stays.
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !response.status().is_client_error() || !plain {
+        return response;
+    }
+    let status = response.status();
+    let text = match axum::body::to_bytes(response.into_body(), ERROR_TEXT_BYTES_MAX).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => status.canonical_reason().unwrap_or("refused").to_lowercase(),
+    };
+    api::ApiError::new(status, text).into_response()
 }
 
 /// Whether a `Host` header names this machine: `localhost`, or a loopback address, with or

@@ -79,7 +79,7 @@ function rate(before, after, seconds, key) {
 async function showOverview(mine) {
   let data;
   try {
-    data = await api("/api/overview");
+    data = await api("/api/overview?filter=" + encodeURIComponent($("filter").value.trim()));
   } catch (e) {
     if (mine !== generation) return;
     $("status").textContent = "cannot reach the console: " + e.message;
@@ -152,6 +152,9 @@ async function showOverview(mine) {
     }
     table.append(body);
     section.append(table);
+    if (server["tubes-not-shown"] > 0) {
+      section.append(el("div", { class: "hint", text: server["tubes-not-shown"] + " more tubes match; narrow the filter to see them" }));
+    }
     root.append(section);
     previous.set(server.index, { at: now, stats: s, tubes });
   }
