@@ -4,7 +4,7 @@
 //! # Layout
 //! * main.rs: the command line (clap), the exit codes, and turning every failure into one line
 //!   on stderr.
-//! * jobs.rs: put, reserve, peek, delete, bury, kick, touch, release.
+//! * jobs.rs: put, reserve, peek, jobs, delete, bury, kick, touch, release.
 //! * report.rs: stats and tubes, as aligned tables or JSON.
 //! * manage.rs: pause, clear, move.
 //! * tail.rs: tail.
@@ -89,6 +89,10 @@ enum Cmd {
     Reserve(jobs::ReserveArgs),
     /// Print a job's body: by id, or the next ready, delayed or buried job of a tube.
     Peek(jobs::PeekArgs),
+    /// List the ids of a tube's ready (or --delayed, or --buried) jobs in the order the server
+    /// would take them: all of them from runnerbean (list-jobs), only the first from servers
+    /// without it (C beanstalkd), which rbctl says on stderr.
+    Jobs(jobs::JobsArgs),
     /// Delete jobs by id.
     Delete(jobs::IdsArgs),
     /// Bury a ready or delayed job (rbctl reserves it first: only the reserving connection may
@@ -240,6 +244,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Put(args) => jobs::put(addr, args).await,
         Cmd::Reserve(args) => jobs::reserve(addr, args).await,
         Cmd::Peek(args) => jobs::peek(addr, args).await,
+        Cmd::Jobs(args) => jobs::jobs(addr, args).await,
         Cmd::Delete(args) => jobs::delete(addr, args).await,
         Cmd::Bury(args) => jobs::bury(addr, args).await,
         Cmd::Kick(args) => jobs::kick(addr, args).await,

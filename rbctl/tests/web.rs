@@ -276,6 +276,11 @@ async fn without_a_token_only_loopback_and_actions_need_the_header_and_origin() 
     assert_eq!(other_origin.send().await.expect("POST").status(), StatusCode::FORBIDDEN);
     let own_origin = console.post(path, json!({"seconds": 1})).header("Origin", console.url.clone());
     assert_eq!(own_origin.send().await.expect("POST").status(), StatusCode::OK);
+    // Behind a TLS proxy that passes Host on, the page's origin is https with the same host.
+    let proxied = console.post(path, json!({"seconds": 1})).header("Origin", console.url.replace("http:", "https:"));
+    assert_eq!(proxied.send().await.expect("POST").status(), StatusCode::OK);
+    let other_port = console.post(path, json!({"seconds": 1})).header("Origin", "http://127.0.0.1:1");
+    assert_eq!(other_port.send().await.expect("POST").status(), StatusCode::FORBIDDEN);
     // DNS rebinding: a name that resolves to 127.0.0.1 is still not a loopback name.
     let rebound = console.get("/api/overview").header("Host", "evil.example:8080");
     assert_eq!(rebound.send().await.expect("GET").status(), StatusCode::FORBIDDEN);

@@ -20,8 +20,8 @@
 //!   dies with the process).
 //! * Every action is a POST, and a POST must carry the `X-Rbctl-Console` header (which a page
 //!   of another origin cannot add without a CORS preflight, which the console never allows),
-//!   and its `Origin`, when the browser sends one, must be the console's own. The session
-//!   cookie is `SameSite=Strict` too.
+//!   and its `Origin`, when the browser sends one, must be the console's own (over http, or
+//!   https behind a TLS proxy). The session cookie is `SameSite=Strict` too.
 //!
 //! # Invariants
 //! * Nothing here panics on a request: every failure is a JSON `{"error": ...}` with a status.
@@ -175,8 +175,11 @@ async fn guard(State(app): State<Shared>, request: Request, next: Next) -> Respo
             .into_response();
     }
     if request.method() == Method::POST {
+        // https too: behind a TLS proxy that passes the Host header on, the page's origin is
+        // the proxy's.
         if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
             && origin != format!("http://{host}")
+            && origin != format!("https://{host}")
         {
             return api::ApiError::new(StatusCode::FORBIDDEN, "a request from another origin").into_response();
         }
