@@ -284,11 +284,12 @@ impl Client {
         commands: Vec<(Command<'_>, Option<Track>)>,
     ) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
         let shared = &self.inner.shared;
-        let count = u32::try_from(commands.len()).map_err(|_| Error::InvalidArgument("too many commands".into()))?;
-        // Every slot at once, for the reason call_pair gives.
-        if count == 0 {
-            return Ok(Vec::new());
+        // More slots than there are would never be granted.
+        if commands.len() > COMMANDS_IN_FLIGHT_MAX {
+            return Err(Error::InvalidArgument(format!("at most {COMMANDS_IN_FLIGHT_MAX} commands go together")));
         }
+        let Ok(count @ 1..) = u32::try_from(commands.len()) else { return Ok(Vec::new()) };
+        // Every slot at once, for the reason call_pair gives.
         let mut rest = Some(shared.slots.clone().acquire_many_owned(count).await.map_err(|_| shared.closed_error())?);
         let mut requests = Vec::with_capacity(commands.len());
         let mut answers = Vec::with_capacity(commands.len());
