@@ -120,14 +120,14 @@ impl Options {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     addr: Address,
     options: Options,
     requests: mpsc::Sender<Request>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Client {
@@ -246,7 +246,7 @@ impl Client {
     }
 
     /// Sends one command and returns its reply's bytes.
-    async fn call(&self, command: Command<'_>, track: Option<Track>) -> Result<Vec<u8>, Error> {
+    pub(crate) async fn call(&self, command: Command<'_>, track: Option<Track>) -> Result<Vec<u8>, Error> {
         let shared = &self.inner.shared;
         let permit = shared.slots.clone().acquire_owned().await.map_err(|_| shared.closed_error())?;
         let (request, answer) = request(command, track, permit);
@@ -274,6 +274,51 @@ impl Client {
         let first_reply = first_answer.await.unwrap_or_else(|_| Err(shared.closed_error()))?;
         let second_reply = second_answer.await.unwrap_or_else(|_| Err(shared.closed_error()));
         Ok((first_reply, second_reply))
+    }
+
+    /// Sends commands back to back, with no command from any clone of this client between them
+    /// on the wire, and returns every reply's bytes in order; a reply is an error when the
+    /// connection failed before it came. [`call_pair`](Client::call_pair) for any number.
+    pub(crate) async fn call_chain(
+        &self,
+        commands: Vec<(Command<'_>, Option<Track>)>,
+    ) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+        let shared = &self.inner.shared;
+        // More slots than there are would never be granted.
+        if commands.len() > COMMANDS_IN_FLIGHT_MAX {
+            return Err(Error::InvalidArgument(format!("at most {COMMANDS_IN_FLIGHT_MAX} commands go together")));
+        }
+        let Ok(count @ 1..) = u32::try_from(commands.len()) else { return Ok(Vec::new()) };
+        // Every slot at once, for the reason call_pair gives.
+        let mut rest = Some(shared.slots.clone().acquire_many_owned(count).await.map_err(|_| shared.closed_error())?);
+        let mut requests = Vec::with_capacity(commands.len());
+        let mut answers = Vec::with_capacity(commands.len());
+        let last = commands.len() - 1;
+        for (at, (command, track)) in commands.into_iter().enumerate() {
+            // Each command takes one slot of the permit; the last takes what is left (one).
+            let permit = match (at == last, rest.as_mut()) {
+                (false, Some(permit)) => permit.split(1),
+                (true, _) => rest.take(),
+                (false, None) => None,
+            };
+            let permit = permit.ok_or_else(|| shared.closed_error())?;
+            let (request, answer) = request(command, track, permit);
+            requests.push(request);
+            answers.push(answer);
+        }
+        // Link them back to front: each request carries the ones that must follow it.
+        let mut chain = None;
+        while let Some(mut request) = requests.pop() {
+            request.then = chain.map(Box::new);
+            chain = Some(request);
+        }
+        let Some(chain) = chain else { return Ok(Vec::new()) };
+        self.inner.requests.send(chain).await.map_err(|_| shared.closed_error())?;
+        let mut replies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            replies.push(answer.await.unwrap_or_else(|_| Err(shared.closed_error())));
+        }
+        Ok(replies)
     }
 
     /// `put`: adds a job with this body to the used tube and returns its id.
@@ -1015,7 +1060,7 @@ fn request(
 /// A tube name as the protocol can carry it: not empty, at most 200 bytes, no spaces or
 /// control characters (which would split or end the command line). Whether its characters
 /// are allowed is the server's to say.
-fn tube_arg(tube: &str) -> Result<&str, Error> {
+pub(crate) fn tube_arg(tube: &str) -> Result<&str, Error> {
     if tube.is_empty() {
         return Err(Error::InvalidArgument("a tube name cannot be empty".to_owned()));
     }
@@ -1029,13 +1074,13 @@ fn tube_arg(tube: &str) -> Result<&str, Error> {
 }
 
 /// Parses a frame the connection task has already checked.
-fn decode(frame: &[u8]) -> Result<Reply<'_>, Error> {
+pub(crate) fn decode(frame: &[u8]) -> Result<Reply<'_>, Error> {
     proto::parse(frame).map_err(|e| Error::Protocol(e.to_string()))
 }
 
 /// The error for a reply that is not the command's success: one of the server's error replies,
 /// or a reply that does not answer this command at all.
-fn refusal(reply: Reply<'_>, command: &str) -> Error {
+pub(crate) fn refusal(reply: Reply<'_>, command: &str) -> Error {
     match reply {
         Reply::NotFound => Error::NotFound,
         Reply::BuriedId(id) => Error::Buried(JobId(id)),
@@ -1065,7 +1110,7 @@ fn reserved(frame: Vec<u8>, command: &str) -> Result<Job, Error> {
 }
 
 /// The job of a `FOUND` reply.
-fn found(frame: Vec<u8>, command: &str) -> Result<Job, Error> {
+pub(crate) fn found(frame: Vec<u8>, command: &str) -> Result<Job, Error> {
     match decode(&frame)? {
         Reply::Found { id, body } => {
             let len = body.len();
@@ -1085,7 +1130,7 @@ fn body_of(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
 }
 
 /// The names of a `list-*` reply.
-fn list(frame: Vec<u8>, command: &str) -> Result<Vec<String>, Error> {
+pub(crate) fn list(frame: Vec<u8>, command: &str) -> Result<Vec<String>, Error> {
     match decode(&frame)? {
         Reply::Ok(doc) => {
             let text =

@@ -21,6 +21,7 @@
 //!   waiting reserve on a half-closed connection with `TIMED_OUT`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub session: Mutex<Session>,
     /// One permit per command in flight.
     pub slots: Arc<Semaphore>,
+    /// Set once the server answered `clear-tube` or `list-jobs` with `UNKNOWN_COMMAND`.
+    pub lacks_extensions: AtomicBool,
 }
 
 impl Shared {
@@ -94,6 +97,7 @@ impl Shared {
             closed: Mutex::new(None),
             session: Mutex::new(Session::default()),
             slots: Arc::new(Semaphore::new(COMMANDS_IN_FLIGHT_MAX)),
+            lacks_extensions: AtomicBool::new(false),
         }
     }
 

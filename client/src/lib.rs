@@ -29,6 +29,10 @@
 //!   call that is safe from many tasks at once, and [`Client::has_workers`] (or
 //!   [`Client::has_waiting_workers`]) checks that a worker watches the tube, as backq's
 //!   publishers do.
+//! * extend.rs: runnerbean's `clear-tube` and `list-jobs` ([`Client::clear_tube`],
+//!   [`Client::list_jobs`]), and [`Client::clear_tube_or_delete`] and
+//!   [`Client::list_jobs_or_peek`], which fall back to peeking on servers without them (C
+//!   beanstalkd): a listing then sees only the first job of a state.
 //! * [`Error`] (error.rs): the server's error replies (`NotFound`, `TimedOut`, ...) and the
 //!   failures of the connection (`Io`, `ReplyTimeout`, `Protocol`, ...), in one enum.
 //! * [`Job`], [`JobId`], [`PutOptions`] (job.rs); [`Stats`], [`TubeStats`], [`JobStats`]
@@ -57,6 +61,7 @@ mod addr;
 mod client;
 mod conn;
 mod error;
+mod extend;
 mod job;
 mod stats;
 mod yaml;
@@ -64,6 +69,7 @@ mod yaml;
 pub use addr::{Address, DEFAULT_PORT, Stream};
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, Options, TUBE_NAME_BYTES_MAX};
 pub use error::Error;
+pub use extend::{Cleared, JobList, VANISHED_IN_A_ROW_MAX};
 pub use job::{DEFAULT_PRI, DEFAULT_TTR_SECS, Job, JobId, PutOptions};
 pub use stats::{JobState, JobStats, Stats, TubeStats, Value};
 

@@ -126,6 +126,29 @@ pub enum Command<'a> {
     PauseTube(&'a str, u32),
     /// `quit`: the server closes the connection.
     Quit,
+    /// `clear-tube <tube> <states>`: deletes every job of the tube in the given states, a comma
+    /// list of `ready`, `delayed` and `buried`. A runnerbean extension: C beanstalkd answers
+    /// `UNKNOWN_COMMAND`.
+    ClearTube {
+        /// The tube.
+        tube: &'a str,
+        /// The states, such as `ready,buried`.
+        states: &'a str,
+    },
+    /// `list-jobs <tube> <state> <after-id> <count>`: up to `count` ids of the tube's jobs in
+    /// one state (`ready`, `delayed` or `buried`), those after `after` in the order the server
+    /// would take them (0 starts at the first). A runnerbean extension: C beanstalkd answers
+    /// `UNKNOWN_COMMAND`.
+    ListJobs {
+        /// The tube.
+        tube: &'a str,
+        /// The state.
+        state: &'a str,
+        /// The id the page starts after (0: from the start).
+        after: u64,
+        /// The most ids wanted.
+        count: u32,
+    },
 }
 
 impl Command<'_> {
@@ -164,6 +187,8 @@ impl Command<'_> {
             Command::ListTubesWatched => write!(out, "list-tubes-watched"),
             Command::PauseTube(tube, seconds) => write!(out, "pause-tube {tube} {seconds}"),
             Command::Quit => write!(out, "quit"),
+            Command::ClearTube { tube, states } => write!(out, "clear-tube {tube} {states}"),
+            Command::ListJobs { tube, state, after, count } => write!(out, "list-jobs {tube} {state} {after} {count}"),
         };
         out.extend_from_slice(b"\r\n");
     }
@@ -230,6 +255,8 @@ pub enum Reply<'a> {
     Kicked,
     /// `PAUSED`.
     Paused,
+    /// `CLEARED <count>`: the answer to clear-tube, the number of jobs it deleted.
+    Cleared(u64),
     /// `NOT_FOUND`.
     NotFound,
     /// `NOT_IGNORED`: the tube is the last one watched.
@@ -326,6 +353,7 @@ pub fn parse(frame: &[u8]) -> Result<Reply<'_>, DecodeError> {
         (b"USING", Some(tube), None) => Reply::Using(std::str::from_utf8(tube).map_err(|_| DecodeError::UnknownReply)?),
         (b"WATCHING", Some(count), None) => Reply::Watching(number(count)?),
         (b"KICKED", Some(count), None) => Reply::KickedCount(number(count)?),
+        (b"CLEARED", Some(count), None) => Reply::Cleared(number(count)?),
         (word, None, None) => match word {
             b"BURIED" => Reply::Buried,
             b"DELETED" => Reply::Deleted,
@@ -441,6 +469,8 @@ mod tests {
             (Command::ListTubesWatched, b"list-tubes-watched\r\n"),
             (Command::PauseTube("p", 30), b"pause-tube p 30\r\n"),
             (Command::Quit, b"quit\r\n"),
+            (Command::ClearTube { tube: "c", states: "ready,buried" }, b"clear-tube c ready,buried\r\n"),
+            (Command::ListJobs { tube: "l", state: "delayed", after: 12, count: 50 }, b"list-jobs l delayed 12 50\r\n"),
         ];
         let mut out = Vec::new();
         for (command, expected) in cases {
@@ -466,6 +496,7 @@ mod tests {
         assert_eq!(one(b"KICKED 0\r\n"), Reply::KickedCount(0));
         assert_eq!(one(b"KICKED\r\n"), Reply::Kicked);
         assert_eq!(one(b"PAUSED\r\n"), Reply::Paused);
+        assert_eq!(one(b"CLEARED 42\r\n"), Reply::Cleared(42));
         assert_eq!(one(b"NOT_FOUND\r\n"), Reply::NotFound);
         assert_eq!(one(b"NOT_IGNORED\r\n"), Reply::NotIgnored);
         assert_eq!(one(b"TIMED_OUT\r\n"), Reply::TimedOut);
@@ -513,6 +544,7 @@ mod tests {
             b"INSERTED -1\r\n",
             b"INSERTED 18446744073709551616\r\n",
             b"DELETED 1\r\n",
+            b"CLEARED\r\n",
             b"\r\n",
             b"USING \xff\r\n",
         ] {

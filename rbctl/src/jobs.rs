@@ -1,4 +1,4 @@
-//! The job commands: put, reserve, peek, delete, bury, kick, touch, release.
+//! The job commands: put, reserve, peek, jobs, delete, bury, kick, touch, release.
 //!
 //! beanstalkd lets only the connection that reserved a job bury, release or touch it, and
 //! rbctl's connection lives for one command. So bury, release and touch first take the job
@@ -10,7 +10,9 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args};
-use runnerbean_client::{COMMANDS_IN_FLIGHT_MAX, Client, DEFAULT_PRI, DEFAULT_TTR_SECS, Error, JobId, PutOptions};
+use runnerbean_client::{
+    COMMANDS_IN_FLIGHT_MAX, Client, DEFAULT_PRI, DEFAULT_TTR_SECS, Error, JobId, JobState, PutOptions,
+};
 
 use crate::out::{self, Progress};
 use crate::{Failure, TubeArg, about, connect, exit, tube_name};
@@ -77,6 +79,32 @@ pub struct PeekArgs {
     #[command(flatten)]
     tube: TubeArg,
 }
+
+/// `rbctl jobs`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("state").args(["delayed", "buried"])))]
+pub struct JobsArgs {
+    /// The tube.
+    tube: String,
+    /// The delayed jobs, the one whose delay ends first first (default: the ready jobs, in the
+    /// order reserves take them).
+    #[arg(long)]
+    delayed: bool,
+    /// The buried jobs, in the order kicks take them.
+    #[arg(long)]
+    buried: bool,
+    /// Start after this job (its place in the order, not its id's size).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// Print at most this many ids (default: all of them).
+    #[arg(short = 'n', long)]
+    count: Option<u64>,
+}
+
+/// Ids `jobs` asks the server for at a time: a reply of 1000 ids is about 10 KB, few round
+/// trips for a large tube. A server that sends fewer per page is asked again until it sends
+/// none.
+const LIST_PAGE_IDS: u32 = 1000;
 
 /// One job id.
 #[derive(Args, Debug)]
@@ -259,6 +287,51 @@ pub async fn peek(addr: &str, args: PeekArgs) -> Result<(), Failure> {
         e => about(&what, e),
     })?;
     out::job(job.id, &job.body)
+}
+
+pub async fn jobs(addr: &str, args: JobsArgs) -> Result<(), Failure> {
+    let state = if args.delayed {
+        JobState::Delayed
+    } else if args.buried {
+        JobState::Buried
+    } else {
+        JobState::Ready
+    };
+    let client = connect(addr).await?;
+    let mut left = args.count.unwrap_or(u64::MAX);
+    let mut after = JobId(args.after);
+    while left > 0 {
+        let page = u32::try_from(left).unwrap_or(LIST_PAGE_IDS).min(LIST_PAGE_IDS);
+        let list = client
+            .list_jobs_or_peek(&args.tube, state, after, page)
+            .await
+            .map_err(|e| about(&tube_name(&args.tube), e))?;
+        let Some(&last) = list.ids.last() else { break };
+        let mut text = String::new();
+        for id in &list.ids {
+            text.push_str(&format!("{id}\n"));
+        }
+        out::write(text.as_bytes())?;
+        left = left.saturating_sub(list.ids.len() as u64);
+        if list.by_peeking {
+            // Say so when the peek hid some: the state has more jobs than the one shown.
+            let stats = client.stats_tube(&args.tube).await.map_err(|e| about(&tube_name(&args.tube), e))?;
+            let count = match state {
+                JobState::Ready => stats.current_jobs_ready,
+                JobState::Delayed => stats.current_jobs_delayed,
+                _ => stats.current_jobs_buried,
+            };
+            if left > 0 && count > 1 {
+                eprintln!(
+                    "rbctl: the server has no list-jobs: only the first of {count} {} jobs can be seen",
+                    state.as_str()
+                );
+            }
+            break;
+        }
+        after = last;
+    }
+    Ok(())
 }
 
 pub async fn delete(addr: &str, args: IdsArgs) -> Result<(), Failure> {

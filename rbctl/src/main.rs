@@ -4,12 +4,13 @@
 //! # Layout
 //! * main.rs: the command line (clap), the exit codes, and turning every failure into one line
 //!   on stderr.
-//! * jobs.rs: put, reserve, peek, delete, bury, kick, touch, release.
+//! * jobs.rs: put, reserve, peek, jobs, delete, bury, kick, touch, release.
 //! * report.rs: stats and tubes, as aligned tables or JSON.
 //! * manage.rs: pause, clear, move.
 //! * tail.rs: tail.
 //! * top.rs: top, full-screen on a terminal and plain lines elsewhere.
 //! * raw.rs: raw, an interactive protocol session.
+//! * web/: web, the console in a browser (an axum server with its page embedded).
 //! * out.rs: writing to stdout, tables, the progress bar, confirmation prompts.
 //!
 //! rbctl is one binary crate built on the `runnerbean-client` library (a separate crate, so that
@@ -27,6 +28,7 @@ mod raw;
 mod report;
 mod tail;
 mod top;
+mod web;
 
 use std::process::ExitCode;
 
@@ -69,9 +71,10 @@ Exit codes:
 #[derive(Parser, Debug)]
 #[command(name = "rbctl", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Server address: HOST:PORT, HOST (port 11300) or unix:PATH.
-    #[arg(long, global = true, env = "BEANSTALK_ADDR", default_value = "127.0.0.1:11300")]
-    addr: String,
+    /// Server address: HOST:PORT, HOST (port 11300) or unix:PATH. `web` takes it more than
+    /// once, for several servers.
+    #[arg(long, global = true, env = "BEANSTALK_ADDR", default_value = "127.0.0.1:11300", action = clap::ArgAction::Append)]
+    addr: Vec<String>,
 
     #[command(subcommand)]
     command: Cmd,
@@ -86,6 +89,10 @@ enum Cmd {
     Reserve(jobs::ReserveArgs),
     /// Print a job's body: by id, or the next ready, delayed or buried job of a tube.
     Peek(jobs::PeekArgs),
+    /// List the ids of a tube's ready (or --delayed, or --buried) jobs in the order the server
+    /// would take them: all of them from runnerbean (list-jobs), only the first from servers
+    /// without it (C beanstalkd), which rbctl says on stderr.
+    Jobs(jobs::JobsArgs),
     /// Delete jobs by id.
     Delete(jobs::IdsArgs),
     /// Bury a ready or delayed job (rbctl reserves it first: only the reserving connection may
@@ -105,7 +112,8 @@ enum Cmd {
     Tubes(report::TubesArgs),
     /// Pause a tube: no job is reserved from it for SECONDS (0 ends a pause).
     Pause(manage::PauseArgs),
-    /// Delete every job of a tube in the given states (all states by default).
+    /// Delete every job of a tube in the given states (all states by default): with one
+    /// clear-tube command on runnerbean, job by job on servers without it (C beanstalkd).
     Clear(manage::ClearArgs),
     /// Move ready and buried jobs to another tube: each is put again with the same body,
     /// priority and time-to-run, then deleted. Not preserved: the id (jobs get new ones), the
@@ -120,6 +128,12 @@ enum Cmd {
     Top(top::TopArgs),
     /// An interactive protocol session: type commands, see the server's replies.
     Raw(raw::RawArgs),
+    /// A web console for one or more servers (--addr once per server): every tube with live
+    /// counts and rates, a tube's jobs with their bodies, and put, kick, delete, clear, pause
+    /// and move. It listens on 127.0.0.1:8080 by default; any address but a loopback one
+    /// needs --token. A move is a reserve, a put and a delete, not atomic: see the section
+    /// "The web console" of docs/OPERATIONS.md.
+    Web(web::WebArgs),
 }
 
 /// A failure as rbctl reports it: one line and an exit code.
@@ -219,11 +233,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let addr = cli.addr.as_str();
+    if let Cmd::Web(args) = cli.command {
+        return web::web(&cli.addr, args).await;
+    }
+    let addr = match cli.addr.as_slice() {
+        [addr] => addr.as_str(),
+        _ => return Err(Failure::new(exit::USAGE, "only `rbctl web` takes more than one --addr")),
+    };
     match cli.command {
         Cmd::Put(args) => jobs::put(addr, args).await,
         Cmd::Reserve(args) => jobs::reserve(addr, args).await,
         Cmd::Peek(args) => jobs::peek(addr, args).await,
+        Cmd::Jobs(args) => jobs::jobs(addr, args).await,
         Cmd::Delete(args) => jobs::delete(addr, args).await,
         Cmd::Bury(args) => jobs::bury(addr, args).await,
         Cmd::Kick(args) => jobs::kick(addr, args).await,
@@ -237,5 +258,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Tail(args) => tail::tail(addr, args).await,
         Cmd::Top(args) => top::top(addr, args).await,
         Cmd::Raw(args) => raw::raw(addr, args).await,
+        Cmd::Web(_) => Ok(()),
     }
 }

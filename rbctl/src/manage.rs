@@ -1,13 +1,14 @@
 //! pause, clear and move: operations on a tube's jobs.
 //!
-//! The protocol has no "delete all" or "move", so clear and move work one job at a time: peek
-//! the next job of a state, then act on its id. Other clients keep working meanwhile, so a
+//! clear uses runnerbean's `clear-tube` when the server has it. The beanstalkd protocol has no
+//! "delete all" or "move", so on other servers clear, and move everywhere, work one job at a
+//! time: peek the next job of a state, then act on its id. Other clients keep working meanwhile, so a
 //! peeked job may be reserved (or deleted) before rbctl gets to it; such a job is skipped and
 //! the next one peeked. Both stop after the number of jobs the tube had when they started, so
 //! a producer that keeps putting cannot keep them running for ever.
 
 use clap::Args;
-use runnerbean_client::{Client, Error, Job, JobId, PutOptions};
+use runnerbean_client::{Client, Error, Job, JobId, JobState, PutOptions};
 
 use crate::out::{self, Progress};
 use crate::{Failure, about, connect, exit, tube_name};
@@ -75,6 +76,14 @@ impl State {
         }
     }
 
+    fn job_state(self) -> JobState {
+        match self {
+            State::Ready => JobState::Ready,
+            State::Delayed => JobState::Delayed,
+            State::Buried => JobState::Buried,
+        }
+    }
+
     async fn peek(self, client: &Client) -> Result<Job, Error> {
         match self {
             State::Ready => client.peek_ready().await,
@@ -126,6 +135,16 @@ pub async fn clear(addr: &str, args: ClearArgs) -> Result<(), Failure> {
         if !out::confirm(&question)? {
             return Err(Failure::new(exit::CANCELLED, "nothing deleted"));
         }
+    }
+    // runnerbean deletes them all in one command; other servers answer UNKNOWN_COMMAND, and
+    // rbctl deletes them one by one instead, with a progress bar.
+    let job_states: Vec<JobState> = states.iter().map(|s| s.job_state()).collect();
+    match client.clear_tube(tube, &job_states).await {
+        Ok(deleted) => {
+            return out::line(&format!("deleted {deleted} job{} from {}", plural(deleted), tube_name(tube)));
+        }
+        Err(Error::UnknownCommand) => {}
+        Err(e) => return Err(about(&tube_name(tube), e)),
     }
     client.use_tube(tube).await.map_err(|e| about(&tube_name(tube), e))?;
     let mut progress = Progress::new("deleted", total);

@@ -299,6 +299,32 @@ fn tubes_table_and_json() {
 }
 
 #[test]
+fn jobs_lists_a_state_in_the_servers_order() {
+    for server in TestServer::both() {
+        let addr = server.addr();
+        ok(addr, &["put", "b", "-t", "l", "--pri", "2"]);
+        ok(addr, &["put", "a", "-t", "l", "--pri", "1"]);
+        ok(addr, &["put", "c", "-t", "l", "--pri", "3"]);
+        ok(addr, &["put", "d", "-t", "l", "--delay", "600"]);
+        let run = rbctl(addr, &["jobs", "l"], b"");
+        assert_eq!(run.code, 0, "{run:?}");
+        if run.stderr.is_empty() {
+            assert_eq!(run.stdout, "2\n1\n3\n", "{}", server.name());
+            assert_eq!(ok(addr, &["jobs", "l", "--after", "2"]), "1\n3\n");
+            assert_eq!(ok(addr, &["jobs", "l", "-n", "2"]), "2\n1\n");
+        } else {
+            // Without list-jobs only the first can be seen, and rbctl says so.
+            assert_eq!(run.stdout, "2\n", "{}", server.name());
+            assert_eq!(run.stderr, "rbctl: the server has no list-jobs: only the first of 3 ready jobs can be seen\n");
+            assert_eq!(ok(addr, &["jobs", "l", "-n", "1"]), "2\n");
+        }
+        assert_eq!(ok(addr, &["jobs", "l", "--delayed"]), "4\n");
+        assert_eq!(ok(addr, &["jobs", "l", "--buried"]), "");
+        fails(addr, &["jobs", "nothing"], 1, "rbctl: tube \"nothing\" not found\n");
+    }
+}
+
+#[test]
 fn pause_clear_and_move() {
     for server in TestServer::both() {
         let addr = server.addr();
@@ -439,8 +465,8 @@ fn errors_are_one_line_with_an_exit_code() {
 #[test]
 fn every_subcommand_has_help() {
     let subcommands = [
-        "put", "reserve", "peek", "delete", "bury", "kick", "touch", "release", "stats", "tubes", "pause", "clear",
-        "move", "tail", "top", "raw",
+        "put", "reserve", "peek", "jobs", "delete", "bury", "kick", "touch", "release", "stats", "tubes", "pause",
+        "clear", "move", "tail", "top", "raw", "web",
     ];
     let top = rbctl("127.0.0.1:1", &["--help"], b"");
     assert_eq!(top.code, 0);
