@@ -11,7 +11,7 @@
 //!
 //! runnerbean's own options are long flags, which beanstalkd's parser never
 //! accepted, so they cannot clash with an existing command line:
-//! `--cores N`, `--io uring|epoll` and `--connections-max N`.
+//! `--cores N`, `--io uring|epoll`, `--connections-max N` and `--strict`.
 
 use crate::protocol::{JOB_BYTES_MAX_DEFAULT, JOB_BYTES_MAX_LIMIT};
 
@@ -69,6 +69,9 @@ pub struct Config {
     pub io: IoChoice,
     /// `--connections-max`: connections served at once.
     pub connections_max: usize,
+    /// `--strict`: runnerbean's own commands are answered UNKNOWN_COMMAND,
+    /// as C beanstalkd answers them.
+    pub strict: bool,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             cores: 1,
             io: IoChoice::Auto,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            strict: false,
         }
     }
 }
@@ -136,6 +140,7 @@ pub fn usage(progname: &str) -> String {
          --cores N       number of cores and queue shards (default 1)\n \
          --io uring|epoll  I/O back end (default: io_uring when available; also ${IO_ENV})\n \
          --connections-max N  connections served at once; more wait to be accepted (default {CONNECTIONS_MAX_DEFAULT})\n \
+         --strict        answer runnerbean's own commands (clear-tube, list-jobs) UNKNOWN_COMMAND, as beanstalkd does\n \
          --export-binlog DIR OUT  write the jobs of the log in DIR as a C beanstalkd binlog in OUT, and exit\n"
     )
 }
@@ -179,6 +184,14 @@ pub fn parse(progname: &str, args: &[String]) -> Parsed {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
+            // The one long flag without a value.
+            if name == "strict" {
+                if inline.is_some() {
+                    return fail("flag takes no argument: --strict".to_string());
+                }
+                config.strict = true;
+                continue;
+            }
             let value = match inline.or_else(|| words.next().cloned()) {
                 Some(v) => v,
                 None => return fail(format!("flag requires an argument: --{name}")),
@@ -374,5 +387,11 @@ mod tests {
         assert_eq!(run(&["--connections-max", "3"]).connections_max, 3);
         assert_eq!(run(&["--connections-max=100000"]).connections_max, 100_000);
         assert_eq!(run(&["-l", "unix:/tmp/s"]).unix_path(), Some("/tmp/s"));
+        assert!(!run(&[]).strict);
+        assert!(run(&["--strict"]).strict);
+        // It takes no value: what follows is the next flag.
+        let c = run(&["--strict", "-p", "7"]);
+        assert!(c.strict && c.port == "7");
+        assert!(exit(&["--strict=yes"]).2.starts_with("beanstalkd: flag takes no argument: --strict\n"));
     }
 }

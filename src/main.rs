@@ -233,5 +233,6 @@ fn server_info(config: &Config, instance_id: String, uname: sys::Uname, backend:
         cpu_times: sys::cpu_times,
         verbosity: config.verbosity,
         started_at: 0,
+        strict: config.strict,
     }
 }
