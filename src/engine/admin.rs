@@ -1,6 +1,7 @@
 //! What the engine does for operators beyond beanstalkd's commands: emptying
-//! a tube of its jobs in chosen states (`clear-tube`) and listing the ids of
-//! one state of a tube page by page (`list-jobs`).
+//! a tube of its jobs in chosen states (`clear-tube`), listing the ids of one
+//! state of a tube page by page (`list-jobs`), and the rows of the tubes
+//! with the most jobs, for the metrics exporter.
 //!
 //! # Invariants
 //! * Clearing takes each job through the steps `delete` takes (out of its
@@ -8,8 +9,8 @@
 //!   counters, the log and the tube's life cycle follow exactly as they
 //!   would after deletes: a tube left with nothing referring to it is
 //!   destroyed. Reserved jobs are never touched, and nothing is woken.
-//! * Listing changes nothing, and allocates nothing beyond what it returns
-//!   and a bounded walk, all of it fallibly.
+//! * Listing and the metrics rows change nothing, and neither allocates
+//!   anything beyond what it returns and a bounded walk, all of it fallibly.
 //!
 //! # What it must never do
 //! Walk every job of a large queue to answer the first page: the ready and
@@ -21,6 +22,7 @@ use std::collections::BinaryHeap;
 
 use super::heap::IndexedHeap;
 use super::job::{JobState, NIL};
+use super::stats::TubeStats;
 use super::{Engine, Nanos};
 use crate::memory::{self, OutOfMemory};
 
@@ -231,6 +233,32 @@ impl Engine {
         ids.extend(best.into_sorted_vec().into_iter().map(|(_, id)| id));
         Ok(())
     }
+
+    /// The `stats-tube` figures of the `max` tubes with the most jobs (ties
+    /// by name), into `rows`, most jobs first; returns how many tubes there
+    /// are in all. `scratch` is the caller's, kept between calls so that
+    /// this allocates only the rows.
+    pub fn busiest_tubes(
+        &self,
+        max: usize,
+        now: Nanos,
+        rows: &mut Vec<TubeStats>,
+        scratch: &mut Vec<(u64, u32)>,
+    ) -> u64 {
+        scratch.clear();
+        scratch.extend(self.tube_list.iter().map(|&t| (self.tubes[t as usize].jobs, t)));
+        let busiest = |a: &(u64, u32), b: &(u64, u32)| {
+            b.0.cmp(&a.0).then_with(|| self.tubes[a.1 as usize].name.cmp(&self.tubes[b.1 as usize].name))
+        };
+        if scratch.len() > max && max > 0 {
+            scratch.select_nth_unstable_by(max - 1, busiest);
+        }
+        scratch.truncate(max);
+        scratch.sort_unstable_by(busiest);
+        rows.clear();
+        rows.extend(scratch.iter().filter_map(|&(_, t)| self.stats_tube(&self.tubes[t as usize].name, now)));
+        self.tube_list.len() as u64
+    }
 }
 
 #[cfg(test)]
@@ -430,5 +458,27 @@ mod tests {
         // Due at 2 s: at 3 s it is ready, and not cleared as delayed.
         assert_eq!(e.clear_tube("default", StateSet::default().with(JobState::Delayed), 3 * S), Some(0));
         assert_eq!(e.stats().ready, 1);
+    }
+
+    #[test]
+    fn the_busiest_tubes_come_first_and_the_rest_are_counted() {
+        let mut e = Engine::new(EngineConfig::default());
+        let c = e.connect().unwrap();
+        let now = S;
+        for (tube, jobs) in [("a", 1), ("b", 3), ("c", 2), ("d", 2)] {
+            assert!(e.use_tube(c, tube).is_ok());
+            for _ in 0..jobs {
+                put(&mut e, c, 0, 0, now);
+            }
+        }
+        let (mut rows, mut scratch) = (Vec::new(), Vec::new());
+        let names = |rows: &[TubeStats]| rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        assert_eq!(e.busiest_tubes(3, now, &mut rows, &mut scratch), 5);
+        assert_eq!(names(&rows), ["b", "c", "d"]);
+        assert_eq!(rows[0], e.stats_tube("b", now).unwrap());
+        assert_eq!(e.busiest_tubes(10, now, &mut rows, &mut scratch), 5);
+        assert_eq!(names(&rows), ["b", "c", "d", "a", "default"]);
+        assert_eq!(e.busiest_tubes(0, now, &mut rows, &mut scratch), 5);
+        assert!(rows.is_empty());
     }
 }

@@ -8,11 +8,13 @@
 //! batch is written and synced, the next one fills.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
 
 use super::io::Io;
 use crate::engine::Nanos;
+use crate::metrics::{Histogram, WalLatencies};
 use crate::shard::Shard;
-use crate::wal::flush::{Flush, Progress};
+use crate::wal::flush::{Flush, Progress, Request};
 
 /// How often a failure to make a log segment (a full disk) is logged.
 const MAKE_ERROR_LOG_NS: u64 = 10_000_000_000;
@@ -21,9 +23,13 @@ pub struct LogDriver {
     flush: Flush,
     /// The log directory, kept open for syncing new files' entries.
     _dir: OwnedFd,
-    /// A file operation is in flight on the back end.
-    in_flight: bool,
+    /// A file operation is in flight on the back end: when it started,
+    /// and whether it is a write (else a sync).
+    in_flight: Option<(Instant, bool)>,
     make_error_logged_at: Option<u64>,
+    /// How long the writes and the syncs took, for the metrics.
+    write_latency: Histogram,
+    sync_latency: Histogram,
 }
 
 impl LogDriver {
@@ -32,8 +38,10 @@ impl LogDriver {
         LogDriver {
             flush: Flush::new(policy, dir.as_raw_fd(), now),
             _dir: dir,
-            in_flight: false,
+            in_flight: None,
             make_error_logged_at: None,
+            write_latency: Histogram::default(),
+            sync_latency: Histogram::default(),
         }
     }
 
@@ -56,10 +64,10 @@ impl LogDriver {
         {
             self.flush.start(batch);
         }
-        if !self.in_flight
+        if self.in_flight.is_none()
             && let Some(request) = self.flush.request(now)
         {
-            self.in_flight = true;
+            self.in_flight = Some((Instant::now(), matches!(request, Request::Write { .. })));
             // Safety: the request's memory is owned by `self.flush` until
             // `completed` is called for it.
             unsafe { io.file_op(request) };
@@ -68,7 +76,10 @@ impl LogDriver {
 
     /// A file operation completed.
     pub fn completed(&mut self, shard: &mut Shard, io: &mut dyn FileIo, result: std::io::Result<usize>, now: Nanos) {
-        self.in_flight = false;
+        if let Some((started, write)) = self.in_flight.take() {
+            let ns = started.elapsed().as_nanos() as u64;
+            if write { self.write_latency.observe(ns) } else { self.sync_latency.observe(ns) }
+        }
         match self.flush.complete(result, now) {
             Ok(Progress { written, synced }) => {
                 let log = shard.engine_mut().log_mut().expect("a shard with a log");
@@ -103,11 +114,16 @@ impl LogDriver {
     /// flight: the process may exit.
     pub fn is_done(&self, shard: &Shard) -> bool {
         let pending = shard.engine().log().is_some_and(|l| l.has_records());
-        !self.in_flight && !pending && self.flush.is_idle()
+        self.in_flight.is_none() && !pending && self.flush.is_idle()
     }
 
     pub fn in_flight(&self) -> bool {
-        self.in_flight
+        self.in_flight.is_some()
+    }
+
+    /// How long the log's file operations took so far.
+    pub fn latencies(&self) -> WalLatencies<'_> {
+        WalLatencies { write: &self.write_latency, sync: &self.sync_latency }
     }
 }
 

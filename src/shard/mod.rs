@@ -1045,6 +1045,14 @@ impl Shard {
         }
     }
 
+    /// This core's part of `stats`: the engine's figures with the sessions'
+    /// connection figures, as `stats` merges them (for the metrics).
+    pub fn server_stats(&self) -> ServerStats {
+        let mut stats = self.engine.stats();
+        self.connection_figures(&mut stats);
+        stats
+    }
+
     /// Writes this core's connection figures into its part of `stats`:
     /// connections, producers, workers and waiting clients are counted by
     /// the sessions, which know them whichever shard their commands went
