@@ -21,22 +21,15 @@ use prometheus_parse::{LineInfo, Scrape, Value};
 /// core publishes within 250 ms of a change, `METRICS_PUBLISH_MS`).
 const CATCH_UP: Duration = Duration::from_secs(10);
 
-/// A port on 127.0.0.1 that was free a moment ago. The metrics server
-/// binds the address it is given, so a test must name a port (port 0
-/// would give it one nobody could find).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts runnerbean with `--metrics` on a free port, and returns it with
-/// the port once the metrics are served.
+/// Starts runnerbean with `--metrics` on an ephemeral port, and returns it
+/// with the port, which `-V` logs, once the metrics are served.
 fn start(backend: &'static str, args: &[&str]) -> (Server, u16) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut all = vec!["--metrics", addr.as_str()];
-    all.extend_from_slice(args);
-    let server = Server::start(backend, &all);
-    server.wait_for_log(&format!("metrics http://{addr}/metrics"));
+    let server = Server::start(backend, &[&["--metrics", "127.0.0.1:0"], args].concat());
+    let log = server.wait_for_log("metrics http://127.0.0.1:");
+    let port = log
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics http://127.0.0.1:")?.strip_suffix("/metrics")?.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics port in\n{log}"));
     (server, port)
 }
 
@@ -380,6 +373,12 @@ fn unknown_paths_get_404_and_other_methods_405() {
     assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
     // The query string is not part of the path.
     assert_eq!(get(port, "/metrics?x=1").0, 200);
+    let huge = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "y".repeat(9000));
+    assert_eq!(http(port, &huge).0, 431);
+    // A request that never ends is answered 408 after 2 s
+    // (METRICS_REQUEST_MS), and closed.
+    assert_eq!(http(port, "GET /metrics HTTP/1.1\r\n").0, 408);
+    assert_eq!(get(port, "/metrics").0, 200);
 }
 
 /// Clients of the metrics port that send garbage, stop half way or never

@@ -1,44 +1,57 @@
-//! The metrics thread: an HTTP/1.1 server (the `oxhttp` crate) that answers
-//! `GET /metrics` with [`super::Exporter::render`], and every other path
-//! with 404.
+//! The metrics thread: it accepts on the metrics address, reads one HTTP/1.x
+//! request per connection (parsed by the `httparse` crate), answers
+//! `GET /metrics` with [`super::Exporter::render`] and every other path
+//! with 404, and closes the connection.
 //!
-//! It runs beside the cores, never on them: its listener thread accepts,
-//! and each connection is served on a thread of its own, at most
-//! [`METRICS_CONNECTIONS_MAX`] at once (more wait in the listen backlog),
-//! each read and write bounded by [`METRICS_TIMEOUT_MS`]. oxhttp rather
-//! than tiny_http, the other small synchronous server: tiny_http starts its
-//! pool's threads with `thread::spawn`, which panics when a thread cannot
-//! be had (a task limit, exhausted memory), and a panic aborts this
-//! server; oxhttp reports the failure and goes on, and it bounds the
-//! threads it starts.
+//! One thread, one connection at a time: a scrape takes a millisecond or
+//! two, Prometheus scrapes a target every 15 s or more, and a request must
+//! arrive whole within [`METRICS_REQUEST_MS`], so a client that sends
+//! nothing delays the others by that much at most and costs nothing else.
+//! The loop around `httparse` is ours rather than a server crate's:
+//! tiny_http and oxhttp both retry a failing `accept` at once, which spins
+//! a core and floods the log for as long as the process is out of
+//! descriptors (a state the server itself rides out, docs/COMPAT.md 11),
+//! and tiny_http starts threads with `thread::spawn`, which panics when one
+//! cannot be had; here a failing accept pauses for
+//! [`ACCEPT_ERROR_PAUSE_MS`] and is logged once a minute at most.
 //!
 //! # What it must never do
-//! Panic (see `metrics`), or answer a scrape while memory is short: the
-//! body is allocated on this thread, from the memory the clients need to
-//! get out of the shortage, so a scrape then gets 503 and Prometheus tries
-//! at its next interval.
+//! Panic (see `metrics`), hold a connection past its deadlines, or answer a
+//! scrape while memory is short: the body is allocated on this thread, from
+//! the memory the clients need to get out of the shortage, so a scrape then
+//! gets 503 and Prometheus tries again at its next interval.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
-
-use oxhttp::Server;
-use oxhttp::model::header::{ALLOW, CONTENT_TYPE};
-use oxhttp::model::{Body, HeaderValue, Method, Request, Response, StatusCode};
+use std::time::{Duration, Instant};
 
 use super::Exporter;
 use crate::memory;
 
-/// Scrapes served at once. One Prometheus server keeps one connection per
-/// target, and a pair of them for high availability two; the rest is room
-/// for a person's `curl`. More wait, unaccepted, in the kernel's backlog.
-const METRICS_CONNECTIONS_MAX: usize = 4;
+/// The most bytes of a request read: Prometheus sends about 300, `curl`
+/// about 80.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
 
-/// How long a connection may take to send its request or read the reply,
-/// in milliseconds, before it is closed: Prometheus' own default scrape
-/// timeout, so that a client that stops half way holds a place no longer
-/// than a scrape may last.
-const METRICS_TIMEOUT_MS: u64 = 10_000;
+/// Header lines a request may have; more are a bad request.
+const REQUEST_HEADERS_MAX: usize = 32;
+
+/// How long a connection may take to deliver its whole request, in
+/// milliseconds, before it gets 408 and is closed. A scrape's request is
+/// one packet, sent at once.
+const METRICS_REQUEST_MS: u64 = 2_000;
+
+/// How long one write of the reply may wait for the client to read, in
+/// milliseconds: Prometheus' default scrape timeout. A reply (about 100 KB
+/// with a thousand tubes) usually fits in the socket's buffer at once.
+const METRICS_REPLY_MS: u64 = 10_000;
+
+/// The pause after a failed accept (out of descriptors, most likely), so
+/// the thread does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+
+/// At most one log line per this many seconds about failing accepts.
+const ACCEPT_LOG_INTERVAL_S: u64 = 60;
 
 /// The format of the body, as Prometheus asks for it.
 const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -57,46 +70,107 @@ pub fn parse_addr(value: &str) -> Result<SocketAddr, String> {
 
 /// The running metrics server.
 pub struct MetricsServer {
+    /// The address bound (with the port chosen, when 0 was asked for).
     pub addr: SocketAddr,
 }
 
 impl MetricsServer {
-    /// Binds `addr` and starts serving on threads of its own; a failure to
-    /// bind is returned here, before the server serves anything.
-    pub fn start(addr: SocketAddr, exporter: Arc<Exporter>) -> std::io::Result<MetricsServer> {
-        let server = Server::new(move |request| respond(&exporter, request))
-            .bind(addr)
-            .with_global_timeout(Duration::from_millis(METRICS_TIMEOUT_MS))
-            .with_max_concurrent_connections(METRICS_CONNECTIONS_MAX);
-        // The handle only joins the threads, which serve until the process
-        // exits; dropping it leaves them running.
-        drop(server.spawn()?);
+    /// Binds `addr` and starts the metrics thread; a failure to bind or to
+    /// start the thread is returned here, before anything is served.
+    pub fn start(addr: SocketAddr, exporter: Arc<Exporter>) -> io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        std::thread::Builder::new().name("metrics".to_string()).spawn(move || serve(&listener, &exporter))?;
         Ok(MetricsServer { addr })
     }
 }
 
-fn respond(exporter: &Exporter, request: &Request<Body>) -> Response<Body> {
-    if request.uri().path() != "/metrics" {
-        return text(StatusCode::NOT_FOUND, "not found: the metrics are at /metrics\n".to_string());
+fn serve(listener: &TcpListener, exporter: &Exporter) {
+    let mut failure_logged_at: Option<Instant> = None;
+    loop {
+        match listener.accept() {
+            // A connection that fails only loses its own answer.
+            Ok((stream, _)) => drop(answer(stream, exporter)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if failure_logged_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(ACCEPT_LOG_INTERVAL_S)) {
+                    eprintln!("runnerbean: metrics: accept(): {e}");
+                    failure_logged_at = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS));
+            }
+        }
     }
-    if request.method() != Method::GET {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_string());
-        response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
-        return response;
-    }
-    if memory::is_short() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "memory is short; the metrics wait until it is not\n".into());
-    }
-    let mut response = Response::new(Body::from(exporter.render()));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
-    response
 }
 
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
+/// A reply: status line, extra header lines, body.
+struct Reply {
+    status: &'static str,
+    headers: &'static str,
+    content_type: &'static str,
+    body: String,
+}
+
+fn text(status: &'static str, body: &str) -> Reply {
+    Reply { status, headers: "", content_type: "text/plain; charset=utf-8", body: body.to_string() }
+}
+
+/// Reads one request from `stream`, answers it and closes.
+fn answer(mut stream: TcpStream, exporter: &Exporter) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(METRICS_REQUEST_MS);
+    let mut buf = [0u8; REQUEST_BYTES_MAX];
+    let mut len = 0;
+    let reply = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break text("408 Request Timeout", "the request did not arrive in time\n");
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[len..]) {
+            // Gone before it asked for anything.
+            Ok(0) => return Ok(()),
+            Ok(n) => len += n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => break route(request.method, request.path, exporter),
+            Ok(httparse::Status::Partial) if len == buf.len() => {
+                break text("431 Request Header Fields Too Large", "the request is too large\n");
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => break text("400 Bad Request", &format!("{e}\n")),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
+        reply.status,
+        reply.content_type,
+        reply.body.len(),
+        reply.headers
+    );
+    stream.set_write_timeout(Some(Duration::from_millis(METRICS_REPLY_MS)))?;
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(reply.body.as_bytes())?;
+    stream.shutdown(Shutdown::Write)
+}
+
+fn route(method: Option<&str>, path: Option<&str>, exporter: &Exporter) -> Reply {
+    // The query string is not part of the path.
+    let path = path.unwrap_or("").split('?').next().unwrap_or("");
+    if path != "/metrics" {
+        return text("404 Not Found", "not found: the metrics are at /metrics\n");
+    }
+    if method != Some("GET") {
+        return Reply { headers: "Allow: GET\r\n", ..text("405 Method Not Allowed", "only GET\n") };
+    }
+    if memory::is_short() {
+        return text("503 Service Unavailable", "memory is short; the metrics wait until it is not\n");
+    }
+    Reply { status: "200 OK", headers: "", content_type: CONTENT_TYPE_TEXT, body: exporter.render() }
 }
 
 #[cfg(test)]

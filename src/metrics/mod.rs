@@ -31,8 +31,8 @@
 //! Panic (the release build aborts on a panic, so a panic here would stop
 //! the server, which the metrics must never do), block a loop, or cost a
 //! loop more than one snapshot per [`METRICS_PUBLISH_MS`]. What the
-//! metrics thread cannot do (bind, answer, allocate while memory is short)
-//! it reports, and the server goes on.
+//! metrics thread cannot do (bind or start, accept, answer, allocate while
+//! memory is short) it reports, and the server goes on.
 
 pub mod histogram;
 mod http;
