@@ -11,8 +11,10 @@
 //!
 //! runnerbean's own options are long flags, which beanstalkd's parser never
 //! accepted, so they cannot clash with an existing command line:
-//! `--cores N`, `--io uring|epoll` and `--connections-max N`.
+//! `--cores N`, `--io uring|epoll`, `--connections-max N`, `--strict`,
+//! `--metrics ADDR` and `--metrics-tubes-max N`.
 
+use crate::metrics::METRICS_TUBES_MAX_DEFAULT;
 use crate::protocol::{JOB_BYTES_MAX_DEFAULT, JOB_BYTES_MAX_LIMIT};
 
 pub const PORT_DEFAULT: &str = "11300";
@@ -69,6 +71,14 @@ pub struct Config {
     pub io: IoChoice,
     /// `--connections-max`: connections served at once.
     pub connections_max: usize,
+    /// `--strict`: runnerbean's own commands are answered UNKNOWN_COMMAND,
+    /// as C beanstalkd answers them.
+    pub strict: bool,
+    /// `--metrics`: the address to serve Prometheus metrics on, as given
+    /// (resolved at start, see `metrics::parse_addr`).
+    pub metrics: Option<String>,
+    /// `--metrics-tubes-max`: the most tubes the metrics export.
+    pub metrics_tubes_max: usize,
 }
 
 impl Default for Config {
@@ -85,6 +95,9 @@ impl Default for Config {
             cores: 1,
             io: IoChoice::Auto,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            strict: false,
+            metrics: None,
+            metrics_tubes_max: METRICS_TUBES_MAX_DEFAULT,
         }
     }
 }
@@ -136,6 +149,9 @@ pub fn usage(progname: &str) -> String {
          --cores N       number of cores and queue shards (default 1)\n \
          --io uring|epoll  I/O back end (default: io_uring when available; also ${IO_ENV})\n \
          --connections-max N  connections served at once; more wait to be accepted (default {CONNECTIONS_MAX_DEFAULT})\n \
+         --metrics ADDR  serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or :PORT for every address)\n \
+         --metrics-tubes-max N  export the N tubes with the most jobs at most (default {METRICS_TUBES_MAX_DEFAULT})\n \
+         --strict        answer runnerbean's own commands (clear-tube, list-jobs) UNKNOWN_COMMAND, as beanstalkd does\n \
          --export-binlog DIR OUT  write the jobs of the log in DIR as a C beanstalkd binlog in OUT, and exit\n"
     )
 }
@@ -179,6 +195,14 @@ pub fn parse(progname: &str, args: &[String]) -> Parsed {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
+            // The one long flag without a value.
+            if name == "strict" {
+                if inline.is_some() {
+                    return fail("flag takes no argument: --strict".to_string());
+                }
+                config.strict = true;
+                continue;
+            }
             let value = match inline.or_else(|| words.next().cloned()) {
                 Some(v) => v,
                 None => return fail(format!("flag requires an argument: --{name}")),
@@ -197,6 +221,11 @@ pub fn parse(progname: &str, args: &[String]) -> Parsed {
                 "connections-max" => match value.parse::<usize>() {
                     Ok(n) if n >= 1 => config.connections_max = n,
                     _ => return fail(format!("invalid number of connections: {value}")),
+                },
+                "metrics" => config.metrics = Some(value),
+                "metrics-tubes-max" => match value.parse::<usize>() {
+                    Ok(n) => config.metrics_tubes_max = n,
+                    _ => return fail(format!("invalid number of tubes: {value}")),
                 },
                 "io" => match value.as_str() {
                     "uring" | "io_uring" => config.io = IoChoice::Uring,
@@ -374,5 +403,18 @@ mod tests {
         assert_eq!(run(&["--connections-max", "3"]).connections_max, 3);
         assert_eq!(run(&["--connections-max=100000"]).connections_max, 100_000);
         assert_eq!(run(&["-l", "unix:/tmp/s"]).unix_path(), Some("/tmp/s"));
+        assert!(!run(&[]).strict);
+        assert!(run(&["--strict"]).strict);
+        // It takes no value: what follows is the next flag.
+        let c = run(&["--strict", "-p", "7"]);
+        assert!(c.strict && c.port == "7");
+        assert!(exit(&["--strict=yes"]).2.starts_with("beanstalkd: flag takes no argument: --strict\n"));
+        assert_eq!(run(&[]).metrics, None);
+        assert_eq!(run(&["--metrics", "127.0.0.1:9127"]).metrics.as_deref(), Some("127.0.0.1:9127"));
+        assert_eq!(run(&["--metrics=:9127"]).metrics.as_deref(), Some(":9127"));
+        assert_eq!(run(&[]).metrics_tubes_max, METRICS_TUBES_MAX_DEFAULT);
+        assert_eq!(run(&["--metrics-tubes-max", "0"]).metrics_tubes_max, 0);
+        assert!(exit(&["--metrics-tubes-max", "x"]).2.starts_with("beanstalkd: invalid number of tubes: x\n"));
+        assert!(exit(&["--metrics"]).2.starts_with("beanstalkd: flag requires an argument: --metrics\n"));
     }
 }

@@ -14,6 +14,8 @@
 //!   turn, and the eventfd that wakes a core only when it sleeps.
 //! * [`wal`] — the write-ahead log of `-b DIR`: record formats, recovery,
 //!   and C beanstalkd's binlog for migration both ways.
+//! * [`metrics`] — `--metrics`: the snapshot each core publishes, and the
+//!   thread that serves them to Prometheus, off the cores.
 //! * [`memory`] — the global allocator's reserve and fallible reservations,
 //!   so that running out of memory earns `OUT_OF_MEMORY`, not an abort.
 //! * [`config`] — beanstalkd-compatible command-line flags.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod mailbox;
 pub mod memory;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod shard;

@@ -9,6 +9,7 @@ use std::process::exit;
 use runnerbean::config::{self, Config, Fsync, IoChoice, Parsed};
 use runnerbean::engine::{Engine, EngineConfig};
 use runnerbean::memory;
+use runnerbean::metrics::{self, CoreSlot, Exporter, MetricsServer, ProcessInfo, Publisher};
 use runnerbean::net::{self, Clock, Driver};
 use runnerbean::shard::{ServerInfo, Shard};
 use runnerbean::sys;
@@ -114,9 +115,36 @@ fn main() {
     };
     let mut info = server_info(&config, instance_id, uname, driver.backend());
     info.started_at = clock.now();
+    // Once the log is read and privileges are dropped, so that the metrics
+    // threads start as the user the server runs as; a failure to bind still
+    // stops the start before any client is served.
+    let metrics = config.metrics.as_deref().map(|addr| {
+        let slot = CoreSlot::new(0);
+        let process = ProcessInfo {
+            pid: info.pid,
+            instance_id: info.instance_id.clone(),
+            hostname: info.hostname.clone(),
+            os: info.os.clone(),
+            platform: info.platform.clone(),
+            io: driver.backend().name(),
+            cores: config.cores,
+            max_job_size: config.max_job_size,
+            binlog_max_size: config.binlog_size,
+            started: std::time::Instant::now(),
+            cpu_times: sys::cpu_times,
+        };
+        let exporter = Exporter::new(vec![slot.clone()], process, config.metrics_tubes_max);
+        let addr = metrics::parse_addr(addr).unwrap_or_else(|e| die(&e, EXIT_SOCKET));
+        match MetricsServer::start(addr, std::sync::Arc::new(exporter)) {
+            Ok(server) if config.verbosity > 0 => println!("metrics http://{}/metrics", server.addr),
+            Ok(_) => {}
+            Err(e) => die(&format!("--metrics {addr}: cannot listen: {e}"), EXIT_SOCKET),
+        }
+        Publisher::new(slot, config.metrics_tubes_max)
+    });
     let shard = Shard::with_engine(engine, info);
     let settings = net::Settings { verbosity: config.verbosity, connections_max: config.connections_max };
-    let start = net::Start { listener: bound.listener, signals, settings, clock, log_dir };
+    let start = net::Start { listener: bound.listener, signals, settings, clock, log_dir, metrics };
     if let Err(e) = driver.serve(shard, start) {
         die(&format!("serve: {e}"), EXIT_SOCKET);
     }
@@ -233,5 +261,6 @@ fn server_info(config: &Config, instance_id: String, uname: sys::Uname, backend:
         cpu_times: sys::cpu_times,
         verbosity: config.verbosity,
         started_at: 0,
+        strict: config.strict,
     }
 }

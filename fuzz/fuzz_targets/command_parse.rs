@@ -13,26 +13,32 @@
 //! * the `kick` bound, checked against the C library's own `strtoul`, which
 //!   is what beanstalkd calls;
 //! * tube names;
+//! * runnerbean's own `clear-tube` and `list-jobs`, and without them
+//!   (`parse_with(line, false)`, what `--strict` runs) the same line is
+//!   what beanstalkd's table alone makes of it;
 //! * a parsed command, written back out as a line, parses to the same
 //!   command.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnerbean::protocol::command::{Command, ParseError, parse};
+use runnerbean::engine::{JobState, StateSet};
+use runnerbean::protocol::command::{Command, ParseError, parse, parse_with};
 
 fuzz_target!(|line: &[u8]| {
     let parsed = parse(line);
-    let expected = model(line);
+    let expected = model(line, true);
     assert_eq!(parsed, expected, "line {:?}", String::from_utf8_lossy(line));
+    let strict = parse_with(line, false);
+    assert_eq!(strict, model(line, false), "strict, line {:?}", String::from_utf8_lossy(line));
     if let Ok(command) = parsed {
         let encoded = encode(&command);
         assert_eq!(parse(&encoded), Ok(command.clone()), "re-encoded as {:?}", String::from_utf8_lossy(&encoded));
     }
 });
 
-/// The prefix table of spec §1.2, in its order.
-const PREFIXES: [&str; 25] = [
+/// The prefix table of spec §1.2, in its order, then runnerbean's own two.
+const PREFIXES: [&str; 27] = [
     "put ",
     "peek ",
     "peek-ready",
@@ -58,16 +64,29 @@ const PREFIXES: [&str; 25] = [
     "list-tubes",
     "quit",
     "pause-tube",
+    "clear-tube ",
+    "list-jobs ",
 ];
 
-/// What the spec says `line` is.
-fn model(line: &[u8]) -> Result<Command<'_>, ParseError> {
+/// How many of `PREFIXES` are beanstalkd's.
+const BEANSTALKD_PREFIXES: usize = 25;
+
+/// The states `clear-tube` and `list-jobs` name, by their words.
+fn state_word(word: &str) -> Option<JobState> {
+    [("ready", JobState::Ready), ("delayed", JobState::Delayed), ("buried", JobState::Buried)]
+        .into_iter()
+        .find_map(|(w, s)| (w == word).then_some(s))
+}
+
+/// What the spec says `line` is, with or without runnerbean's own commands.
+fn model(line: &[u8], extensions: bool) -> Result<Command<'_>, ParseError> {
     use Command as C;
     use ParseError::{BadFormat, UnknownCommand};
     if line.contains(&0) {
         return Err(BadFormat);
     }
-    let Some(prefix) = PREFIXES.iter().find(|p| line.starts_with(p.as_bytes())) else {
+    let table = if extensions { &PREFIXES[..] } else { &PREFIXES[..BEANSTALKD_PREFIXES] };
+    let Some(prefix) = table.iter().find(|p| line.starts_with(p.as_bytes())) else {
         return Err(UnknownCommand);
     };
     let args = &line[prefix.len()..];
@@ -125,6 +144,25 @@ fn model(line: &[u8]) -> Result<Command<'_>, ParseError> {
             }
             let delay_s = last_number::<u32>(&args[run..]).ok_or(BadFormat)?;
             Ok(C::PauseTube { name: tube_name(&args[..run]), delay_s })
+        }
+        "clear-tube " => {
+            // Text from here on: a tube name and state words are ASCII.
+            let text = std::str::from_utf8(args).map_err(|_| BadFormat)?;
+            let (name, list) = text.split_once(' ').ok_or(BadFormat)?;
+            let name = tube_name(name.as_bytes()).ok_or(BadFormat)?;
+            let states = list.split(',').try_fold(StateSet::default(), |set, word| state_word(word).map(|s| set.with(s)));
+            Ok(C::ClearTube { name, states: states.ok_or(BadFormat)? })
+        }
+        "list-jobs " => {
+            let space = args.iter().position(|&b| b == b' ').ok_or(BadFormat)?;
+            let name = tube_name(&args[..space]).ok_or(BadFormat)?;
+            let rest = &args[space + 1..];
+            let space = rest.iter().position(|&b| b == b' ').ok_or(BadFormat)?;
+            let word = std::str::from_utf8(&rest[..space]).map_err(|_| BadFormat)?;
+            let state = state_word(word).ok_or(BadFormat)?;
+            let (after, rest) = middle_number::<u64>(&rest[space..]).ok_or(BadFormat)?;
+            let count = last_number::<u32>(rest).ok_or(BadFormat)?;
+            Ok(C::ListJobs { name, state, after, count })
         }
         other => unreachable!("prefix {other:?} has no rule"),
     }
@@ -237,6 +275,12 @@ fn encode(command: &Command<'_>) -> Vec<u8> {
         C::Quit => "quit".into(),
         // "-" is a run of name bytes that is not a valid name.
         C::PauseTube { name, delay_s } => format!("pause-tube {} {delay_s}", name.unwrap_or("-")),
+        C::ClearTube { name, states } => {
+            let words = [("ready", JobState::Ready), ("delayed", JobState::Delayed), ("buried", JobState::Buried)];
+            let list: Vec<&str> = words.iter().filter(|(_, s)| states.contains(*s)).map(|(w, _)| *w).collect();
+            format!("clear-tube {name} {}", list.join(","))
+        }
+        C::ListJobs { name, state, after, count } => format!("list-jobs {name} {} {after} {count}", state.name()),
     };
     line.into_bytes()
 }

@@ -222,6 +222,7 @@ fn server_info(max_job_size: u64) -> ServerInfo {
         cpu_times: || (CpuTime::default(), CpuTime::default()),
         verbosity: 0,
         started_at: 0,
+        strict: false,
     }
 }
 
@@ -539,7 +540,7 @@ fn check_replies(bytes: &[u8]) {
                 Some(number(n, line))
             }
             ("OK", [n]) => Some(number(n, line)),
-            ("INSERTED" | "WATCHING" | "KICKED" | "BURIED", [n]) => {
+            ("INSERTED" | "WATCHING" | "KICKED" | "BURIED" | "CLEARED", [n]) => {
                 number(n, line);
                 None
             }

@@ -343,7 +343,14 @@ fn pause_clear_and_move() {
         assert_eq!(ok(addr, &["clear", "c", "--buried"]), "deleted 2 jobs from tube \"c\"\n");
         assert_eq!(ok(addr, &["clear", "c", "--buried"]), "no buried jobs in tube \"c\"\n");
         assert_eq!(ok(addr, &["clear", "c", "--ready", "--yes"]), "deleted 2 jobs from tube \"c\"\n");
-        assert_eq!(ok(addr, &["stats", "--tube", "c", "--json"]), tube_json("c", [0, 0, 0, 1, 0], 5, 0, 4) + "\n");
+        // runnerbean clears with one clear-tube command, which does not count as deletes
+        // (docs/COMPAT.md); C beanstalkd has no such command, and rbctl deletes one job at a
+        // time there.
+        let deletes = if server.kind() == Kind::Runnerbean { 0 } else { 4 };
+        assert_eq!(
+            ok(addr, &["stats", "--tube", "c", "--json"]),
+            tube_json("c", [0, 0, 0, 1, 0], 5, 0, deletes) + "\n"
+        );
         assert_eq!(ok(addr, &["clear", "c"]), "deleted 1 job from tube \"c\"\n");
         fails(addr, &["clear", "gone"], 1, "rbctl: tube \"gone\" not found\n");
 

@@ -39,6 +39,7 @@
 //!   one per client, the tube timers one per tube. So moving a job, a
 //!   timer firing and a client leaving never allocate and cannot fail.
 
+mod admin;
 pub mod arena;
 pub mod body;
 pub mod client;
@@ -57,6 +58,7 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use hashbrown::HashTable;
 
 use crate::memory::{self, OutOfMemory};
+pub use admin::{LIST_JOBS_COUNT_MAX, StateSet};
 use arena::{Arena, Slots};
 pub use body::{Body, BodyBuilder};
 use client::{Client, Wait};

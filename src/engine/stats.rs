@@ -6,7 +6,8 @@
 
 /// Commands with a counter. The order is the order of the `cmd-*` keys in
 /// `stats`; `ReserveJob` and `KickJob` are counted but never shown, as in
-/// beanstalkd.
+/// beanstalkd, and so are runnerbean's own `ClearTube` and `ListJobs`
+/// (the metrics exporter shows all four).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Put,
@@ -33,9 +34,11 @@ pub enum Op {
     PauseTube,
     ReserveJob,
     KickJob,
+    ClearTube,
+    ListJobs,
 }
 
-pub const OP_COUNT: usize = Op::KickJob as usize + 1;
+pub const OP_COUNT: usize = Op::ListJobs as usize + 1;
 
 /// Ops in `stats` key order with their key names.
 pub const SHOWN_OPS: [(Op, &str); 22] = [

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Nanos;
 use crate::memory;
+use crate::metrics::Publisher;
 use crate::protocol::output::Segment;
 use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
 use io::{Event, Io, RecvEnd};
@@ -122,6 +123,8 @@ pub struct Start {
     pub clock: Clock,
     /// The log directory, with `-b` (the shard's engine has the log).
     pub log_dir: Option<OwnedFd>,
+    /// Where the loop publishes its snapshots, with `--metrics`.
+    pub metrics: Option<Publisher>,
 }
 
 /// A core's I/O back end, chosen before the shard is built.
@@ -324,11 +327,13 @@ struct Server<I: Io> {
     deferred: VecDeque<Deferred>,
     /// The write-ahead log's writes and syncs, with `-b`.
     log: Option<LogDriver>,
+    /// Snapshots for the metrics thread, with `--metrics`.
+    metrics: Option<Publisher>,
 }
 
 impl<I: Io> Server<I> {
     fn new(io: I, shard: Shard, start: Start) -> Server<I> {
-        let Start { listener, signals, settings, clock, log_dir } = start;
+        let Start { listener, signals, settings, clock, log_dir, metrics } = start;
         let log = log_dir.map(|dir| LogDriver::new(&shard, dir, clock.now()));
         let listener: OwnedFd = match listener {
             BoundListener::Tcp(l) => l.into(),
@@ -354,6 +359,7 @@ impl<I: Io> Server<I> {
             stop: None,
             deferred: VecDeque::with_capacity(DEFERRED_SPARE),
             log,
+            metrics,
         }
     }
 
@@ -363,7 +369,9 @@ impl<I: Io> Server<I> {
     /// bring every connection whose session changed up to date (send,
     /// pause or resume receiving, close); then, if input was carried over,
     /// submit those sends, run the carried input and bring connections up
-    /// to date again; last, start or pause accepting.
+    /// to date again; then start or pause accepting; last, with
+    /// `--metrics`, count the turn's busy time and publish a snapshot if
+    /// one is due.
     fn run(mut self) -> std::io::Result<()> {
         if let Some(listener) = &self.listener {
             set_nonblocking(listener.as_raw_fd())?;
@@ -377,9 +385,20 @@ impl<I: Io> Server<I> {
             }
             self.shard.begin_turn();
             let timeout = self.timeout();
-            let mut events =
-                Events { shard: &mut self.shard, clock: &self.clock, now: None, deferred: &mut self.deferred };
+            let timed = self.metrics.is_some();
+            let mut events = Events {
+                shard: &mut self.shard,
+                clock: &self.clock,
+                now: None,
+                deferred: &mut self.deferred,
+                first_at: None,
+                timed,
+            };
             self.io.wait(timeout, &mut |event| events.handle(event))?;
+            // The turn's work starts with its first event (the back end
+            // hands events over as soon as its wait returns), or when the
+            // wait timed out.
+            let busy_from = timed.then(|| events.first_at.unwrap_or_else(Instant::now));
             // Taken one at a time, not drained, so that a connection
             // accepted meanwhile can make room in the list; nothing acted on
             // here adds to it (only a wait does).
@@ -422,6 +441,10 @@ impl<I: Io> Server<I> {
             // Last, so that it sees the connections closed in this turn.
             if self.stop.is_some() {
                 self.stop_step();
+            }
+            if let (Some(metrics), Some(busy_from)) = (self.metrics.as_mut(), busy_from) {
+                let wal = self.log.as_ref().map(LogDriver::latencies);
+                metrics.turn_end(busy_from, &self.shard, self.open, wal, now);
             }
         }
     }
@@ -622,7 +645,9 @@ impl<I: Io> Server<I> {
             .map(|s| s.grace_ends_at.saturating_duration_since(instant));
         let log =
             self.log.as_ref().and_then(LogDriver::next_deadline).map(|at| Duration::from_nanos(at.saturating_sub(now)));
-        [shard, accept, grace, log].into_iter().flatten().min()
+        let metrics =
+            self.metrics.as_ref().and_then(Publisher::next_due).map(|at| at.saturating_duration_since(instant));
+        [shard, accept, grace, log, metrics].into_iter().flatten().min()
     }
 
     /// At `-V`, why a connection is being closed for an I/O error.
@@ -931,10 +956,16 @@ struct Events<'a> {
     clock: &'a Clock,
     now: Option<Nanos>,
     deferred: &'a mut VecDeque<Deferred>,
+    /// When the first event arrived, if the turn is timed (`--metrics`).
+    first_at: Option<Instant>,
+    timed: bool,
 }
 
 impl Events<'_> {
     fn handle(&mut self, event: Event<'_>) {
+        if self.timed && self.first_at.is_none() {
+            self.first_at = Some(Instant::now());
+        }
         let deferred = match event {
             Event::Data(conn, bytes) => {
                 let now = *self.now.get_or_insert_with(|| self.clock.now());

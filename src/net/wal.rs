@@ -8,11 +8,13 @@
 //! while a batch is written and synced, the next one fills.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
 
 use super::io::Io;
 use crate::engine::Nanos;
+use crate::metrics::{Histogram, WalLatencies};
 use crate::shard::Shard;
-use crate::wal::flush::{Flush, LANES, Lane, Progress};
+use crate::wal::flush::{Flush, LANES, Lane, Progress, Request};
 
 /// How often a failure to make a log segment (a full disk) is logged.
 const MAKE_ERROR_LOG_NS: u64 = 10_000_000_000;
@@ -21,9 +23,13 @@ pub struct LogDriver {
     flush: Flush,
     /// The log directory, kept open for syncing new files' entries.
     _dir: OwnedFd,
-    /// A file operation is in flight on the back end, per lane.
-    in_flight: [bool; LANES],
+    /// The file operation in flight on the back end in each lane: when it
+    /// started, and whether it is a write (else a sync).
+    in_flight: [Option<(Instant, bool)>; LANES],
     make_error_logged_at: Option<u64>,
+    /// How long the writes and the syncs took, for the metrics.
+    write_latency: Histogram,
+    sync_latency: Histogram,
 }
 
 impl LogDriver {
@@ -32,8 +38,10 @@ impl LogDriver {
         LogDriver {
             flush: Flush::new(policy, dir.as_raw_fd(), now),
             _dir: dir,
-            in_flight: [false; LANES],
+            in_flight: [None; LANES],
             make_error_logged_at: None,
+            write_latency: Histogram::default(),
+            sync_latency: Histogram::default(),
         }
     }
 
@@ -57,8 +65,8 @@ impl LogDriver {
             self.flush.start(batch);
         }
         while let Some((lane, request)) = self.flush.request(now) {
-            debug_assert!(!self.in_flight[lane.index()], "two operations in flight in {lane:?}");
-            self.in_flight[lane.index()] = true;
+            debug_assert!(self.in_flight[lane.index()].is_none(), "two operations in flight in {lane:?}");
+            self.in_flight[lane.index()] = Some((Instant::now(), matches!(request, Request::Write { .. })));
             // Safety: the request's memory is owned by `self.flush` until
             // `completed` is called for it.
             unsafe { io.file_op(lane, request) };
@@ -74,7 +82,10 @@ impl LogDriver {
         result: std::io::Result<usize>,
         now: Nanos,
     ) {
-        self.in_flight[lane.index()] = false;
+        if let Some((started, write)) = self.in_flight[lane.index()].take() {
+            let ns = started.elapsed().as_nanos() as u64;
+            if write { self.write_latency.observe(ns) } else { self.sync_latency.observe(ns) }
+        }
         match self.flush.complete(lane, result, now) {
             Ok(Progress { written, synced }) => {
                 let log = shard.engine_mut().log_mut().expect("a shard with a log");
@@ -113,7 +124,12 @@ impl LogDriver {
     }
 
     pub fn in_flight(&self) -> bool {
-        self.in_flight.iter().any(|&b| b)
+        self.in_flight.iter().any(Option::is_some)
+    }
+
+    /// How long the log's file operations took so far.
+    pub fn latencies(&self) -> WalLatencies<'_> {
+        WalLatencies { write: &self.write_latency, sync: &self.sync_latency }
     }
 }
 

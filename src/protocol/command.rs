@@ -10,8 +10,16 @@
 //! makes only *after* it has counted a command (trailing garbage after a put
 //! size, the validity of a pause-tube name) are reported as fields of the
 //! parsed command, so the dispatcher can count first and reject second.
+//!
+//! Two commands are runnerbean's own, `clear-tube` and `list-jobs`
+//! (docs/COMPAT.md, "Commands beanstalkd does not have"). Their prefixes
+//! come after all of beanstalkd's and no line beanstalkd accepts starts with
+//! them, so every line means what it means to beanstalkd; the session
+//! answers them UNKNOWN_COMMAND again under `--strict`
+//! ([`parse_with`] without extensions).
 
 use super::number::{Position, read_kick_bound, read_reserve_timeout, read_u32, read_u64};
+use crate::engine::{JobState, StateSet};
 
 /// Longest tube name, in bytes.
 pub const TUBE_NAME_BYTES_MAX: usize = 200;
@@ -65,6 +73,18 @@ pub enum Command<'a> {
         name: Option<&'a str>,
         delay_s: u32,
     },
+    /// `clear-tube <tube> <states>`: runnerbean's own.
+    ClearTube {
+        name: &'a str,
+        states: StateSet,
+    },
+    /// `list-jobs <tube> <state> <after-id> <count>`: runnerbean's own.
+    ListJobs {
+        name: &'a str,
+        state: JobState,
+        after: u64,
+        count: u32,
+    },
 }
 
 /// A line that is not a command, with the reply it earns.
@@ -117,12 +137,16 @@ enum Kind {
     ListTubes,
     Quit,
     PauseTube,
+    ClearTube,
+    ListJobs,
 }
 
 /// beanstalkd's prefix table. The first prefix the line starts with wins,
 /// so the order matters: `reserve-job ` before `reserve`, `stats-job `
-/// before `stats`, `list-tubes-watched` before `list-tubes`.
-const PREFIXES: [(&[u8], Kind); 25] = [
+/// before `stats`, `list-tubes-watched` before `list-tubes`. runnerbean's
+/// own commands come last: no earlier prefix matches them, so their place
+/// changes nothing for beanstalkd's.
+const PREFIXES: [(&[u8], Kind); 27] = [
     (b"put ", Kind::Put),
     (b"peek ", Kind::Peek),
     (b"peek-ready", Kind::PeekReady),
@@ -149,10 +173,24 @@ const PREFIXES: [(&[u8], Kind); 25] = [
     (b"quit", Kind::Quit),
     // No trailing space: `pause-tubefoo 1` pauses `foo`.
     (b"pause-tube", Kind::PauseTube),
+    (b"clear-tube ", Kind::ClearTube),
+    (b"list-jobs ", Kind::ListJobs),
 ];
 
-/// Parses one command line. `line` excludes the terminating CRLF.
+/// How many of [`PREFIXES`] are beanstalkd's; runnerbean's own follow.
+const BEANSTALKD_PREFIXES: usize = 25;
+
+/// Parses one command line, runnerbean's own commands included. `line`
+/// excludes the terminating CRLF.
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+    parse_with(line, true)
+}
+
+/// Parses one command line; without `extensions` (`--strict`) only
+/// beanstalkd's commands are known, so any line starting with `clear-tube `
+/// or `list-jobs `, well formed or not, is UNKNOWN_COMMAND, as beanstalkd
+/// answers it.
+pub fn parse_with(line: &[u8], extensions: bool) -> Result<Command<'_>, ParseError> {
     use Command as C;
     use ParseError::BadFormat;
 
@@ -161,7 +199,8 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     if memchr::memchr(0, line).is_some() {
         return Err(BadFormat);
     }
-    let Some(&(prefix, kind)) = PREFIXES.iter().find(|(prefix, _)| line.starts_with(prefix)) else {
+    let table = if extensions { &PREFIXES[..] } else { &PREFIXES[..BEANSTALKD_PREFIXES] };
+    let Some(&(prefix, kind)) = table.iter().find(|(prefix, _)| line.starts_with(prefix)) else {
         return Err(ParseError::UnknownCommand);
     };
     let args = &line[prefix.len()..];
@@ -205,7 +244,54 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         // Anything may follow "quit".
         Kind::Quit => Ok(C::Quit),
         Kind::PauseTube => parse_pause_tube(args),
+        Kind::ClearTube => parse_clear_tube(args),
+        Kind::ListJobs => parse_list_jobs(args),
     }
+}
+
+/// A word of `clear-tube` and `list-jobs` naming a job state; reserved jobs
+/// are never cleared nor listed, so `reserved` is not one of them.
+fn state_word(word: &[u8]) -> Option<JobState> {
+    match word {
+        b"ready" => Some(JobState::Ready),
+        b"delayed" => Some(JobState::Delayed),
+        b"buried" => Some(JobState::Buried),
+        _ => None,
+    }
+}
+
+/// The tube name of `clear-tube` and `list-jobs`: the bytes up to the next
+/// space, a valid name as `use` takes it (no leading space), and the rest
+/// after that space.
+fn leading_name(args: &[u8]) -> Option<(&str, &[u8])> {
+    let end = memchr::memchr(b' ', args)?;
+    Some((valid_tube_name(&args[..end])?, &args[end + 1..]))
+}
+
+/// `clear-tube <tube> <states>`: the states are a comma list of `ready`,
+/// `delayed` and `buried` (each at least once, in any order, repeats
+/// allowed) that ends the line; anything else is BAD_FORMAT.
+fn parse_clear_tube(args: &[u8]) -> Result<Command<'_>, ParseError> {
+    let (name, list) = leading_name(args).ok_or(ParseError::BadFormat)?;
+    let mut states = StateSet::default();
+    for word in list.split(|&b| b == b',') {
+        states = states.with(state_word(word).ok_or(ParseError::BadFormat)?);
+    }
+    Ok(Command::ClearTube { name, states })
+}
+
+/// `list-jobs <tube> <state> <after-id> <count>`: the state is one word
+/// followed by a space, and the two numbers are read as `release` reads
+/// its own (the strict reader: spaces may precede each, the count ends the
+/// line).
+fn parse_list_jobs(args: &[u8]) -> Result<Command<'_>, ParseError> {
+    let bad = ParseError::BadFormat;
+    let (name, rest) = leading_name(args).ok_or(bad)?;
+    let end = memchr::memchr(b' ', rest).ok_or(bad)?;
+    let state = state_word(&rest[..end]).ok_or(bad)?;
+    let (after, rest) = read_u64(&rest[end..], Position::Middle).ok_or(bad)?;
+    let (count, _) = read_u32(rest, Position::Last).ok_or(bad)?;
+    Ok(Command::ListJobs { name, state, after, count })
 }
 
 fn parse_put(args: &[u8]) -> Result<Command<'_>, ParseError> {
@@ -360,6 +446,90 @@ mod tests {
         let line = format!("pause-tube {long} 4294967295");
         assert_eq!(line.len() + 2, 224);
         assert_eq!(parse(line.as_bytes()), Ok(C::PauseTube { name: Some(&long), delay_s: u32::MAX }));
+    }
+
+    #[test]
+    fn clear_tube() {
+        let all = StateSet::default().with(JobState::Ready).with(JobState::Delayed).with(JobState::Buried);
+        assert_eq!(p("clear-tube default ready,delayed,buried"), Ok(C::ClearTube { name: "default", states: all }));
+        assert_eq!(p("clear-tube a buried,ready,buried,delayed"), Ok(C::ClearTube { name: "a", states: all }));
+        let buried = StateSet::default().with(JobState::Buried);
+        assert_eq!(p("clear-tube x(1) buried"), Ok(C::ClearTube { name: "x(1)", states: buried }));
+        assert_eq!(p("clear-tube"), Err(UnknownCommand));
+        assert_eq!(p("clear-tubes a ready"), Err(UnknownCommand));
+        for bad in [
+            "clear-tube ",
+            "clear-tube a",
+            "clear-tube a ",
+            "clear-tube  a ready",
+            "clear-tube a  ready",
+            "clear-tube a ready ",
+            "clear-tube a ready,",
+            "clear-tube a ,ready",
+            "clear-tube a ready,,buried",
+            "clear-tube a ready, buried",
+            "clear-tube a reserved",
+            "clear-tube a READY",
+            "clear-tube -a ready",
+            "clear-tube a\tb ready",
+        ] {
+            assert_eq!(p(bad), Err(BadFormat), "{bad:?}");
+        }
+        let long = "c".repeat(200);
+        assert_eq!(
+            parse(format!("clear-tube {long} ready,delayed,buried").as_bytes()),
+            Ok(C::ClearTube { name: &long, states: all })
+        );
+        assert_eq!(parse(format!("clear-tube {long}c ready").as_bytes()), Err(BadFormat));
+    }
+
+    #[test]
+    fn without_extensions_runnerbean_s_own_commands_are_unknown() {
+        for line in ["clear-tube a ready", "clear-tube a", "clear-tube ", "list-jobs a ready 0 1", "list-jobs x"] {
+            assert_eq!(parse_with(line.as_bytes(), false), Err(UnknownCommand), "{line:?}");
+            assert_ne!(parse_with(line.as_bytes(), true), Err(UnknownCommand), "{line:?}");
+        }
+        for line in ["stats", "use a", "pause-tube a 1", "list-tubes", "bogus", "stats-tube -a"] {
+            assert_eq!(parse_with(line.as_bytes(), false), parse(line.as_bytes()), "{line:?}");
+        }
+        assert_eq!(BEANSTALKD_PREFIXES, PREFIXES.iter().take_while(|(_, k)| !matches!(k, Kind::ClearTube)).count());
+    }
+
+    #[test]
+    fn list_jobs() {
+        let ready = |after, count| Ok(C::ListJobs { name: "default", state: JobState::Ready, after, count });
+        assert_eq!(p("list-jobs default ready 0 10"), ready(0, 10));
+        assert_eq!(p("list-jobs default ready  07   10"), ready(7, 10));
+        assert_eq!(p("list-jobs default ready 18446744073709551615 4294967295"), ready(u64::MAX, u32::MAX));
+        assert_eq!(
+            p("list-jobs t delayed 5 0"),
+            Ok(C::ListJobs { name: "t", state: JobState::Delayed, after: 5, count: 0 })
+        );
+        assert_eq!(
+            p("list-jobs t buried 1 2"),
+            Ok(C::ListJobs { name: "t", state: JobState::Buried, after: 1, count: 2 })
+        );
+        assert_eq!(p("list-jobs"), Err(UnknownCommand));
+        for bad in [
+            "list-jobs ",
+            "list-jobs default",
+            "list-jobs default ready",
+            "list-jobs default ready ",
+            "list-jobs default ready 0",
+            "list-jobs default ready 0 ",
+            "list-jobs default ready 0 10 ",
+            "list-jobs default ready 0 10x",
+            "list-jobs default ready -1 10",
+            "list-jobs default ready 0 4294967296",
+            "list-jobs default ready 18446744073709551616 1",
+            "list-jobs default reserved 0 10",
+            "list-jobs default ready,buried 0 10",
+            "list-jobs  default ready 0 10",
+            "list-jobs default  ready 0 10",
+            "list-jobs -x ready 0 10",
+        ] {
+            assert_eq!(p(bad), Err(BadFormat), "{bad:?}");
+        }
     }
 
     #[test]

@@ -181,6 +181,30 @@ pub fn list<'a>(buf: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) {
     }
 }
 
+/// A YAML list of job ids, for `list-jobs`: `---\n`, then `- <id>\n` each.
+pub fn ids(buf: &mut Vec<u8>, ids: &[u64]) {
+    Doc::start(buf);
+    for &id in ids {
+        buf.extend_from_slice(b"- ");
+        push_u64(buf, id);
+        buf.push(b'\n');
+    }
+}
+
+/// The size of [`ids`]' document.
+pub fn ids_bytes(ids: &[u64]) -> usize {
+    4 + ids.iter().map(|&id| decimal_digits(id) + 3).sum::<usize>()
+}
+
+fn decimal_digits(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +215,18 @@ mod tests {
         list(&mut buf, ["default"].into_iter());
         assert_eq!(buf, b"---\n- default\n");
         assert_eq!(buf.len(), 14);
+    }
+
+    #[test]
+    fn id_lists_are_framed_as_tube_lists_and_sized_exactly() {
+        let mut buf = Vec::new();
+        for list in [&[][..], &[7], &[1, 10, 99, 100, u64::MAX]] {
+            ids(&mut buf, list);
+            assert_eq!(buf.len(), ids_bytes(list), "{list:?}");
+        }
+        assert_eq!(buf, format!("---\n- 1\n- 10\n- 99\n- 100\n- {}\n", u64::MAX).as_bytes());
+        ids(&mut buf, &[]);
+        assert_eq!(buf, b"---\n");
     }
 
     #[test]

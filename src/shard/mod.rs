@@ -153,6 +153,9 @@ pub struct ServerInfo {
     pub verbosity: u8,
     /// When the server started, on the shard's clock (for `uptime`).
     pub started_at: Nanos,
+    /// `--strict`: runnerbean's own commands (`clear-tube`, `list-jobs`)
+    /// are answered UNKNOWN_COMMAND, as C beanstalkd answers them.
+    pub strict: bool,
 }
 
 /// Whether a connection's input should be received now.
@@ -894,7 +897,8 @@ impl Shard {
         let now = self.command_time(now);
         let session = &mut self.sessions[conn as usize];
         let client = session.client.expect("running session without a client");
-        let cmd = match command::parse(line) {
+        // `--strict` knows beanstalkd's commands only.
+        let cmd = match command::parse_with(line, !self.info.strict) {
             Ok(cmd) => cmd,
             Err(ParseError::BadFormat) => return session.out.push(reply::BAD_FORMAT),
             Err(ParseError::UnknownCommand) => return session.out.push(reply::UNKNOWN_COMMAND),
@@ -1004,6 +1008,8 @@ impl Shard {
             }
             C::ListTubes => Request::ListTubes,
             C::PauseTube { name, delay_s } => Request::PauseTube { name, delay_s },
+            C::ClearTube { name, states } => Request::ClearTube { name, states },
+            C::ListJobs { name, state, after, count } => Request::ListJobs { name, state, after, count },
         };
         let mut answer = request::execute(&mut self.engine, client, request, now);
         if let Reply::Stats(figures) = &mut answer {
@@ -1037,6 +1043,14 @@ impl Shard {
         if let Reply::Watching(n) = answer {
             debug_assert_eq!(*n, session.watched.len(), "the session's watch list and the engine's");
         }
+    }
+
+    /// This core's part of `stats`: the engine's figures with the sessions'
+    /// connection figures, as `stats` merges them (for the metrics).
+    pub fn server_stats(&self) -> ServerStats {
+        let mut stats = self.engine.stats();
+        self.connection_figures(&mut stats);
+        stats
     }
 
     /// Writes this core's connection figures into its part of `stats`:
@@ -1140,6 +1154,8 @@ impl Shard {
                 let size = list_bytes(names.iter().map(String::as_str));
                 document(out, &mut self.scratch, size, |d| yaml::list(d, names.iter().map(String::as_str)));
             }
+            Reply::Cleared(n) => reply::number_line(out, b"CLEARED", n),
+            Reply::JobIds(ids) => document(out, &mut self.scratch, yaml::ids_bytes(&ids), |d| yaml::ids(d, &ids)),
         }
     }
 }

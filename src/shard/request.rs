@@ -19,7 +19,7 @@
 //!   answer comes later as a wake.
 
 use crate::engine::{Body, Change, ClientId, Engine, JobRef, JobStats, Nanos, Op, PutOutcome, ReserveOutcome};
-use crate::engine::{ServerStats, TubeStats};
+use crate::engine::{JobState, ServerStats, StateSet, TubeStats};
 use crate::memory::{self, OutOfMemory};
 use crate::wal::log::LogStats;
 
@@ -72,6 +72,18 @@ pub enum Request<'a> {
         name: Option<&'a str>,
         delay_s: u32,
     },
+    /// runnerbean's own `clear-tube`.
+    ClearTube {
+        name: &'a str,
+        states: StateSet,
+    },
+    /// runnerbean's own `list-jobs`.
+    ListJobs {
+        name: &'a str,
+        state: JobState,
+        after: u64,
+        count: u32,
+    },
 }
 
 /// Words of the replies that are a fixed line.
@@ -114,6 +126,10 @@ pub enum Reply {
     Stats(Box<(ServerStats, Option<LogStats>)>),
     /// A YAML list of tube names (`list-tubes`, `list-tubes-watched`).
     Tubes(Vec<String>),
+    /// `CLEARED <count>`.
+    Cleared(u64),
+    /// A YAML list of job ids (`list-jobs`).
+    JobIds(Vec<u64>),
 }
 
 impl From<Word> for Reply {
@@ -245,6 +261,21 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
                 None => Word::BadFormat.into(),
                 Some(name) if engine.pause_tube(name, delay_s, now) => Word::Paused.into(),
                 Some(_) => Word::NotFound.into(),
+            }
+        }
+        R::ClearTube { name, states } => {
+            engine.count(Op::ClearTube);
+            match engine.clear_tube(name, states, now) {
+                Some(n) => Reply::Cleared(n),
+                None => Word::NotFound.into(),
+            }
+        }
+        R::ListJobs { name, state, after, count } => {
+            engine.count(Op::ListJobs);
+            match engine.list_jobs(name, state, after, count as usize) {
+                Some(Ok(ids)) => Reply::JobIds(ids),
+                Some(Err(OutOfMemory)) => Word::OutOfMemory.into(),
+                None => Word::NotFound.into(),
             }
         }
     }

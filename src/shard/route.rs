@@ -46,6 +46,7 @@ pub fn target<'a>(cmd: &Command<'a>) -> Target<'a> {
         }
         C::Release { id, .. } | C::Bury { id, .. } => Target::Job(id),
         C::StatsTube(name) | C::Use(name) | C::Watch(name) | C::Ignore(name) => Target::Tube(name),
+        C::ClearTube { name, .. } | C::ListJobs { name, .. } => Target::Tube(name),
         C::PauseTube { name: Some(name), .. } => Target::Tube(name),
         C::PauseTube { name: None, .. } => Target::Connection,
         C::Reserve | C::ReserveWithTimeout(_) => Target::WatchedTubes,
@@ -79,7 +80,7 @@ mod tests {
 
     #[test]
     fn one_shard_owns_everything() {
-        for line in ["put 0 0 1 1", "delete 5", "use foo", "stats", "reserve", "quit"] {
+        for line in ["put 0 0 1 1", "delete 5", "use foo", "stats", "reserve", "quit", "clear-tube a ready"] {
             let cmd = parse(line.as_bytes()).unwrap();
             assert_eq!(owner(target(&cmd), "default", 1), Some(ShardId(0)), "{line}");
         }
@@ -95,6 +96,11 @@ mod tests {
         let used = "emails";
         let put = parse(b"put 0 0 1 1").unwrap();
         assert_eq!(owner(target(&put), used, 4), Some(shard_of_tube(used, 4)));
+        // runnerbean's own commands go to the tube they name.
+        let list = parse(b"list-jobs reports ready 0 10").unwrap();
+        assert_eq!(owner(target(&list), used, 4), Some(shard_of_tube("reports", 4)));
+        let clear = parse(b"clear-tube reports buried").unwrap();
+        assert_eq!(owner(target(&clear), used, 4), Some(shard_of_tube("reports", 4)));
         // An id does not name its shard; neither does a whole-server command.
         assert_eq!(owner(target(&parse(b"release 6 0 0").unwrap()), used, 4), None);
         assert_eq!(owner(target(&parse(b"stats").unwrap()), used, 4), None);

@@ -21,6 +21,7 @@ fn info(max_job_size: u64) -> ServerInfo {
         cpu_times: || (CpuTime { secs: 1, micros: 5 }, CpuTime::default()),
         verbosity: 0,
         started_at: 0,
+        strict: false,
     }
 }
 
@@ -609,6 +610,103 @@ fn counters_count_what_beanstalkd_counts() {
     }
 }
 
+#[test]
+fn clear_tube_and_list_jobs_answer_byte_for_byte() {
+    let mut c = Conv::new();
+    let a = c.open();
+    // Jobs 1-3 ready (priorities 5, 1, 5), 4-5 delayed, 6-7 buried after
+    // being reserved in that order, 8 reserved.
+    c.ask(a, b"use t\r\nwatch t\r\nignore default\r\n", S);
+    for (pri, delay) in [(5, 0), (1, 0), (5, 0), (0, 30), (0, 20)] {
+        c.ask(a, format!("put {pri} {delay} 60 1\r\nx\r\n").as_bytes(), S);
+    }
+    c.ask(a, b"put 0 0 60 1\r\nx\r\nput 0 0 60 1\r\nx\r\nput 0 0 60 1\r\nx\r\n", S);
+    assert_eq!(
+        c.ask(a, b"reserve\r\nbury 6 0\r\nreserve\r\nbury 7 0\r\nreserve\r\n", S),
+        "RESERVED 6 1\r\nx\r\nBURIED\r\nRESERVED 7 1\r\nx\r\nBURIED\r\nRESERVED 8 1\r\nx\r\n"
+    );
+    assert_eq!(c.ask(a, b"list-jobs t ready 0 10\r\n", S), "OK 16\r\n---\n- 2\n- 1\n- 3\n\r\n");
+    assert_eq!(c.ask(a, b"list-jobs t ready 2 1\r\n", S), "OK 8\r\n---\n- 1\n\r\n");
+    assert_eq!(c.ask(a, b"list-jobs t delayed 0 10\r\n", S), "OK 12\r\n---\n- 5\n- 4\n\r\n");
+    assert_eq!(c.ask(a, b"list-jobs t buried 6 10\r\n", S), "OK 8\r\n---\n- 7\n\r\n");
+    assert_eq!(c.ask(a, b"list-jobs t buried 7 10\r\n", S), "OK 4\r\n---\n\r\n");
+    assert_eq!(c.ask(a, b"list-jobs nope ready 0 10\r\n", S), "NOT_FOUND\r\n");
+    assert_eq!(c.ask(a, b"list-jobs t reserved 0 10\r\n", S), "BAD_FORMAT\r\n");
+    assert_eq!(c.ask(a, b"list-jobs t ready 0\r\n", S), "BAD_FORMAT\r\n");
+    assert_eq!(c.ask(a, b"clear-tube t ready, buried\r\n", S), "BAD_FORMAT\r\n");
+    assert_eq!(c.ask(a, b"clear-tube nope ready\r\n", S), "NOT_FOUND\r\n");
+    assert_eq!(c.ask(a, b"clear-tubet ready\r\n", S), "UNKNOWN_COMMAND\r\n");
+    assert_eq!(c.ask(a, b"clear-tube t buried,ready\r\n", S), "CLEARED 5\r\n");
+    assert_eq!(c.ask(a, b"peek 1\r\npeek 6\r\npeek 4\r\n", S), "NOT_FOUND\r\nNOT_FOUND\r\nFOUND 4 1\r\nx\r\n");
+    assert_eq!(c.ask(a, b"clear-tube t delayed\r\n", S), "CLEARED 2\r\n");
+    assert_eq!(c.ask(a, b"clear-tube t ready,delayed,buried\r\n", S), "CLEARED 0\r\n");
+    // The reserved job is left, and the tube with it.
+    let tube = c.ask(a, b"stats-tube t\r\n", S);
+    for line in
+        ["current-jobs-ready: 0", "current-jobs-reserved: 1", "current-jobs-delayed: 0", "current-jobs-buried: 0"]
+    {
+        assert!(tube.contains(&format!("\n{line}\n")), "{line} in {tube}");
+    }
+    // cmd-delete counts delete commands, and none was sent.
+    assert!(tube.contains("\ncmd-delete: 0\n"), "{tube}");
+    let stats = c.ask(a, b"stats\r\n", S);
+    for line in ["current-jobs-ready: 0", "current-jobs-reserved: 1", "cmd-delete: 0", "total-jobs: 8"] {
+        assert!(stats.contains(&format!("\n{line}\n")), "{line} in {stats}");
+    }
+    let ops = c.shard.engine().stats().ops;
+    // Counted as beanstalkd counts a command: once parsed, whatever it
+    // then answers (not a line answered BAD_FORMAT).
+    assert_eq!((ops.get(Op::ClearTube), ops.get(Op::ListJobs)), (4, 6));
+    assert_eq!(c.ask(a, b"delete 8\r\n", S), "DELETED\r\n");
+}
+
+#[test]
+fn strict_answers_runnerbean_s_own_commands_as_beanstalkd_does() {
+    let mut c = Conv { shard: Shard::new(EngineConfig::default(), ServerInfo { strict: true, ..info(65535) }) };
+    let a = c.open();
+    c.ask(a, b"put 0 0 60 1\r\nx\r\n", S);
+    assert_eq!(
+        c.ask(a, b"list-jobs default ready 0 10\r\nclear-tube default ready\r\nclear-tube x\r\npeek 1\r\n", S),
+        "UNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\nFOUND 1 1\r\nx\r\n"
+    );
+    // Not counted, as no unknown command is.
+    let ops = c.shard.engine().stats().ops;
+    assert_eq!((ops.get(Op::ClearTube), ops.get(Op::ListJobs)), (0, 0));
+}
+
+/// With the log, CLEARED acknowledges deletes: it waits for their records
+/// to be durable, as DELETED does.
+#[test]
+fn cleared_waits_for_the_log_as_deleted_does() {
+    use crate::wal::log::{Log, LogConfig, SyncPolicy};
+    use crate::wal::recover::Recovered;
+    use crate::wal::tests::MemFiles;
+    let mut c = Conv::new();
+    let files = MemFiles::default();
+    let config = LogConfig { shard: 0, shards: 1, segment_bytes: 1 << 20, sync: SyncPolicy::Always };
+    let log = Log::open(config, Box::new(files.clone()), &Recovered::default(), S).unwrap();
+    c.shard.engine_mut().attach_log(log);
+    let a = c.open();
+    let flush = |c: &mut Conv| {
+        let log = c.shard.engine_mut().log_mut().unwrap();
+        let batch = log.take_batch().unwrap();
+        files.apply(&batch);
+        log.written(batch.number);
+        log.synced(batch.number);
+        let durable = log.durable();
+        c.shard.durable(durable);
+    };
+    c.send(a, b"put 0 0 60 1\r\nx\r\nput 0 0 60 1\r\nx\r\n", S);
+    flush(&mut c);
+    assert_eq!(c.out(a), b"INSERTED 1\r\nINSERTED 2\r\n");
+    c.send(a, b"clear-tube default ready\r\nlist-jobs default ready 0 10\r\n", S);
+    assert_eq!(c.out(a), b"", "held until the delete records are durable");
+    flush(&mut c);
+    assert_eq!(c.out(a), b"CLEARED 2\r\nOK 4\r\n---\n\r\n");
+    // Nothing to record, nothing to wait for.
+    assert_eq!(c.ask(a, b"clear-tube default ready\r\n", S), "CLEARED 0\r\n");
+}
+
 mod random_input {
     use super::*;
     use proptest::prelude::*;
@@ -633,6 +731,10 @@ mod random_input {
             b"watch t\r\n",
             b"ignore default\r\n",
             b"pause-tube t 1\r\n",
+            b"clear-tube t ready,buried\r\n",
+            b"clear-tube default delayed\r\n",
+            b"list-jobs default ready 0 5\r\n",
+            b"list-jobs t buried 1 2\r\n",
             b"stats\r\n",
             b"quit\r\n",
             b"\r",

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::Kept;
-use crate::engine::{Body, ClientId, Engine, EngineConfig, NANOS_PER_SEC, Nanos, PutOutcome};
+use crate::engine::{Body, ClientId, Engine, EngineConfig, JobState, NANOS_PER_SEC, Nanos, PutOutcome, StateSet};
 use crate::wal::image::ImageState;
 use crate::wal::log::{Log, LogConfig, SyncPolicy};
 use crate::wal::recover::Recovered;
@@ -25,14 +25,27 @@ enum Step {
     Disconnect(usize),
     Use(usize, usize),
     Watch(usize, usize),
-    Put { c: usize, pri: u32, delay_s: u32, ttr_s: u32, body: usize },
+    Put {
+        c: usize,
+        pri: u32,
+        delay_s: u32,
+        ttr_s: u32,
+        body: usize,
+    },
     Reserve(usize),
     Delete(usize, usize),
-    Release { c: usize, job: usize, pri: u32, delay_s: u32 },
+    Release {
+        c: usize,
+        job: usize,
+        pri: u32,
+        delay_s: u32,
+    },
     Bury(usize, usize, u32),
     Kick(usize, u32),
     KickJob(usize),
     Touch(usize, usize),
+    /// `clear-tube` of a tube, the states as bits: ready, delayed, buried.
+    Clear(usize, u8),
     Advance(u64),
     Turn,
 }
@@ -53,6 +66,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..4usize, 0..4u32).prop_map(|(c, n)| Step::Kick(c, n)),
         2 => (0..40usize).prop_map(Step::KickJob),
         1 => (0..4usize, 0..40usize).prop_map(|(c, j)| Step::Touch(c, j)),
+        1 => (0..3usize, 1..8u8).prop_map(|(t, states)| Step::Clear(t, states)),
         3 => (0..3_000_000_000u64).prop_map(Step::Advance),
         4 => Just(Step::Turn),
     ]
@@ -189,6 +203,15 @@ impl Run {
                 if let Some(cl) = self.client(c) {
                     self.e.touch(cl, self.job(j), now);
                 }
+            }
+            Step::Clear(t, bits) => {
+                let mut states = StateSet::default();
+                for (bit, state) in [JobState::Ready, JobState::Delayed, JobState::Buried].into_iter().enumerate() {
+                    if bits & 1 << bit != 0 {
+                        states = states.with(state);
+                    }
+                }
+                self.e.clear_tube(TUBES[t], states, now);
             }
             Step::Advance(ns) => {
                 self.now += ns;
