@@ -150,7 +150,8 @@ fn model(line: &[u8], extensions: bool) -> Result<Command<'_>, ParseError> {
             let text = std::str::from_utf8(args).map_err(|_| BadFormat)?;
             let (name, list) = text.split_once(' ').ok_or(BadFormat)?;
             let name = tube_name(name.as_bytes()).ok_or(BadFormat)?;
-            let states = list.split(',').try_fold(StateSet::default(), |set, word| state_word(word).map(|s| set.with(s)));
+            let states =
+                list.split(',').try_fold(StateSet::default(), |set, word| state_word(word).map(|s| set.with(s)));
             Ok(C::ClearTube { name, states: states.ok_or(BadFormat)? })
         }
         "list-jobs " => {
