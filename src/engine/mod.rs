@@ -67,7 +67,7 @@ use ids::IdMap;
 pub use ids::IdSource;
 pub use job::JobState;
 use job::{Extras, Job, NIL};
-pub use spanning::{Claim, ClaimState, Rank, Report, SpanServed, TakeOutcome};
+pub use spanning::{Claim, ClaimState, Rank, SpanServed, TakeOutcome};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
 pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN_NS, secs};
 pub use tube::shard_of_tube;

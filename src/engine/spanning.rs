@@ -6,8 +6,8 @@
 //!
 //! A spanning wait is *registered* on a shard by [`Engine::span_probe`]:
 //! the client joins the waiter queue of each of its watched tubes here, in
-//! arrival order like any waiter, and the call answers what the shard has
-//! for it ([`Report`]) without serving anything. From then on the claim
+//! arrival order like any waiter, and the call answers the best ready job
+//! the shard has for it (its *report*) without serving anything. From then on the claim
 //! word decides what the registration is:
 //!
 //! * **probing** (or **dirty**): the session is still deciding. The wait is
@@ -61,16 +61,6 @@ use crate::memory::OutOfMemory;
 pub struct Rank {
     pub pri: u32,
     pub id: u64,
-}
-
-/// What a shard has for a client: its best ready job among the client's
-/// unpaused watched tubes here, and whether any watched tube here has a
-/// ready job at all, paused or not (the DEADLINE_SOON test ignores
-/// pauses, as beanstalkd's does).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Report {
-    pub best: Option<Rank>,
-    pub any_ready: bool,
 }
 
 /// The state part of a claim word (its low [`STATE_BITS`] bits).
@@ -243,8 +233,9 @@ pub(super) struct Span {
     pub wait: u64,
     /// The round this shard last answered.
     pub round: u64,
-    /// What it answered then (or later, with [`TakeOutcome::Missed`]).
-    pub report: Report,
+    /// The best job it reported then (or later, with
+    /// [`TakeOutcome::Missed`]).
+    pub reported: Option<Rank>,
 }
 
 /// What [`Engine::span_take`] did.
@@ -253,8 +244,8 @@ pub enum TakeOutcome {
     /// The job is reserved for the client; its TTR runs out at `deadline`.
     Taken { job: JobRef, deadline: Nanos },
     /// The job is no longer the client's best here (another client took
-    /// it, or its tube was paused); what the shard has now.
-    Missed(Report),
+    /// it, or its tube was paused); the best the shard has now.
+    Missed(Option<Rank>),
     /// The round is dirty: nothing was taken, the session must ask again.
     Dirty,
     /// The round is over or not this registration's: nothing was taken.
@@ -302,14 +293,9 @@ impl Engine {
         self.best_ready_watched(c.0, now).map(|k| self.rank(k))
     }
 
-    /// What this shard has for the client now (read-only).
-    pub fn report_for(&self, c: ClientId, now: Nanos) -> Report {
-        Report { best: self.best_ready_for(c, now), any_ready: self.any_ready_watched(c.0) }
-    }
-
     /// Registers the client's spanning wait `wait` (or, when it is already
-    /// registered, moves it to `round`) and reports what this shard has
-    /// for it; nothing is served. A registration of an earlier wait still
+    /// registered, moves it to `round`) and reports the best ready job this
+    /// shard has for it; nothing is served. A registration of an earlier wait still
     /// here is dropped first. Refused, changing nothing, when the memory
     /// for the registration cannot be had.
     pub fn span_probe(
@@ -319,7 +305,7 @@ impl Engine {
         wait: u64,
         round: u64,
         now: Nanos,
-    ) -> Result<Report, OutOfMemory> {
+    ) -> Result<Option<Rank>, OutOfMemory> {
         self.advance(now);
         let key = self.clients[c.index()].span;
         let current = key != NIL && self.spans[key as usize].wait == wait;
@@ -334,17 +320,17 @@ impl Engine {
             if key != NIL {
                 self.end_wait(c.0);
             }
-            let report = self.report_for(c, now);
-            let key = self.spans.insert(Span { claim: claim.clone(), wait, round, report });
+            let reported = self.best_ready_for(c, now);
+            let key = self.spans.insert(Span { claim: claim.clone(), wait, round, reported });
             self.register(c.0, key);
-            return Ok(report);
+            return Ok(reported);
         }
-        let report = self.report_for(c, now);
+        let reported = self.best_ready_for(c, now);
         let span = &mut self.spans[key as usize];
         assert!(round > span.round, "round {round} probed after {}", span.round);
         span.round = round;
-        span.report = report;
-        Ok(report)
+        span.reported = reported;
+        Ok(reported)
     }
 
     /// Reserves job `id` for the client's spanning wait in `round`, when it
@@ -363,9 +349,9 @@ impl Engine {
         }
         let best = self.best_ready_watched(c.0, now);
         let Some(k) = best.filter(|&k| self.jobs[k].id == id) else {
-            let report = self.report_for(c, now);
-            self.spans[key as usize].report = report;
-            return TakeOutcome::Missed(report);
+            let reported = self.best_ready_for(c, now);
+            self.spans[key as usize].reported = reported;
+            return TakeOutcome::Missed(reported);
         };
         match self.spans[key as usize].claim.take(round) {
             Ok(()) => {}
@@ -518,10 +504,12 @@ impl Engine {
             return false;
         }
         let tube = &self.tubes[t as usize];
-        if tube.ready.is_empty() {
+        if tube.is_paused(now) {
             return false;
         }
-        let best = if tube.is_paused(now) { None } else { tube.ready.peek().map(|k| self.rank(k)) };
+        let Some(best) = tube.ready.peek().map(|k| self.rank(k)) else {
+            return false;
+        };
         let mut armed = false;
         for &w in &tube.waiters {
             if !is_live(&self.clients, w) {
@@ -532,8 +520,8 @@ impl Engine {
                 continue;
             }
             let span = &self.spans[key as usize];
-            let beaten = !span.report.any_ready || best.is_some_and(|b| span.report.best.is_none_or(|r| b < r));
-            if beaten && span.claim.dirty(span.round) && best.is_some() {
+            let beaten = span.reported.is_none_or(|r| best < r);
+            if beaten && span.claim.dirty(span.round) {
                 armed = true;
             }
         }

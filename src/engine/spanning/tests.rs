@@ -37,20 +37,21 @@ fn served(e: &mut Engine) -> Vec<(ClientId, u64, u64)> {
 }
 
 #[test]
-fn the_report_is_the_best_unpaused_job_and_any_ready_ignores_pauses() {
+fn the_best_ready_job_for_a_client_passes_paused_tubes_over() {
     let mut e = engine();
     let p = client(&mut e, &["a"]);
     let w = client(&mut e, &["a", "b"]);
-    assert_eq!(e.report_for(w, 0), Report { best: None, any_ready: false });
+    assert_eq!(e.best_ready_for(w, 0), None);
     let a5 = put(&mut e, p, "a", 5, 0);
     let b1 = put(&mut e, p, "b", 1, 0);
-    assert_eq!(e.report_for(w, 0), Report { best: rank(1, b1), any_ready: true });
+    put(&mut e, p, "c", 0, 0);
+    assert_eq!(e.best_ready_for(w, 0), rank(1, b1));
     assert!(e.pause_tube("b", 10, 0));
-    assert_eq!(e.report_for(w, 0), Report { best: rank(5, a5), any_ready: true });
+    assert_eq!(e.best_ready_for(w, 0), rank(5, a5));
     assert!(e.pause_tube("a", 10, 0));
-    assert_eq!(e.report_for(w, 0), Report { best: None, any_ready: true });
+    assert_eq!(e.best_ready_for(w, 0), None);
     // Read-only: nothing moved.
-    assert_eq!(e.stats().ready, 2);
+    assert_eq!(e.stats().ready, 3);
     e.check_invariants(0);
 }
 
@@ -62,8 +63,7 @@ fn a_probe_registers_without_serving_and_a_take_claims_first() {
     let id = put(&mut e, p, "a", 0, 0);
     let claim = Claim::default();
     claim.begin(1);
-    let report = e.span_probe(w, &claim, 1, 1, 0).unwrap();
-    assert_eq!(report.best, rank(0, id));
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(0, id));
     // Registered, counted in the tube (not in the shard's figure), and the
     // job is still ready.
     assert!(e.is_waiting(w));
@@ -89,12 +89,12 @@ fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
     let second = put(&mut e, p, "a", 3, 0);
     let claim = Claim::default();
     claim.begin(1);
-    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap().best, rank(0, first));
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(0, first));
     // Another client takes the best job in between.
     let r = e.join_remote().unwrap();
     e.watch(r, "a").unwrap();
     assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
-    assert_eq!(e.span_take(w, 1, first, 0), TakeOutcome::Missed(Report { best: rank(3, second), any_ready: true }));
+    assert_eq!(e.span_take(w, 1, first, 0), TakeOutcome::Missed(rank(3, second)));
     // The round goes on: the next take succeeds.
     assert_eq!(claim.load(), (1, ClaimState::Probing));
     assert!(matches!(e.span_take(w, 1, second, 0), TakeOutcome::Taken { job, .. } if job.id == second));
@@ -109,7 +109,7 @@ fn a_better_job_left_ready_makes_the_round_dirty_and_the_take_fails() {
     let a = put(&mut e, p, "a", 5, 0);
     let claim = Claim::default();
     claim.begin(1);
-    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap().best, rank(5, a));
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(5, a));
     // A worse job changes nothing; a better one makes the round dirty.
     put(&mut e, p, "b", 9, 0);
     assert_eq!(claim.load(), (1, ClaimState::Probing));
@@ -121,7 +121,7 @@ fn a_better_job_left_ready_makes_the_round_dirty_and_the_take_fails() {
     assert!(e.is_waiting(w));
     // The next round sees the better job and takes it.
     claim.begin(2);
-    assert_eq!(e.span_probe(w, &claim, 1, 2, 0).unwrap().best, rank(1, b));
+    assert_eq!(e.span_probe(w, &claim, 1, 2, 0).unwrap(), rank(1, b));
     assert!(matches!(e.span_take(w, 2, b, 0), TakeOutcome::Taken { job, .. } if job.id == b));
     e.check_invariants(0);
 }
@@ -137,7 +137,7 @@ fn a_job_taken_by_an_armed_waiter_at_once_leaves_the_round_clean() {
     let w = client(&mut e, &["a"]);
     let claim = Claim::default();
     claim.begin(1);
-    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), Report::default());
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), None);
     let id = put(&mut e, p, "a", 0, 0);
     assert!(matches!(&e.take_wakes().collect::<Vec<_>>()[..], [(c, Wake::Reserved(j))] if *c == o && j.id == id));
     assert_eq!(claim.load(), (1, ClaimState::Probing));
@@ -147,27 +147,20 @@ fn a_job_taken_by_an_armed_waiter_at_once_leaves_the_round_clean() {
 }
 
 #[test]
-fn any_arrival_spoils_a_round_that_reported_nothing_ready_even_in_a_paused_tube() {
-    // DEADLINE_SOON rests on "no watched tube has a ready job, paused or
-    // not", so a report saying so is spoilt by any job left ready.
+fn a_job_in_a_paused_tube_spoils_nothing_until_the_pause_ends() {
     let mut e = engine();
     let p = client(&mut e, &["a"]);
     let w = client(&mut e, &["a"]);
     e.pause_tube("a", 10, 0);
     let claim = Claim::default();
     claim.begin(1);
-    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), Report::default());
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), None);
     put(&mut e, p, "a", 0, 0);
-    assert_eq!(claim.load(), (1, ClaimState::Dirty));
-    // A round that saw the paused job is not spoilt by another one, but
-    // the end of the pause makes a job visible that beats "none".
-    claim.begin(2);
-    assert_eq!(e.span_probe(w, &claim, 1, 2, 0).unwrap(), Report { best: None, any_ready: true });
-    put(&mut e, p, "a", 0, 0);
-    assert_eq!(claim.load(), (2, ClaimState::Probing));
+    assert_eq!(claim.load(), (1, ClaimState::Probing));
+    // The end of the pause makes a job visible that beats "none".
     e.advance(10 * S);
-    assert_eq!(claim.load(), (2, ClaimState::Dirty));
-    assert_eq!(e.stats().ready, 2);
+    assert_eq!(claim.load(), (1, ClaimState::Dirty));
+    assert_eq!(e.stats().ready, 1);
     e.check_invariants(10 * S);
 }
 
@@ -340,7 +333,7 @@ fn an_unpause_serves_armed_spanning_waits_best_job_first() {
     let b = put(&mut e, p, "b", 2, 0);
     let claim = Claim::default();
     claim.begin(1);
-    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), Report { best: None, any_ready: true });
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), None);
     claim.arm(1).unwrap();
     e.advance(S);
     assert_eq!(served(&mut e), vec![(w, 1, b)]);

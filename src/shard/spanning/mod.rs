@@ -50,23 +50,27 @@
 //! 1. **Probe.** The session starts round `r` (word: `r`, probing) and
 //!    sends [`SpanRequest::Probe`] to every shard of its watch list. Each
 //!    shard registers the wait in the queue of each watched tube it owns
-//!    (in arrival order, as any waiter) and answers what it has: its best
-//!    ready `(pri, id)` among the session's unpaused watched tubes, and
-//!    whether any of them has a ready job at all ([`Report`]). From then
-//!    on, a job that becomes ready on that shard, is left ready (no armed
-//!    waiter took it) and beats that report turns the word *dirty*.
+//!    (in arrival order, as any waiter) and answers its *report*: its best
+//!    ready `(pri, id)` among the session's unpaused watched tubes, or
+//!    none. From then on, a job that becomes ready on that shard (a put,
+//!    a release, a kick, a delay or a TTR running out, a pause ending), is
+//!    left ready (no armed waiter took it) and beats that report turns the
+//!    word *dirty*.
 //! 2. **Decide**, once every report of the round is in, as beanstalkd
 //!    decides at the instant it runs the reserve:
-//!    * DEADLINE_SOON if one of the session's reservations is within its
-//!      safety margin and no watched tube has a ready job, paused or not;
-//!    * otherwise, if some shard reported a job, [`SpanRequest::Take`] to
-//!      the shard of the least one: that shard checks the job is still
-//!      the session's best there, and takes it only if it wins the word
-//!      from `r`, probing. A job gone meanwhile earns a fresh report
+//!    * if some shard reported a job, [`SpanRequest::Take`] to the shard
+//!      of the least one: that shard checks the job is still the
+//!      session's best there, and takes it only if it wins the word from
+//!      `r`, probing. A job gone meanwhile earns a fresh report
 //!      ([`SpanAnswer::Missed`]) and the session takes the next least;
-//!    * otherwise, with a timeout of 0 or one already past, TIMED_OUT (or
-//!      DEADLINE_SOON inside the margin), and DEADLINE_SOON inside the
-//!      margin whatever the timeout;
+//!    * otherwise DEADLINE_SOON if one of the session's reservations is
+//!      within its safety margin, and TIMED_OUT with a timeout of 0 or one
+//!      already past. (beanstalkd first answers DEADLINE_SOON when no
+//!      watched tube has a ready job even paused; with only paused jobs
+//!      it lets the client wait, and the client's timer, already due,
+//!      answers DEADLINE_SOON at the next tick: with nothing to take, the
+//!      answer inside the margin is DEADLINE_SOON either way, so reports
+//!      need not say whether paused tubes hold jobs.)
 //!    * otherwise the session *arms* the wait (word: `r`, open) and sets
 //!      its timer to the earlier of the timeout and the start of the
 //!      margin of its soonest reservation.
@@ -114,8 +118,7 @@
 //!   best ready for it when it gets it (among several made ready in one
 //!   step, the shard picks the best first, as beanstalkd's queue pass
 //!   does). TIMED_OUT and DEADLINE_SOON are given at a clean close, when
-//!   no watched unpaused tube had a ready job (none at all, for the
-//!   DEADLINE_SOON of a reserve that has not waited).
+//!   no watched unpaused tube had a ready job.
 //! * **First come, first served per tube.** A tube's shard serves its
 //!   armed waiters in the order it registered them; a spanning wait that
 //!   is still probing keeps its place and is passed over, as one server
@@ -175,7 +178,7 @@
 //! answer from a round's reports when the round is dirty; let a shard time
 //! or count a spanning wait in its own `current-waiting`.
 
-use crate::engine::{Claim, ClientId, Engine, JobRef, Nanos, Report, SAFETY_MARGIN_NS, TakeOutcome, secs};
+use crate::engine::{Claim, ClientId, Engine, JobRef, Nanos, Rank, SAFETY_MARGIN_NS, TakeOutcome, secs};
 use crate::shard::route::ShardId;
 
 #[cfg(test)]
@@ -207,14 +210,15 @@ pub enum SpanRequest {
 /// A shard's answer to a session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SpanAnswer {
-    /// What the shard has, for a probe of `round`.
-    Report { round: u64, report: Report },
+    /// The best ready job the shard has for the session (none: `None`),
+    /// for a probe of `round`.
+    Report { round: u64, best: Option<Rank> },
     /// The registration could not be made for want of memory.
     OutOfMemory { round: u64 },
     /// The take of `round` won: the job is reserved for the session.
     Taken { round: u64, job: JobRef, deadline: Nanos },
-    /// The job to take was gone; what the shard has now.
-    Missed { round: u64, report: Report },
+    /// The job to take was gone; the best the shard has now.
+    Missed { round: u64, best: Option<Rank> },
     /// The take found `round` dirty; nothing was taken.
     Dirty { round: u64 },
     /// The take found `round` over; nothing was taken.
@@ -261,12 +265,12 @@ pub type Outgoing = (ShardId, ClientId, SpanRequest);
 pub fn execute(engine: &mut Engine, client: ClientId, request: SpanRequest, now: Nanos) -> Option<SpanAnswer> {
     match request {
         SpanRequest::Probe { claim, wait, round } => Some(match engine.span_probe(client, &claim, wait, round, now) {
-            Ok(report) => SpanAnswer::Report { round, report },
+            Ok(best) => SpanAnswer::Report { round, best },
             Err(_) => SpanAnswer::OutOfMemory { round },
         }),
         SpanRequest::Take { round, id } => Some(match engine.span_take(client, round, id, now) {
             TakeOutcome::Taken { job, deadline } => SpanAnswer::Taken { round, job, deadline },
-            TakeOutcome::Missed(report) => SpanAnswer::Missed { round, report },
+            TakeOutcome::Missed(best) => SpanAnswer::Missed { round, best },
             TakeOutcome::Dirty => SpanAnswer::Dirty { round },
             TakeOutcome::Ended => SpanAnswer::Ended { round },
         }),
@@ -420,7 +424,8 @@ enum Phase {
 struct Part {
     shard: ShardId,
     client: ClientId,
-    report: Option<Report>,
+    reported: bool,
+    best: Option<Rank>,
 }
 
 /// The session's side of one reserve that spans shards (see the module
@@ -455,7 +460,7 @@ impl SpanReserve {
         let mut reserve = SpanReserve {
             wait: 0,
             round: 0,
-            parts: parts.iter().map(|&(shard, client)| Part { shard, client, report: None }).collect(),
+            parts: parts.iter().map(|&(shard, client)| Part { shard, client, reported: false, best: None }).collect(),
             pending: 0,
             phase: Phase::Probing,
             timeout_at: timeout_s.map(|s| now + secs(s)),
@@ -494,7 +499,7 @@ impl SpanReserve {
         self.phase = Phase::Probing;
         self.pending = self.parts.len();
         for part in &mut self.parts {
-            part.report = None;
+            part.reported = false;
             let request = SpanRequest::Probe { claim: session.claim.clone(), wait: self.wait, round: self.round };
             out.push((part.shard, part.client, request));
         }
@@ -514,9 +519,10 @@ impl SpanReserve {
             panic!("an answer from shard {shard:?}, which this reserve does not span");
         };
         match (self.phase, answer) {
-            (Phase::Probing, SpanAnswer::Report { round, report }) if round == self.round => {
-                assert!(self.parts[i].report.is_none(), "two reports from one shard in one round");
-                self.parts[i].report = Some(report);
+            (Phase::Probing, SpanAnswer::Report { round, best }) if round == self.round => {
+                assert!(!self.parts[i].reported, "two reports from one shard in one round");
+                self.parts[i].reported = true;
+                self.parts[i].best = best;
                 self.pending -= 1;
                 if self.pending == 0 {
                     return self.decide(session, holdings, now, out);
@@ -532,8 +538,8 @@ impl SpanReserve {
             (Phase::Taking(t), SpanAnswer::Taken { round, job, deadline }) if round == self.round && t == i => {
                 self.finish(Outcome::Reserved { shard, job, deadline }, Some(i), out)
             }
-            (Phase::Taking(t), SpanAnswer::Missed { round, report }) if round == self.round && t == i => {
-                self.parts[i].report = Some(report);
+            (Phase::Taking(t), SpanAnswer::Missed { round, best }) if round == self.round && t == i => {
+                self.parts[i].best = best;
                 self.decide(session, holdings, now, out)
             }
             (Phase::Taking(t), SpanAnswer::Dirty { round }) if round == self.round && t == i => {
@@ -570,13 +576,8 @@ impl SpanReserve {
         now: Nanos,
         out: &mut Vec<Outgoing>,
     ) -> Option<Outcome> {
-        let reports = || self.parts.iter().map(|p| p.report.expect("decided before every report was in"));
-        let soon = holdings.deadline_soon(now);
-        if soon && !reports().any(|r| r.any_ready) {
-            return self.close_probing(session, Outcome::DeadlineSoon, out);
-        }
-        let best =
-            self.parts.iter().enumerate().filter_map(|(i, p)| p.report.and_then(|r| r.best).map(|b| (b, i))).min();
+        assert!(self.parts.iter().all(|p| p.reported), "decided before every report was in");
+        let best = self.parts.iter().enumerate().filter_map(|(i, p)| p.best.map(|b| (b, i))).min();
         if let Some((rank, i)) = best {
             self.phase = Phase::Taking(i);
             out.push((self.parts[i].shard, self.parts[i].client, SpanRequest::Take { round: self.round, id: rank.id }));
@@ -584,6 +585,7 @@ impl SpanReserve {
         }
         // Nothing ready in an unpaused tube: beanstalkd would wait, and
         // its timer would answer at once when already due.
+        let soon = holdings.deadline_soon(now);
         let timed_out = self.timeout_at.is_some_and(|at| at <= now);
         if soon || timed_out {
             let outcome = if soon { Outcome::DeadlineSoon } else { Outcome::TimedOut };
