@@ -655,8 +655,12 @@ impl World {
     }
 
     fn reserve(&mut self, s: usize) {
-        let now = self.now;
         let timeout = self.rng.pick(&[None, None, Some(0), Some(0), Some(1), Some(2)]);
+        self.reserve_with(s, timeout);
+    }
+
+    fn reserve_with(&mut self, s: usize, timeout: Option<u32>) {
+        let now = self.now;
         let sess = &mut self.sessions[s];
         sess.reserves += 1;
         let number = sess.reserves;
@@ -1051,7 +1055,7 @@ impl World {
         self.hosts[s].engine.check_invariants(now);
         self.compare_shard(s);
         for g in &got {
-            self.check_best(s, g, &ready_before);
+            self.check_best(s, g, &ready_before, before);
             if g.waited {
                 self.check_first_come(s, g);
             }
@@ -1120,7 +1124,7 @@ impl World {
     /// The job reserved in a step of shard `s` was the best for its
     /// client: better than anything ready for it on another shard, and
     /// than anything ready for it here both before and after the step.
-    fn check_best(&self, s: usize, g: &Got, ready_before: &[u64]) {
+    fn check_best(&self, s: usize, g: &Got, ready_before: &[u64], before: Nanos) {
         let sess = &self.sessions[g.session];
         if !sess.alive || sess.life != g.life {
             return;
@@ -1128,6 +1132,13 @@ impl World {
         let job = &self.model.jobs[&g.id];
         let rank = Rank { pri: job.pri, id: g.id };
         assert!(sess.watched.contains(&job.tube), "job {} of tube {} for a session not watching it", g.id, job.tube);
+        let paused_at = |at: Nanos| self.model.tubes[job.tube].pause.is_some_and(|(_, until)| until > at);
+        assert!(
+            !(paused_at(before) && paused_at(self.hosts[s].now)),
+            "job {} reserved from tube {}, paused all along",
+            g.id,
+            job.tube
+        );
         for shard in (0..self.n).filter(|&x| x != s) {
             let host = &self.hosts[shard];
             let best = host.engine.best_ready_for(sess.proxies[shard], host.now);
@@ -1210,11 +1221,25 @@ impl World {
             panic!("session {s} answered without a reserve");
         };
         if soon {
-            let due = sess.holdings.live(0).any(|h| now >= h.deadline.saturating_sub(crate::engine::SAFETY_MARGIN_NS));
+            let margin = crate::engine::SAFETY_MARGIN_NS;
+            let due = if step.is_none() {
+                // The session's decision: a reservation its shard holds
+                // for it, not run out, within its margin now.
+                sess.holdings.live(0).any(|h| {
+                    let shard = h.shard.0 as usize;
+                    let held = self.hosts[shard].engine.reservation_deadline(sess.proxies[shard], h.id);
+                    held == Some(h.deadline) && h.deadline >= now && now >= h.deadline.saturating_sub(margin)
+                })
+            } else {
+                // A shard's timers may have run the reservation out later
+                // in the same step.
+                sess.holdings.live(0).any(|h| now >= h.deadline.saturating_sub(margin))
+            };
             assert!(due, "session {s} DEADLINE_SOON with no reservation within its margin");
         } else {
             let timeout = reserving.timeout.expect("TIMED_OUT for a plain reserve");
             assert!(now >= reserving.sent_at + secs(timeout), "session {s} TIMED_OUT early");
+            assert!(!sess.holdings.deadline_soon(now), "session {s} TIMED_OUT inside a reservation's margin");
         }
         for shard in 0..self.n {
             if step.is_some_and(|(x, _)| x == shard) {
@@ -1236,19 +1261,87 @@ impl World {
         }
     }
 
-    /// Everything in flight delivered: the shards' counters are the
-    /// model's, and every session's record of its reservations is what
-    /// the shards hold for it.
-    fn check_quiet(&mut self) {
-        for s in 0..self.n {
-            self.shard_step(s, None);
-        }
-        while self.rings.iter().any(|r| !r.is_empty()) || self.fire_due_timer() {
-            let r = (0..self.rings.len()).find(|&r| !self.rings[r].is_empty());
-            if let Some(r) = r {
-                self.deliver(r);
+    /// Ticks every shard at the current time and delivers everything in
+    /// flight, firing the sessions' due timers, until nothing moves.
+    fn settle(&mut self) {
+        loop {
+            for s in 0..self.n {
+                self.shard_step(s, None);
+            }
+            let mut moved = false;
+            while self.rings.iter().any(|r| !r.is_empty()) || self.fire_due_timer() {
+                moved = true;
+                if let Some(r) = (0..self.rings.len()).find(|&r| !self.rings[r].is_empty()) {
+                    self.deliver(r);
+                }
+            }
+            if !moved {
+                return;
             }
         }
+    }
+
+    /// Once settled, every reserve not answered is a wait that can still
+    /// be answered: armed, with nothing ready for it, and neither timed
+    /// out nor inside the margin of a reservation (its timer would have
+    /// fired).
+    fn check_live(&self) {
+        let now = self.now;
+        for (s, sess) in self.sessions.iter().enumerate().filter(|(_, s)| s.alive) {
+            let Pending::Reserve(r) = &sess.pending else {
+                assert!(matches!(sess.pending, Pending::Idle), "session {s} still waits for {:?}", sess.pending);
+                continue;
+            };
+            match &r.how {
+                How::Single { shard } => {
+                    assert!(self.hosts[*shard].engine.is_waiting(sess.proxies[*shard]), "session {s} lost its wait");
+                }
+                How::Span(span) => {
+                    assert!(span.is_armed(), "session {s} left mid-round");
+                    assert_eq!(sess.span.claim().load().1, ClaimState::Open, "session {s} armed on a word not open");
+                    let timed_out = r.timeout.is_some_and(|t| now >= r.sent_at + secs(t));
+                    assert!(!timed_out, "session {s} waits past its timeout");
+                }
+            }
+            assert!(!sess.holdings.deadline_soon(now), "session {s} waits inside a reservation's margin");
+            for (shard, host) in self.hosts.iter().enumerate() {
+                let best = host.engine.best_ready_for(sess.proxies[shard], host.now);
+                assert_eq!(best, None, "session {s} waits while a job is ready for it on shard {shard}");
+            }
+        }
+    }
+
+    /// Everything in flight delivered: the shards' counters are the
+    /// model's, every session's record of its reservations is what the
+    /// shards hold for it, and every wait can still be answered; then
+    /// again as the clock runs on until every timeout and reservation has
+    /// run out.
+    fn check_quiet(&mut self) {
+        self.settle();
+        self.check_counters();
+        self.check_live();
+        // Every idle session reserves until it waits: sessions end up
+        // waiting while they hold jobs, whose margins must then end their
+        // waits as the clock runs on.
+        for _ in 0..4 {
+            for s in 0..self.sessions.len() {
+                if self.sessions[s].alive && matches!(self.sessions[s].pending, Pending::Idle) {
+                    self.reserve_with(s, None);
+                }
+            }
+            self.settle();
+            self.check_live();
+        }
+        for _ in 0..16 {
+            self.now += S / 2;
+            trace(format!("clock +0.5 s = {}", self.now));
+            self.settle();
+            self.check_live();
+        }
+        self.check_counters();
+    }
+
+    fn check_counters(&self) {
         let mut sum = crate::engine::ServerStats::default();
         for host in &self.hosts {
             let st = host.engine.stats();
