@@ -7,15 +7,15 @@
 //! A spanning wait is *registered* on a shard by [`Engine::span_probe`]:
 //! the client joins the waiter queue of each of its watched tubes here, in
 //! arrival order like any waiter, and the call answers the best ready job
-//! the shard has for it (its *report*) without serving anything. From then on the claim
-//! word decides what the registration is:
+//! the shard has for it (its *report*) without serving anything. From then
+//! on the claim word decides what the registration is:
 //!
 //! * **probing** (or **dirty**): the session is still deciding. The wait is
 //!   not served; it keeps its place in the queues, and waiters behind it
 //!   are served as if it were not there. A job that becomes ready here and
 //!   stays ready (no armed waiter took it) and beats what the shard last
 //!   reported marks the word dirty, so that a decision resting on that
-//!   report fails ([`Engine::notice_ready`]).
+//!   report fails (`Engine::notice_ready`, after every serve).
 //! * **open** (armed): the wait is served like any waiter, first come first
 //!   served in each tube, after the shard has claimed it with one
 //!   compare-exchange on the word; a failed claim (another shard served it,
@@ -40,7 +40,8 @@
 //!   timeouts and DEADLINE_SOON); they are counted in each watched tube's
 //!   `current-waiting`, as any waiter.
 //! * Nothing here allocates after the registration: room for the answer
-//!   owed to each registered wait is made when it registers.
+//!   owed to each registered wait is made when it registers, and room for
+//!   every remote client's expiry notice when it joins.
 //!
 //! # What it must never do
 //! Serve a registration whose word it has not claimed; change a counter

@@ -157,9 +157,15 @@
 //! [`ToShard`] and [`ToSession`] are what the mailbox rings will carry
 //! (one ring per ordered pair of cores, in order). What crosses cores is
 //! owned by the message: a job's [`crate::engine::Body`] is shared by an
-//! atomic reference count over immutable bytes (so it is `Send` and
-//! `Sync`, and its last owner may free it on any core), and the claim word
-//! is an `Arc` of an atomic. The protocol needs the rings' order only
+//! atomic reference count over bytes never written once it exists, so it
+//! is already `Send` and `Sync` and needs nothing more: its last owner may
+//! free it on any core (mimalloc takes frees from other threads, and the
+//! accounting of large bodies' mappings is process-wide). A body being
+//! received, a `BodyBuilder`, must not cross: its drop adjusts its core's
+//! count of memory made resident ahead. The claim word is an `Arc` of an
+//! atomic, and [`ClientId`] and ranks are plain numbers; the compiler
+//! checks below that both envelopes are `Send`. The protocol needs the
+//! rings' order only
 //! within one session's messages to one shard (a disconnect after the
 //! requests before it); every answer carries its round, so a stale one is
 //! recognised and dropped.
@@ -169,9 +175,11 @@
 //! hop each way, twice) and `n - 1` unwaits, which need no answer; a wait
 //! costs the probes, one served answer and the unwaits. A round is retried
 //! only when a job that beats a report was left ready meanwhile: at equal
-//! priority a new put never beats one (its id is larger), so retries come
-//! from lower priorities, releases and kicks of older jobs, each retry
-//! seeing what spoilt the one before. No bound is put on retries.
+//! priority a new put almost never beats one (its id is larger, unless its
+//! put line was accepted before the reported job's and its body came
+//! after), so retries come from lower priorities, releases and kicks of
+//! older jobs, each retry seeing what spoilt the one before. No bound is
+//! put on retries.
 //!
 //! # What it must never do
 //! Reserve a job without winning the claim word; answer a reserve twice;

@@ -294,6 +294,8 @@ struct Got {
     id: u64,
     /// Served to a waiter (not an immediate reserve or take).
     waited: bool,
+    /// The model has followed it.
+    applied: bool,
 }
 
 struct Host {
@@ -828,13 +830,20 @@ impl World {
             .filter(|(_, j)| self.model.tubes[j.tube].pause.is_none_or(|(_, until)| until <= before))
             .map(|(&id, _)| id)
             .collect();
+        // Tubes paused from before the step to its end: nothing of theirs
+        // may be reserved in it.
+        let paused_throughout: Vec<bool> =
+            self.model.tubes.iter().map(|t| t.pause.is_some_and(|(_, until)| until > now)).collect();
         self.hosts[s].now = now;
         self.model.advance(s, now, &self.home_of);
         let mut got: Vec<Got> = Vec::new();
         let mut answers: Vec<(usize, u32, Answer)> = Vec::new();
         let mut decided: Vec<(usize, u32, bool)> = Vec::new();
+        // The shard's timers first, and what they owe, as the engine runs
+        // them before any command.
+        self.hosts[s].engine.advance(now);
+        self.drain(s, now, &mut got, &mut answers, &mut decided);
         let host = &mut self.hosts[s];
-        host.engine.advance(now);
         if let Some((session, life, client, cmd)) = input {
             trace(format!("shard {s} runs for session {session} life {life}: {cmd:?}"));
             let key = (session, life, s);
@@ -857,7 +866,7 @@ impl World {
                         }
                     }
                     if let Some(SpanAnswer::Taken { job, .. }) = &answer {
-                        got.push(Got { session, life, id: job.id, waited: false });
+                        got.push(Got { session, life, id: job.id, waited: false, applied: false });
                     }
                     answer.map(Answer::Span)
                 }
@@ -898,7 +907,7 @@ impl World {
                 }
                 Cmd::Reserve(timeout) => Some(Answer::Reply(match e.reserve(client, timeout, now) {
                     ReserveOutcome::Reserved(job) => {
-                        got.push(Got { session, life, id: job.id, waited: false });
+                        got.push(Got { session, life, id: job.id, waited: false, applied: false });
                         Reply::Reserved { id: job.id, deadline: e.reservation_deadline(client, job.id).unwrap() }
                     }
                     ReserveOutcome::Waiting => {
@@ -1014,7 +1023,40 @@ impl World {
                 answers.push((session, life, answer));
             }
         }
-        // What the step owes other sessions.
+        self.drain(s, now, &mut got, &mut answers, &mut decided);
+        self.model.collect(s, &self.home_of);
+        // Checks.
+        self.hosts[s].engine.check_invariants(now);
+        self.compare_shard(s);
+        for g in &got {
+            self.check_best(s, g, &ready_before, &paused_throughout);
+            if g.waited {
+                self.check_first_come(s, g);
+            }
+        }
+        for &(session, life, soon) in &decided {
+            if self.sessions[session].alive && self.sessions[session].life == life {
+                self.check_decided(session, soon, Some((s, &ready_before)));
+            }
+        }
+        for (session, life, answer) in answers {
+            let home = self.sessions[session].home;
+            self.rings[s * self.n + home].push_back(Msg::ToSession { session, life, shard: s, answer });
+        }
+    }
+
+    /// Takes what shard `s` owes sessions (wakes, served spanning waits,
+    /// expiry notices) into `answers`, and makes the model follow the
+    /// reservations made since the last drain of this step.
+    fn drain(
+        &mut self,
+        s: usize,
+        now: Nanos,
+        got: &mut Vec<Got>,
+        answers: &mut Vec<(usize, u32, Answer)>,
+        decided: &mut Vec<(usize, u32, bool)>,
+    ) {
+        let applied = got.iter().filter(|g| g.applied).count();
         let host = &mut self.hosts[s];
         let wakes: Vec<_> = host.engine.take_wakes().collect();
         for (c, wake) in wakes {
@@ -1022,7 +1064,7 @@ impl World {
             let reply = match wake {
                 Wake::Reserved(job) => {
                     cover(|c| c.served_single += 1);
-                    got.push(Got { session, life, id: job.id, waited: true });
+                    got.push(Got { session, life, id: job.id, waited: true, applied: false });
                     Reply::Reserved { id: job.id, deadline: host.engine.reservation_deadline(c, job.id).unwrap() }
                 }
                 Wake::TimedOut => {
@@ -1040,34 +1082,16 @@ impl World {
         owed(&mut host.engine, |c, answer| {
             let (session, life) = owner[&c];
             if let SpanAnswer::Served { job, .. } = &answer {
-                got.push(Got { session, life, id: job.id, waited: true });
+                got.push(Got { session, life, id: job.id, waited: true, applied: false });
             }
             answers.push((session, life, Answer::Span(answer)));
         });
         // The model follows the reservations made.
-        for g in &got {
+        for g in got.iter_mut().skip(applied) {
+            g.applied = true;
             let job = self.model.jobs.get_mut(&g.id).expect("a reserved job the model does not have");
             assert_eq!(job.state, MState::Ready, "job {} reserved from {:?}", g.id, job.state);
             job.state = MState::Reserved { session: g.session, life: g.life, deadline: now + secs(job.ttr) };
-        }
-        self.model.collect(s, &self.home_of);
-        // Checks.
-        self.hosts[s].engine.check_invariants(now);
-        self.compare_shard(s);
-        for g in &got {
-            self.check_best(s, g, &ready_before, before);
-            if g.waited {
-                self.check_first_come(s, g);
-            }
-        }
-        for &(session, life, soon) in &decided {
-            if self.sessions[session].alive && self.sessions[session].life == life {
-                self.check_decided(session, soon, Some((s, &ready_before)));
-            }
-        }
-        for (session, life, answer) in answers {
-            let home = self.sessions[session].home;
-            self.rings[s * self.n + home].push_back(Msg::ToSession { session, life, shard: s, answer });
         }
     }
 
@@ -1124,7 +1148,7 @@ impl World {
     /// The job reserved in a step of shard `s` was the best for its
     /// client: better than anything ready for it on another shard, and
     /// than anything ready for it here both before and after the step.
-    fn check_best(&self, s: usize, g: &Got, ready_before: &[u64], before: Nanos) {
+    fn check_best(&self, s: usize, g: &Got, ready_before: &[u64], paused_throughout: &[bool]) {
         let sess = &self.sessions[g.session];
         if !sess.alive || sess.life != g.life {
             return;
@@ -1132,9 +1156,9 @@ impl World {
         let job = &self.model.jobs[&g.id];
         let rank = Rank { pri: job.pri, id: g.id };
         assert!(sess.watched.contains(&job.tube), "job {} of tube {} for a session not watching it", g.id, job.tube);
-        let paused_at = |at: Nanos| self.model.tubes[job.tube].pause.is_some_and(|(_, until)| until > at);
+        let paused_after = self.model.tubes[job.tube].pause.is_some_and(|(_, until)| until > self.hosts[s].now);
         assert!(
-            !(paused_at(before) && paused_at(self.hosts[s].now)),
+            !(paused_throughout[job.tube] && paused_after),
             "job {} reserved from tube {}, paused all along",
             g.id,
             job.tube

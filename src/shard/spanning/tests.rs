@@ -3,7 +3,7 @@
 //! places its race where it wants it.
 
 use super::*;
-use crate::engine::{Body, ClaimState, EngineConfig, IdSource, NANOS_PER_SEC, PutOutcome, Rank, ReserveOutcome};
+use crate::engine::{Body, ClaimState, EngineConfig, IdSource, NANOS_PER_SEC, PutOutcome, ReserveOutcome};
 use crate::shard::route::shard_of_tube;
 
 const S: Nanos = NANOS_PER_SEC;
@@ -324,10 +324,11 @@ fn a_disconnect_crossing_a_serve_puts_the_job_back() {
 
 #[test]
 fn a_second_reserve_is_never_served_by_the_first_ones_registrations() {
-    // The first wait times out; its unwait to shard 0 is still on its
-    // way when the second reserve probes shard 1 and arms... it cannot arm
-    // before shard 0 answers the new round, and shard 0's old registration
-    // does nothing meanwhile.
+    // The first wait times out; its unwaits are still on their way when
+    // the second reserve starts (its word is at round 2). A job put on
+    // shard 0 meanwhile is not served to the old registration there, which
+    // answered round 1; the second reserve, once its probes are in, takes
+    // it.
     let mut t = Two::new();
     let (mut r, out) = t.start(Some(1), 0);
     assert!(t.settle(&mut r, out, 0).is_none());
@@ -342,7 +343,8 @@ fn a_second_reserve_is_never_served_by_the_first_ones_registrations() {
         t.run(request, S);
     }
     assert_eq!(reserved(t.settle(&mut r2, out, S)), (ShardId(0), a));
-    assert_eq!(t.e[0].best_ready_for(t.proxy[0], S), None, "and nothing else is ready: {:?}", Rank { pri: 0, id: a });
+    assert_eq!(t.e[0].best_ready_for(t.proxy[0], S), None);
+    assert!(!t.e[0].is_waiting(t.proxy[0]) && !t.e[1].is_waiting(t.proxy[1]));
 }
 
 #[test]
