@@ -34,6 +34,16 @@ pub struct Client {
     pub wake_at: Nanos,
     pub producer: bool,
     pub worker: bool,
+    /// While the wait is one shard's part of a reserve that spans shards:
+    /// its key in the engine's table of such waits (see
+    /// [`super::spanning`]); NIL otherwise.
+    pub span: u32,
+    /// The client's session is on another core, which must be told of its
+    /// reservations that run out here ([`super::Engine::join_remote`]).
+    pub remote: bool,
+    /// A reservation of this remote client ran out and its session has not
+    /// been told yet.
+    pub expired_pending: bool,
 }
 
 impl Client {
@@ -60,6 +70,9 @@ impl Client {
             wake_at: 0,
             producer: false,
             worker: false,
+            span: NIL,
+            remote: false,
+            expired_pending: false,
         }
     }
 }

@@ -48,6 +48,7 @@ pub mod heap;
 mod ids;
 pub mod job;
 mod keys;
+pub mod spanning;
 pub mod stats;
 pub mod time;
 pub mod tube;
@@ -68,6 +69,7 @@ use ids::IdMap;
 pub use ids::IdSource;
 pub use job::JobState;
 use job::{Extras, Job, NIL};
+pub use spanning::{Claim, ClaimState, Rank, SpanServed, TakeOutcome};
 pub use stats::{JobStats, Op, OpCounts, ServerStats, TubeStats};
 pub use time::{NANOS_PER_SEC, Nanos, SAFETY_MARGIN_NS, secs};
 pub use tube::shard_of_tube;
@@ -222,6 +224,14 @@ pub struct Engine {
     /// Tubes whose pause ended in the current [`Engine::advance`], with
     /// room for every tube and one more.
     unpaused: Vec<u32>,
+    /// Spanning waits registered here (see [`spanning`]).
+    spans: Slots<spanning::Span>,
+    /// Answers owed to spanning waits served here, with room for one per
+    /// registration.
+    span_served: Vec<SpanServed>,
+    /// Remote clients whose reservations ran out here, with room for every
+    /// remote client.
+    expiry_notices: Vec<u32>,
 }
 
 impl Engine {
@@ -261,6 +271,9 @@ impl Engine {
             wal_pos: wal::WalPositions::default(),
             bury_seq: 0,
             unpaused: Vec::new(),
+            spans: Slots::default(),
+            span_served: Vec::new(),
+            expiry_notices: Vec::new(),
         };
         // `default` lives on the shard its name hashes to, like any tube;
         // the others never make it.
@@ -317,6 +330,8 @@ impl Engine {
             self.end_wait(c.0);
         }
         self.wakes.retain(|(w, _)| *w != c);
+        self.span_served.retain(|s| s.client != c);
+        self.expiry_notices.retain(|&w| w != c.0);
         self.advance(now);
         loop {
             let head = self.clients[c.index()].reserved.head;
@@ -955,6 +970,7 @@ impl Engine {
         self.detach(k);
         self.note(k, |e| e.timeouts += 1);
         self.counts.job_timeouts += 1;
+        self.note_expiry(c);
         if self.clients[c as usize].wait.is_some() {
             self.schedule_client(c);
         }
@@ -1071,17 +1087,27 @@ impl Engine {
     /// queue pass, limited to the tubes that can have become matchable.
     fn match_tubes(&mut self, tubes: &[u32], now: Nanos) {
         loop {
-            let order = ReadyOrderRef(&self.jobs);
-            let best = tubes
-                .iter()
-                .map(|&t| (t, &self.tubes[t as usize]))
-                .filter(|(_, tube)| tube.waiting > 0 && !tube.is_paused(now))
-                .filter_map(|(t, tube)| tube.ready.peek().map(|k| (t, k)))
-                .reduce(|best, cand| if order.less(cand.1, best.1) { cand } else { best });
-            let Some((t, k)) = best else {
+            loop {
+                let order = ReadyOrderRef(&self.jobs);
+                let best = tubes
+                    .iter()
+                    .filter(|&&t| !self.tubes[t as usize].is_paused(now) && self.has_taker(t))
+                    .filter_map(|&t| self.tubes[t as usize].ready.peek().map(|k| (t, k)))
+                    .reduce(|best, cand| if order.less(cand.1, best.1) { cand } else { best });
+                let Some((t, k)) = best else {
+                    break;
+                };
+                // A failure (the taker's wait ended elsewhere meanwhile)
+                // dropped it: the next pass looks again.
+                self.serve_one(t, k, now);
+            }
+            let mut armed = false;
+            for &t in tubes {
+                armed |= self.notice_ready(t, now);
+            }
+            if !armed {
                 return;
-            };
-            self.serve_one(t, k, now);
+            }
         }
     }
 
@@ -1089,37 +1115,48 @@ impl Engine {
     /// ready jobs.
     fn serve_tube(&mut self, t: u32, now: Nanos) {
         loop {
-            let tube = &self.tubes[t as usize];
-            if tube.waiting == 0 || tube.is_paused(now) {
+            loop {
+                let tube = &self.tubes[t as usize];
+                if tube.waiting == 0 || tube.is_paused(now) {
+                    break;
+                }
+                let Some(k) = tube.ready.peek() else {
+                    break;
+                };
+                if !self.serve_one(t, k, now) {
+                    break;
+                }
+            }
+            if !self.notice_ready(t, now) {
                 return;
             }
-            let Some(k) = tube.ready.peek() else {
-                return;
-            };
-            self.serve_one(t, k, now);
         }
     }
 
-    /// Gives ready job `k` of tube `t` to the tube's oldest waiter.
-    fn serve_one(&mut self, t: u32, k: u32, now: Nanos) {
-        let c = self.pop_waiter(t);
+    /// Gives ready job `k` of tube `t` to the tube's oldest waiter that can
+    /// take it now; false when none can (every live entry is a spanning
+    /// wait still probing, see [`spanning`]).
+    fn serve_one(&mut self, t: u32, k: u32, now: Nanos) -> bool {
+        let c = loop {
+            match self.next_waiter(t) {
+                spanning::NextWaiter::Takes(c) => break c,
+                spanning::NextWaiter::Ended(c) => self.end_wait(c),
+                spanning::NextWaiter::None => return false,
+            }
+        };
+        let span = self.span_of(c);
         self.end_wait(c);
         self.detach(k);
         self.enqueue_reserved(k, c, now);
         let job = self.job_ref(k);
-        self.wakes.push((ClientId(c), Wake::Reserved(job)));
-    }
-
-    /// The oldest live waiter of a tube that has one.
-    fn pop_waiter(&mut self, t: u32) -> u32 {
-        let clients = &self.clients;
-        let waiters = &mut self.tubes[t as usize].waiters;
-        while let Some(w) = waiters.pop_front() {
-            if is_live(clients, w) {
-                return w.client;
+        match span {
+            Some((wait, round)) => {
+                let deadline = self.jobs[k].deadline;
+                self.span_served.push(SpanServed { client: ClientId(c), wait, round, job, deadline });
             }
+            None => self.wakes.push((ClientId(c), Wake::Reserved(job))),
         }
-        panic!("tube {t} counts a waiter it does not have");
+        true
     }
 
     fn start_wait(&mut self, c: u32, timeout_at: Option<Nanos>, _now: Nanos) {
@@ -1139,6 +1176,7 @@ impl Engine {
     fn end_wait(&mut self, c: u32) {
         let client = &mut self.clients[c as usize];
         client.wait = None;
+        let span = std::mem::replace(&mut client.span, NIL);
         // Taken out for the loop, which reads the client table.
         let watched = std::mem::take(&mut client.watched);
         for &t in &watched {
@@ -1152,7 +1190,12 @@ impl Engine {
             }
         }
         self.clients[c as usize].watched = watched;
-        self.counts.waiting -= 1;
+        if span == NIL {
+            self.counts.waiting -= 1;
+        } else {
+            // A spanning wait is counted and timed by its session's core.
+            self.spans.remove(span);
+        }
         let pos = self.clients[c as usize].timer_pos;
         if pos != NO_POS {
             self.client_timers.remove(pos, &mut ClientTimerOrder(&mut self.clients));
@@ -1162,6 +1205,10 @@ impl Engine {
     /// (Re)arms a waiting client's timer: the earlier of its timeout and the
     /// start of the safety margin before its soonest reservation's deadline.
     fn schedule_client(&mut self, c: u32) {
+        if self.clients[c as usize].span != NIL {
+            // Its session's core runs its timeout and DEADLINE_SOON.
+            return;
+        }
         let soon = self.soonest_deadline(c).map(|d| d.saturating_sub(SAFETY_MARGIN_NS));
         let client = &mut self.clients[c as usize];
         let timeout = client.wait.and_then(|w| w.timeout_at);
@@ -1432,7 +1479,7 @@ impl Engine {
             let live = tube.waiters.iter().filter(|&&w| is_live(&self.clients, w)).count();
             assert_eq!(live, tube.waiting as usize, "waiters of tube {}", tube.name);
             assert!(
-                tube.is_paused(now) || tube.waiting == 0 || tube.ready.is_empty(),
+                tube.is_paused(now) || !self.has_taker(t) || tube.ready.is_empty(),
                 "tube {} has both a ready job and a waiter",
                 tube.name
             );
@@ -1441,7 +1488,7 @@ impl Engine {
             assert_eq!((tube.using, tube.watching), (using, watching), "references of tube {}", tube.name);
         }
         for (_, client) in self.clients.iter() {
-            waiting_clients += u64::from(client.wait.is_some());
+            waiting_clients += u64::from(client.wait.is_some() && client.span == NIL);
             let mut k = client.reserved.head;
             let mut n = 0;
             while k != NIL {
@@ -1452,6 +1499,7 @@ impl Engine {
             assert_eq!(n, client.reserved.len);
         }
         assert_eq!(waiting_clients, self.counts.waiting);
+        self.check_spans();
         // Room reserved ahead, so that moves, timers and departures never
         // allocate (see "Memory" in the module doc).
         assert!(self.ttr.capacity() >= self.jobs.len(), "room in the TTR heap");
@@ -1463,7 +1511,11 @@ impl Engine {
         assert!(self.wakes.capacity() >= self.clients.len(), "room for every client's wake");
         assert!(self.delay_timers.capacity() >= self.tubes.len(), "room in the delay timers");
         assert!(self.pause_timers.capacity() >= self.tubes.len(), "room in the pause timers");
-        assert!(self.unpaused.capacity() > self.tubes.len(), "room for every tube in the unpaused list");
+        // (Made with the first tube: a shard that owns none has no room.)
+        assert!(
+            self.tubes.is_empty() || self.unpaused.capacity() > self.tubes.len(),
+            "room for every tube in the unpaused list"
+        );
     }
 }
 

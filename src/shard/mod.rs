@@ -30,6 +30,7 @@
 pub mod request;
 pub mod route;
 pub mod session;
+pub mod spanning;
 
 use std::collections::VecDeque;
 
