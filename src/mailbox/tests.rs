@@ -28,9 +28,10 @@ fn wakes(m: &Mailbox<(usize, u64), Count>) -> usize {
     m.waker.0.load(Ordering::Relaxed)
 }
 
-/// How long a thread in these tests may wait before the test fails: far
-/// beyond anything a working ring needs, so that a hang fails instead of
-/// stalling the suite. Not a measure of speed.
+/// How long a thread in these tests may wait without progress before the
+/// test fails: far beyond anything a working ring needs, so that a hang
+/// fails instead of stalling the suite. Not a measure of speed: it counts
+/// from the last message that moved, so a slow machine is not a hang.
 const HANG_GUARD: Duration = Duration::from_secs(30);
 
 /// A small deterministic generator, so that a failing run repeats.
@@ -208,6 +209,10 @@ fn two_threads_pass_millions_in_order_and_exactly_once() {
     const MESSAGES: u64 = 3_000_000;
     let (mut p, mut c) = ring::<u64>(MAILBOX_SLOTS);
     let start = Instant::now();
+    // The consumer's count of messages taken, which the producer watches
+    // for progress while the ring is full.
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let taken_seen = taken.clone();
     let producer = thread::spawn(move || {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let mut next = 0;
@@ -216,11 +221,16 @@ fn two_threads_pass_millions_in_order_and_exactly_once() {
             // Bursts up to past the capacity, so some fill the ring.
             let burst = 1 + rng.below(2 * MAILBOX_SLOTS as u64);
             for _ in 0..burst.min(MESSAGES - next) {
+                let (mut since, mut seen) = (Instant::now(), taken_seen.load(Ordering::Relaxed));
                 while let Err(back) = p.push(next) {
                     assert_eq!(back, next);
                     refused += 1;
                     p.publish();
-                    assert!(start.elapsed() < HANG_GUARD, "the consumer stopped taking");
+                    let now_taken = taken_seen.load(Ordering::Relaxed);
+                    if now_taken != seen {
+                        (since, seen) = (Instant::now(), now_taken);
+                    }
+                    assert!(since.elapsed() < HANG_GUARD, "the consumer stopped taking");
                     thread::yield_now();
                 }
                 next += 1;
@@ -231,18 +241,21 @@ fn two_threads_pass_millions_in_order_and_exactly_once() {
     });
     let mut expect = 0u64;
     let mut batches = 0u64;
+    let mut progress = Instant::now();
     while expect < MESSAGES {
         let mut batch = c.batch();
         if batch.len() == 0 {
-            assert!(start.elapsed() < HANG_GUARD, "stuck at {expect}");
+            assert!(progress.elapsed() < HANG_GUARD, "stuck at {expect}");
             thread::yield_now();
             continue;
         }
+        progress = Instant::now();
         batches += 1;
         for got in &mut batch {
             assert_eq!(got, expect);
             expect += 1;
         }
+        taken.store(expect, Ordering::Relaxed);
     }
     let refused = producer.join().unwrap();
     assert_eq!(c.batch().next(), None, "nothing beyond the last message");
@@ -348,7 +361,8 @@ fn three_cores_exchange_all_to_all() {
         .map(|mut m| {
             thread::spawn(move || {
                 let me = m.core;
-                let start = Instant::now();
+                // The last time this core's messages moved either way.
+                let mut moved = (0u64, Instant::now());
                 let mut sent = [0u64; CORES];
                 let mut expect = [0u64; CORES];
                 let mut rng = XorShift(0x1234_5678 + me as u64);
@@ -378,7 +392,11 @@ fn three_cores_exchange_all_to_all() {
                     if !sending && !receiving {
                         return sleeps;
                     }
-                    assert!(start.elapsed() < HANG_GUARD, "core {me} stuck: sent {sent:?}, got {expect:?}");
+                    let count = sent.iter().sum::<u64>() + expect.iter().sum::<u64>();
+                    if count != moved.0 {
+                        moved = (count, Instant::now());
+                    }
+                    assert!(moved.1.elapsed() < HANG_GUARD, "core {me} stuck: sent {sent:?}, got {expect:?}");
                     // A core with more to send keeps going (a full ring
                     // empties without waking anyone); one with only
                     // receiving left sleeps until woken.
