@@ -153,7 +153,10 @@
 //! (a reservation has run out once the clock is past its deadline) is the
 //! same on both sides and read from one monotonic clock, so whatever the
 //! session sends after the deadline reaches a shard that has expired the
-//! job first. The shards never time spanning waits.
+//! job first. While a `touch` is on its way the session knows only the old
+//! deadline, but it decides nothing meanwhile (a connection runs one
+//! command at a time), and the answer records the job afresh. The shards
+//! never time spanning waits.
 //!
 //! # Messages and ownership
 //! [`ToShard`] and [`ToSession`] are what the mailbox rings will carry
@@ -336,11 +339,11 @@ impl Holdings {
         Some(self.held.swap_remove(i))
     }
 
-    /// A `touch` moved the deadline.
-    pub fn touch(&mut self, id: u64, deadline: Nanos) {
-        if let Some(h) = self.held.iter_mut().find(|h| h.id == id) {
-            h.deadline = deadline;
-        }
+    /// A `touch` moved the deadline. Recorded as a reservation afresh:
+    /// an expiry notice for another job may have made the session forget
+    /// this one, by its old deadline, while the touch was on its way.
+    pub fn touch(&mut self, id: u64, shard: ShardId, deadline: Nanos) {
+        self.hold(id, shard, deadline);
     }
 
     pub fn get(&self, id: u64) -> Option<Held> {
