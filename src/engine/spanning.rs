@@ -334,10 +334,13 @@ impl Engine {
         Ok(reported)
     }
 
-    /// Reserves job `id` for the client's spanning wait in `round`, when it
-    /// is still the client's best here and the round can be claimed: the
-    /// claim comes first, and a job is taken only with it.
-    pub fn span_take(&mut self, c: ClientId, round: u64, id: u64, now: Nanos) -> TakeOutcome {
+    /// Reserves the job of `rank` for the client's spanning wait in
+    /// `round`, when it is still the client's best here with that rank
+    /// and the round can be claimed: the claim comes first, and a job is
+    /// taken only with it. The rank, not the id alone: a job reported,
+    /// then reserved and released by another client with a new priority,
+    /// is the same id in another place in the order.
+    pub fn span_take(&mut self, c: ClientId, round: u64, rank: Rank, now: Nanos) -> TakeOutcome {
         self.advance(now);
         let key = self.clients[c.index()].span;
         if key == NIL || self.spans[key as usize].round != round {
@@ -349,7 +352,7 @@ impl Engine {
             return TakeOutcome::Dirty;
         }
         let best = self.best_ready_watched(c.0, now);
-        let Some(k) = best.filter(|&k| self.jobs[k].id == id) else {
+        let Some(k) = best.filter(|&k| self.rank(k) == rank) else {
             let reported = self.best_ready_for(c, now);
             self.spans[key as usize].reported = reported;
             return TakeOutcome::Missed(reported);

@@ -69,7 +69,7 @@ fn a_probe_registers_without_serving_and_a_take_claims_first() {
     assert!(e.is_waiting(w));
     assert_eq!((e.stats_tube("a", 0).unwrap().waiting, e.stats().waiting, e.stats().ready), (1, 0, 1));
     e.check_invariants(0);
-    match e.span_take(w, 1, id, S) {
+    match e.span_take(w, 1, Rank { pri: 0, id }, S) {
         TakeOutcome::Taken { job, deadline } => assert_eq!((job.id, deadline), (id, S + 10 * S)),
         other => panic!("{other:?}"),
     }
@@ -94,10 +94,12 @@ fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
     let r = e.join_remote().unwrap();
     e.watch(r, "a").unwrap();
     assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
-    assert_eq!(e.span_take(w, 1, first, 0), TakeOutcome::Missed(rank(3, second)));
+    assert_eq!(e.span_take(w, 1, Rank { pri: 0, id: first }, 0), TakeOutcome::Missed(rank(3, second)));
     // The round goes on: the next take succeeds.
     assert_eq!(claim.load(), (1, ClaimState::Probing));
-    assert!(matches!(e.span_take(w, 1, second, 0), TakeOutcome::Taken { job, .. } if job.id == second));
+    assert!(
+        matches!(e.span_take(w, 1, Rank { pri: 3, id: second }, 0), TakeOutcome::Taken { job, .. } if job.id == second)
+    );
     e.check_invariants(0);
 }
 
@@ -115,14 +117,14 @@ fn a_better_job_left_ready_makes_the_round_dirty_and_the_take_fails() {
     assert_eq!(claim.load(), (1, ClaimState::Probing));
     let b = put(&mut e, p, "b", 1, 0);
     assert_eq!(claim.load(), (1, ClaimState::Dirty));
-    assert_eq!(e.span_take(w, 1, a, 0), TakeOutcome::Dirty);
+    assert_eq!(e.span_take(w, 1, Rank { pri: 5, id: a }, 0), TakeOutcome::Dirty);
     // Nothing moved: both jobs are ready, the registration is still here.
     assert_eq!((e.stats().ready, e.stats().reserved), (3, 0));
     assert!(e.is_waiting(w));
     // The next round sees the better job and takes it.
     claim.begin(2);
     assert_eq!(e.span_probe(w, &claim, 1, 2, 0).unwrap(), rank(1, b));
-    assert!(matches!(e.span_take(w, 2, b, 0), TakeOutcome::Taken { job, .. } if job.id == b));
+    assert!(matches!(e.span_take(w, 2, Rank { pri: 1, id: b }, 0), TakeOutcome::Taken { job, .. } if job.id == b));
     e.check_invariants(0);
 }
 
@@ -338,4 +340,25 @@ fn an_unpause_serves_armed_spanning_waits_best_job_first() {
     e.advance(S);
     assert_eq!(served(&mut e), vec![(w, 1, b)]);
     e.check_invariants(S);
+}
+
+#[test]
+fn a_job_back_with_a_worse_priority_is_missed_by_its_rank() {
+    // Reported at priority 0, then reserved by another client and released
+    // at 2000 (a place the report never saw): a take by id alone would get
+    // it, though the session may have better elsewhere.
+    let mut e = engine();
+    let p = client(&mut e, &["a"]);
+    let w = client(&mut e, &["a"]);
+    let id = put(&mut e, p, "a", 0, 0);
+    let claim = Claim::default();
+    claim.begin(1);
+    assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(0, id));
+    let r = client(&mut e, &["a"]);
+    assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == id));
+    assert_eq!(e.release(r, id, 2000, 0, 0), crate::engine::Change::Done);
+    assert_eq!(claim.load(), (1, ClaimState::Probing), "worse than the report: nothing spoilt");
+    assert_eq!(e.span_take(w, 1, Rank { pri: 0, id }, 0), TakeOutcome::Missed(rank(2000, id)));
+    assert_eq!(e.stats_job(id, 0).unwrap().state, "ready");
+    e.check_invariants(0);
 }

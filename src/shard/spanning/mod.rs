@@ -60,9 +60,11 @@
 //!    decides at the instant it runs the reserve:
 //!    * if some shard reported a job, [`SpanRequest::Take`] to the shard
 //!      of the least one: that shard checks the job is still the
-//!      session's best there, and takes it only if it wins the word from
-//!      `r`, probing. A job gone meanwhile earns a fresh report
-//!      ([`SpanAnswer::Missed`]) and the session takes the next least;
+//!      session's best there with the rank reported (a job reserved and
+//!      released meanwhile keeps its id but may have a new priority), and
+//!      takes it only if it wins the word from `r`, probing. A job gone
+//!      meanwhile earns a fresh report ([`SpanAnswer::Missed`]) and the
+//!      session takes the next least;
 //!    * otherwise DEADLINE_SOON if one of the session's reservations is
 //!      within its safety margin, and TIMED_OUT with a timeout of 0 or one
 //!      already past. (beanstalkd first answers DEADLINE_SOON when no
@@ -111,8 +113,8 @@
 //!   beat the report either went to an armed waiter at once or spoilt the
 //!   round, and removals only make a shard's best worse: so at `T` each
 //!   report is a lower bound of what its shard has, and the job taken, the
-//!   least of them and still the session's best on its own shard, is the
-//!   best of all at `T`. A wait armed at instant `A` had nothing ready in
+//!   least of them and still the session's best on its own shard with the
+//!   rank it was reported at, is the best of all at `T`. A wait armed at instant `A` had nothing ready in
 //!   any watched tube at `A` by the same argument; afterwards each shard
 //!   serves it the moment a job is ready there, so the job it gets is the
 //!   best ready for it when it gets it (among several made ready in one
@@ -151,7 +153,10 @@
 //! (a reservation has run out once the clock is past its deadline) is the
 //! same on both sides and read from one monotonic clock, so whatever the
 //! session sends after the deadline reaches a shard that has expired the
-//! job first. The shards never time spanning waits.
+//! job first. While a `touch` is on its way the session knows only the old
+//! deadline, but it decides nothing meanwhile (a connection runs one
+//! command at a time), and the answer records the job afresh. The shards
+//! never time spanning waits.
 //!
 //! # Messages and ownership
 //! [`ToShard`] and [`ToSession`] are what the mailbox rings will carry
@@ -208,9 +213,9 @@ pub enum SpanRequest {
     /// Register wait `wait` (its first round) or move it to `round`, and
     /// report.
     Probe { claim: Claim, wait: u64, round: u64 },
-    /// Take job `id` for `round`, if it is still the best here and the
-    /// round can be won.
-    Take { round: u64, id: u64 },
+    /// Take the job of `rank` for `round`, if it is still the best here,
+    /// with that rank, and the round can be won.
+    Take { round: u64, rank: Rank },
     /// Drop the registration of wait `wait`; no answer.
     Unwait { wait: u64 },
 }
@@ -276,7 +281,7 @@ pub fn execute(engine: &mut Engine, client: ClientId, request: SpanRequest, now:
             Ok(best) => SpanAnswer::Report { round, best },
             Err(_) => SpanAnswer::OutOfMemory { round },
         }),
-        SpanRequest::Take { round, id } => Some(match engine.span_take(client, round, id, now) {
+        SpanRequest::Take { round, rank } => Some(match engine.span_take(client, round, rank, now) {
             TakeOutcome::Taken { job, deadline } => SpanAnswer::Taken { round, job, deadline },
             TakeOutcome::Missed(best) => SpanAnswer::Missed { round, best },
             TakeOutcome::Dirty => SpanAnswer::Dirty { round },
@@ -334,11 +339,11 @@ impl Holdings {
         Some(self.held.swap_remove(i))
     }
 
-    /// A `touch` moved the deadline.
-    pub fn touch(&mut self, id: u64, deadline: Nanos) {
-        if let Some(h) = self.held.iter_mut().find(|h| h.id == id) {
-            h.deadline = deadline;
-        }
+    /// A `touch` moved the deadline. Recorded as a reservation afresh:
+    /// an expiry notice for another job may have made the session forget
+    /// this one, by its old deadline, while the touch was on its way.
+    pub fn touch(&mut self, id: u64, shard: ShardId, deadline: Nanos) {
+        self.hold(id, shard, deadline);
     }
 
     pub fn get(&self, id: u64) -> Option<Held> {
@@ -588,7 +593,7 @@ impl SpanReserve {
         let best = self.parts.iter().enumerate().filter_map(|(i, p)| p.best.map(|b| (b, i))).min();
         if let Some((rank, i)) = best {
             self.phase = Phase::Taking(i);
-            out.push((self.parts[i].shard, self.parts[i].client, SpanRequest::Take { round: self.round, id: rank.id }));
+            out.push((self.parts[i].shard, self.parts[i].client, SpanRequest::Take { round: self.round, rank }));
             return None;
         }
         // Nothing ready in an unpaused tube: beanstalkd would wait, and

@@ -790,7 +790,7 @@ impl World {
                         }
                         ("touch", Reply::Touched(deadline)) => {
                             if let (Some(d), Some(id)) = (deadline, job) {
-                                sess.holdings.touch(*id, d);
+                                sess.holdings.touch(*id, ShardId(shard as u32), d);
                             }
                         }
                         ("use" | "watch" | "ignore" | "kick-job" | "pause", Reply::Done(_))

@@ -366,3 +366,18 @@ fn messages_own_what_they_carry() {
         size_of::<ToSession>()
     );
 }
+
+#[test]
+fn a_touch_answer_that_crosses_an_expiry_notice_keeps_the_reservation() {
+    // The session holds jobs 7 (due at 22 s) and 8 (due at 24 s) on shard
+    // 1 and touches 8 (to 25 s); job 7's expiry notice, sent before the
+    // touch's answer, arrives at 24.5 s and prunes by the deadlines known.
+    let mut h = Holdings::default();
+    h.hold(7, ShardId(1), 22 * S);
+    h.hold(8, ShardId(1), 24 * S);
+    h.prune(ShardId(1), 24 * S + S / 2);
+    assert_eq!(h.get(8), None);
+    h.touch(8, ShardId(1), 25 * S);
+    assert_eq!(h.get(8).map(|held| held.deadline), Some(25 * S));
+    assert!(h.deadline_soon(24 * S + S / 2));
+}
