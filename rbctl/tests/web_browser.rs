@@ -39,6 +39,20 @@ impl Drop for Process {
     }
 }
 
+/// chromedriver, in a process group of its own with the browsers it starts, which is
+/// killed whole when dropped: killing chromedriver alone left each run's Chromium
+/// processes behind, running.
+struct DriverGroup(Child);
+
+impl Drop for DriverGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `rbctl web` for these servers; returns it and its URL.
 fn console(addrs: &[&str], flags: &[&str]) -> (Process, String) {
     use std::io::{BufRead, BufReader};
@@ -76,7 +90,7 @@ fn artifacts() -> PathBuf {
 /// A browser session on its own chromedriver.
 struct Browser {
     page: fantoccini::Client,
-    _driver: Process,
+    _driver: DriverGroup,
     shots: PathBuf,
 }
 
@@ -93,14 +107,16 @@ impl Browser {
         };
         // chromedriver takes a port, not port 0: take a free one from the kernel.
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        use std::os::unix::process::CommandExt;
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let driver = Process(child);
+        let driver = DriverGroup(child);
         let mut options = json!({
             // Root (CI) needs --no-sandbox; /dev/shm may be small in containers.
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"],
