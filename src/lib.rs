@@ -6,7 +6,9 @@
 //!   indexed heaps, waiting clients, timers, counters. No I/O, no clock.
 //! * [`shard`] — one core's share of the server: the engine plus every
 //!   connection's protocol session (framing, put bodies, blocked reserves),
-//!   still without I/O, and the routing of commands to shards.
+//!   still without I/O, the routing of commands to shards, and the protocol
+//!   of reserves whose watch list spans shards (`shard::spanning`, built
+//!   and simulated, not yet used by the server).
 //! * [`net`] — listeners, connections and the core's event loop, on
 //!   io_uring or on epoll; the only place with sockets.
 //! * [`mailbox`] — the transport between cores: a bounded single-producer
