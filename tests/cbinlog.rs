@@ -14,15 +14,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::TempDir;
+use common::{CServer, TempDir};
 
 use runnerbean::wal::cbinlog::{Import, Problem, read_dir, write_v7};
 use runnerbean::wal::{Counters, ImageState, JobImage};
@@ -560,49 +558,6 @@ fn zero_filled_and_missing_files_are_warnings() {
 // Live: C beanstalkd starts from an export.
 // -----------------------------------------------------------------------------------------------
 
-fn beanstalkd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("beanstalkd")).find(|candidate| candidate.is_file())
-}
-
-/// A C beanstalkd on 127.0.0.1, killed when dropped.
-struct CServer {
-    child: Child,
-    port: u16,
-}
-
-impl CServer {
-    fn start(binary: &Path, binlog_dir: &Path, max_job_bytes: u64) -> CServer {
-        let mut child = Command::new(binary)
-            .args(["-l", "127.0.0.1", "-p", "0", "-V", "-b"])
-            .arg(binlog_dir)
-            .args(["-z", &max_job_bytes.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start beanstalkd");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("bind ").and_then(|r| r.rsplit(':').next()?.parse::<u16>().ok()) {
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        let port = rx.recv_timeout(REPLY_TIMEOUT).expect("beanstalkd printed no bind line");
-        CServer { child, port }
-    }
-}
-
-impl Drop for CServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -729,7 +684,7 @@ fn export_jobs(now: u64) -> Vec<JobImage> {
 
 #[test]
 fn c_beanstalkd_starts_from_an_export_with_the_same_jobs() {
-    let Some(binary) = beanstalkd() else {
+    let Some(binary) = common::c_beanstalkd() else {
         assert!(
             std::env::var("RUNNERBEAN_REQUIRE_LIVE").as_deref() != Ok("1"),
             "RUNNERBEAN_REQUIRE_LIVE=1 but `beanstalkd` is not on PATH \
@@ -745,7 +700,8 @@ fn c_beanstalkd_starts_from_an_export_with_the_same_jobs() {
     let written = write_v7(&dir.0.join("binlog.1"), &jobs, next_id).unwrap();
     assert_eq!(written.c_job_size_min(), 70002);
     let started = now_ns();
-    let server = CServer::start(&binary, &dir.0, written.c_job_size_min());
+    let z = written.c_job_size_min().to_string();
+    let server = CServer::start(&binary, &["-b", dir.0.to_str().expect("a UTF-8 path"), "-z", &z]);
     let mut c = Conn::connect(server.port);
     let mut bad = Vec::new();
     for job in &jobs {

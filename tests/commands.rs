@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Client, REPLY_TIMEOUT, Server, TempDir, on_both, stat};
+use common::{CServer, Client, Server, TempDir, on_both, stat};
 
 /// How long a stopped server may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,47 +194,6 @@ current-jobs-ready: 1";
         eprintln!("strict: C beanstalkd part skipped, `beanstalkd` is not on PATH");
         return;
     };
-    let c = CServer::start(&beanstalkd);
+    let c = CServer::start(&beanstalkd, &[]);
     assert_eq!(strict_transcript(c.port), expected, "C beanstalkd");
-}
-
-/// C beanstalkd on an ephemeral port, killed when dropped.
-struct CServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl CServer {
-    fn start(binary: &Path) -> CServer {
-        let mut child = Command::new(binary)
-            .args(["-l", "127.0.0.1", "-p", "0", "-V"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start beanstalkd");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            assert!(stdout.read_line(&mut line).unwrap() > 0, "beanstalkd exited before binding");
-            if let Some(port) = line.trim_end().strip_prefix("bind ").and_then(|r| r.rsplit(':').next()?.parse().ok()) {
-                break port;
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "beanstalkd never listened on {port}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        CServer { child, port }
-    }
-}
-
-impl Drop for CServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

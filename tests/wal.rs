@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{BACKENDS, BIN, Client, REPLY_TIMEOUT, Server, TempDir, on_both};
+use common::{BACKENDS, BIN, CServer, Client, REPLY_TIMEOUT, Server, TempDir, on_both};
 
 /// How long a stopped server may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1049,49 +1049,13 @@ fn a_second_runnerbean_on_the_same_directory_exits_10() {
     });
 }
 
-/// A C beanstalkd serving on 127.0.0.1 with `-b DIR`, killed when dropped.
-struct CServer(std::process::Child);
-
-impl CServer {
-    /// Starts it and waits until it answers, which it does only once it
-    /// holds the directory's lock.
-    fn start(binary: &Path, dir: &TempDir) -> CServer {
-        use std::io::BufRead;
-        let mut child = Command::new(binary)
-            .args(["-l", "127.0.0.1", "-p", "0", "-V", "-b", dir.arg()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start beanstalkd");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            assert!(stdout.read_line(&mut line).unwrap() > 0, "beanstalkd exited before binding");
-            if let Some(port) = line.trim_end().strip_prefix("bind ").and_then(|r| r.rsplit(':').next()?.parse().ok()) {
-                break port;
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let server = CServer(child);
-        // It listens only after taking the lock and reading its binlog.
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "beanstalkd never listened on {port}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut c = Client::connect(port);
-        assert!(c.ask(b"stats\r\n", 1).starts_with("OK "));
-        server
-    }
-}
-
-impl Drop for CServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// C beanstalkd with `-b DIR`, once it answers (which it does only once it
+/// holds the directory's lock).
+fn start_c(binary: &Path, dir: &TempDir) -> CServer {
+    let server = CServer::start(binary, &["-b", dir.arg()]);
+    let mut c = Client::connect(server.port);
+    assert!(c.ask(b"stats\r\n", 1).starts_with("OK "));
+    server
 }
 
 #[test]
@@ -1113,7 +1077,7 @@ fn runnerbean_and_c_beanstalkd_refuse_each_others_directory() {
         assert!(err.contains("failed to lock wal dir"), "{err}");
         stop(server);
         // And the other way round: runnerbean is refused while C runs.
-        let c = CServer::start(&beanstalkd, &dir);
+        let c = start_c(&beanstalkd, &dir);
         let out = run(&["-b", dir.arg()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_LOCKED), "{err}");

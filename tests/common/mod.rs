@@ -293,6 +293,52 @@ pub fn c_beanstalkd() -> Option<std::path::PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join("beanstalkd")).find(|candidate| candidate.is_file())
 }
 
+/// A C beanstalkd on 127.0.0.1 and an ephemeral port, with `args` after
+/// its address flags, killed when dropped. `start` returns once it accepts
+/// connections (with `-b`, only after it has taken the directory's lock and
+/// read its binlog).
+pub struct CServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl CServer {
+    pub fn start(binary: &std::path::Path, args: &[&str]) -> CServer {
+        let mut child = Command::new(binary)
+            .args(["-l", "127.0.0.1", "-p", "0", "-V"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start beanstalkd");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            assert!(stdout.read_line(&mut line).expect("beanstalkd's output") > 0, "beanstalkd exited before binding");
+            if let Some(port) = line.trim_end().strip_prefix("bind ").and_then(|r| r.rsplit(':').next()?.parse().ok()) {
+                break port;
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let server = CServer { child, port };
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "beanstalkd never listened on {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+}
+
+impl Drop for CServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A directory under the system's temporary directory, removed on drop;
 /// its name carries the test's name, the process and a counter, so tests
 /// running at once never share one.
