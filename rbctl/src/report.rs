@@ -97,6 +97,16 @@ pub fn json_object<'a>(fields: impl Iterator<Item = (&'a str, Value<'a>)>) -> Ma
 /// stats (the last client stopped using it) is left out.
 pub async fn all_tubes(client: &Client) -> Result<Vec<TubeStats>, Failure> {
     let names = client.list_tubes().await.map_err(|e| about("list-tubes", e))?;
+    match stats_of(client, names).await {
+        Ok(tubes) => Ok(tubes),
+        Err(None) => Err(Failure::new(exit::BUG, "a stats-tube task failed")),
+        Err(Some(e)) => Err(e.into()),
+    }
+}
+
+/// The stats of the tubes named, fetched pipelined, in the order of the names; a tube gone
+/// meanwhile is left out. `Err(None)`: a task of this process failed.
+pub async fn stats_of(client: &Client, names: Vec<String>) -> Result<Vec<TubeStats>, Option<runnerbean_client::Error>> {
     let tasks: Vec<_> = names
         .into_iter()
         .map(|name| {
@@ -106,10 +116,10 @@ pub async fn all_tubes(client: &Client) -> Result<Vec<TubeStats>, Failure> {
         .collect();
     let mut tubes = Vec::new();
     for task in tasks {
-        match task.await.map_err(|_| Failure::new(exit::BUG, "a stats-tube task failed"))? {
+        match task.await.map_err(|_| None)? {
             Ok(stats) => tubes.push(stats),
             Err(runnerbean_client::Error::NotFound) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Some(e)),
         }
     }
     Ok(tubes)

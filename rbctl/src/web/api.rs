@@ -198,22 +198,9 @@ async fn some_tubes(client: &Client, filter: &str) -> Result<(Vec<TubeStats>, us
     names.sort();
     let not_shown = names.len().saturating_sub(TUBES_SHOWN_MAX);
     names.truncate(TUBES_SHOWN_MAX);
-    let tasks: Vec<_> = names
-        .into_iter()
-        .map(|name| {
-            let client = client.clone();
-            tokio::spawn(async move { client.stats_tube(&name).await })
-        })
-        .collect();
-    let mut tubes = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(Ok(stats)) => tubes.push(stats),
-            Ok(Err(Error::NotFound)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Error::Protocol("a stats-tube task failed".to_owned())),
-        }
-    }
+    let tubes = crate::report::stats_of(client, names)
+        .await
+        .map_err(|e| e.unwrap_or_else(|| Error::Protocol("a stats-tube task failed".to_owned())))?;
     Ok((tubes, not_shown))
 }
 
