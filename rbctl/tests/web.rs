@@ -2,8 +2,9 @@
 //! real runnerbean binary and, when it is installed, C beanstalkd; requests sent as a browser's
 //! page sends them, results checked through the API and through a client of the servers.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod console;
+
+use std::process::{Child, Command};
 
 use base64::Engine;
 use reqwest::StatusCode;
@@ -24,24 +25,7 @@ struct Console {
 impl Console {
     /// Starts the console on a free loopback port for these servers, with more flags.
     fn start(addrs: &[&str], flags: &[&str]) -> Console {
-        let mut command = Command::new(RBCTL);
-        for addr in addrs {
-            command.arg("--addr").arg(addr);
-        }
-        let mut child = command
-            .args(["web", "--listen", "127.0.0.1:0"])
-            .args(flags)
-            .env_remove("BEANSTALK_ADDR")
-            .env_remove("RBCTL_WEB_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rbctl web");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the first line");
-        let url = line.trim().rsplit(' ').next().expect("a URL").trim_end_matches('/').to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "first line: {line:?}");
+        let (child, url) = console::start(addrs, flags);
         let http = reqwest::Client::builder().redirect(Policy::none()).build().expect("HTTP client");
         Console { child, url, http }
     }

@@ -9,6 +9,8 @@
 //! (CI sets it), which makes that a failure. Waits for the page's polling are short polls
 //! with a generous overall limit: nothing here depends on how fast the machine is.
 
+mod console;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -19,8 +21,6 @@ use fantoccini::{ClientBuilder, Locator};
 use runnerbean_client::{Client, Error, JobId, JobState};
 use runnerbean_testserver::TestServer;
 use serde_json::{Value, json};
-
-const RBCTL: &str = env!("CARGO_BIN_EXE_rbctl");
 
 /// How long any one thing may take to show on the page before the test fails: far beyond the
 /// page's 1 or 2 s polling, for a loaded machine.
@@ -55,22 +55,7 @@ impl Drop for DriverGroup {
 
 /// `rbctl web` for these servers; returns it and its URL.
 fn console(addrs: &[&str], flags: &[&str]) -> (Process, String) {
-    use std::io::{BufRead, BufReader};
-    let mut command = Command::new(RBCTL);
-    for addr in addrs {
-        command.arg("--addr").arg(addr);
-    }
-    let mut child = command
-        .args(["web", "--listen", "127.0.0.1:0"])
-        .args(flags)
-        .env_remove("RBCTL_WEB_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start rbctl web");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-    let url = line.trim().rsplit(' ').next().expect("URL").trim_end_matches('/').to_owned();
+    let (child, url) = console::start(addrs, flags);
     (Process(child), url)
 }
 
