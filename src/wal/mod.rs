@@ -2,8 +2,8 @@
 //! restart or a crash.
 //!
 //! # Layout
-//! * [`files`] — the log directory on disk: its lock, making and removing
-//!   segment files.
+//! * [`files`] — the log directory on disk: its lock, making, reusing and
+//!   removing segment files.
 //! * [`flush`] — getting batches to the disk: writes and syncs as a state
 //!   machine the event loop drives on its back end.
 //! * [`image`] — a job as the log and recovery see it ([`JobImage`]): every
