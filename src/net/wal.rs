@@ -95,6 +95,7 @@ impl LogDriver {
                 if let Some(n) = synced {
                     log.synced(n);
                 }
+                log.recycle_text(self.flush.take_spent());
                 let durable = log.durable();
                 shard.durable(durable);
             }

@@ -36,7 +36,7 @@
 //! refers to) and its iovecs live here until the operation's completion has
 //! been reported.
 
-use super::log::{Batch, FileRef, SyncPolicy, Write};
+use super::log::{Batch, FileRef, Part, SyncPolicy, Write};
 
 /// A failed write or sync is tried again after this long.
 pub const RETRY_NS: u64 = 1_000_000_000;
@@ -142,7 +142,13 @@ pub struct Flush {
     retry_at: Option<u64>,
     /// Sync everything now, whatever the policy (the server is stopping).
     final_sync: bool,
+    /// Text buffers of batches done, for the log to fill again
+    /// ([`Flush::take_spent`]).
+    spent: Vec<Vec<u8>>,
 }
+
+/// Spent text chunks kept until the log takes them; more are freed.
+const SPENT_BUFFERS_MAX: usize = super::log::TEXT_POOL_CHUNKS;
 
 impl Flush {
     pub fn new(policy: SyncPolicy, dir_fd: i32, now: u64) -> Flush {
@@ -158,6 +164,26 @@ impl Flush {
             last_sync_at: now,
             retry_at: None,
             final_sync: false,
+            spent: Vec::new(),
+        }
+    }
+
+    /// The text buffers of batches whose operations are done (their
+    /// memory is no longer the kernel's), for [`super::log::Log::recycle_text`].
+    pub fn take_spent(&mut self) -> std::vec::Drain<'_, Vec<u8>> {
+        self.spent.drain(..)
+    }
+
+    /// Keeps a finished batch's text buffers.
+    fn retire(&mut self, writes: &mut [Write]) {
+        for w in writes {
+            for part in w.parts.drain(..) {
+                if let Part::Text(t) = part
+                    && self.spent.len() < SPENT_BUFFERS_MAX
+                {
+                    self.spent.push(t);
+                }
+            }
         }
     }
 
@@ -377,11 +403,13 @@ impl Flush {
                 if b.dsync {
                     // Written with its data synced, and no new file's entry
                     // to sync: durable now.
-                    let b = self.batch.take().expect("checked above");
+                    let mut b = self.batch.take().expect("checked above");
+                    self.retire(&mut b.writes);
                     self.last_sync_at = now;
                     return Ok(Progress { written: Some(b.number), synced: Some(b.number) });
                 }
-                let b = self.batch.take().expect("checked above");
+                let mut b = self.batch.take().expect("checked above");
+                self.retire(&mut b.writes);
                 // With `-F` nothing is synced before a stop, and the log
                 // closes a file as soon as its writes are done: a list of
                 // its descriptors would name closed files by then, or other
@@ -402,7 +430,8 @@ impl Flush {
                     b.phase = Phase::Syncing { next: next + 1 };
                     return Ok(Progress::default());
                 }
-                let b = self.batch.take().expect("checked above");
+                let mut b = self.batch.take().expect("checked above");
+                self.retire(&mut b.writes);
                 if b.targets.last() == Some(&self.dir_fd) {
                     self.unsynced_dir = false;
                 }
@@ -542,6 +571,10 @@ mod tests {
         assert_eq!(ops, ["write 5@64x2 dsync=true"]);
         assert_eq!(p, Progress { written: Some(2), synced: Some(2) });
         assert!(f.is_idle());
+        // Each finished batch gave its text back for the log to fill again.
+        let spent: Vec<Vec<u8>> = f.take_spent().collect();
+        assert_eq!(spent, [b"abc".to_vec(), b"defg".to_vec(), b"abc".to_vec(), b"defg".to_vec()]);
+        assert_eq!(f.take_spent().count(), 0);
     }
 
     #[test]

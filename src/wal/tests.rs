@@ -367,6 +367,48 @@ fn records_reach_the_files_and_read_back() {
 }
 
 #[test]
+fn a_turn_larger_than_a_text_chunk_is_written_in_chunks_that_never_grow_and_are_used_again() {
+    use super::log::{Part, TEXT_CHUNK_BYTES};
+    let mut jobs = Jobs::new(64 << 20);
+    // Bodies copied into the text (up to 1 KiB) and one written from the
+    // job's memory, past three chunks of text in one turn.
+    let bodies: Vec<Vec<u8>> =
+        (0..1000u32).map(|i| vec![(i % 251) as u8; if i == 500 { 5000 } else { 1000 }]).collect();
+    let turn = |jobs: &mut Jobs| -> Vec<*const u8> {
+        for body in &bodies {
+            jobs.put(body).unwrap();
+        }
+        let mut batch = jobs.log.take_batch().unwrap();
+        let mut chunks = Vec::new();
+        for w in &batch.writes {
+            for part in &w.parts {
+                if let Part::Text(t) = part {
+                    assert!(t.capacity() == TEXT_CHUNK_BYTES || t.len() <= 64, "a text part grew: {}", t.capacity());
+                    chunks.push(t.as_ptr());
+                }
+            }
+        }
+        jobs.files.apply(&batch);
+        jobs.log.written(batch.number);
+        jobs.log.synced(batch.number);
+        let texts: Vec<Vec<u8>> = batch
+            .writes
+            .iter_mut()
+            .flat_map(|w| w.parts.drain(..))
+            .filter_map(|p| if let Part::Text(t) = p { Some(t) } else { None })
+            .collect();
+        jobs.log.recycle_text(texts);
+        chunks
+    };
+    let first = turn(&mut jobs);
+    assert!(first.len() >= 4, "{} text parts", first.len());
+    let second = turn(&mut jobs);
+    let reused = second.iter().filter(|p| first.contains(p)).count();
+    assert!(reused >= 3, "only {reused} chunks used again");
+    jobs.check_recovers();
+}
+
+#[test]
 fn tiny_segments_keep_records_whole_and_go_from_the_oldest_end() {
     // Room for two or three records per file: records land in many files,
     // never across two.
