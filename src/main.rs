@@ -164,7 +164,7 @@ fn open_log(
 ) -> Result<(DirLock, OwnedFd), (String, i32)> {
     let now = clock.now();
     let failed = |what: String| (format!("{}: {what}", dir.display()), EXIT_LOG);
-    let opened = match open::open(dir, config.max_job_size, now) {
+    let opened = match open::open(dir, config.max_job_size, now, config.cores) {
         Ok(opened) => opened,
         Err(OpenError::Locked) => {
             // beanstalkd's words, which scripts may look for, then why.
@@ -177,7 +177,7 @@ fn open_log(
         }
         Err(OpenError::Failed(message)) => return Err((message, EXIT_LOG)),
     };
-    let open::Opened { lock, mut recovered, import } = opened;
+    let open::Opened { lock, mut recovered, import, reshard } = opened;
     for w in &recovered.warnings {
         warn(w);
     }
@@ -188,10 +188,22 @@ fn open_log(
     };
     let segment_bytes = config.binlog_size.max(1).div_ceil(SEGMENT_BYTES_GRAIN) * SEGMENT_BYTES_GRAIN;
     let log_config = LogConfig { shard: 0, shards: config.cores, segment_bytes, sync };
-    // Imported jobs are not in runnerbean's log yet: it starts empty and
-    // they are recorded below.
-    let empty = Recovered::default();
-    let known = if import.is_some() { &empty } else { &recovered };
+    // Imported jobs are not in runnerbean's log yet, nor are jobs read from
+    // segments written with another number of cores: the log starts
+    // without them (numbered above the old segments) and they are recorded
+    // below.
+    let (empty, rewritten);
+    let known = match (&import, &reshard) {
+        (Some(_), _) => {
+            empty = Recovered::default();
+            &empty
+        }
+        (None, Some(reshard)) => {
+            rewritten = reshard.known(&recovered);
+            &rewritten
+        }
+        (None, None) => &recovered,
+    };
     let log = Log::open(log_config, Box::new(DirFiles::new(dir)), known, now)
         .map_err(|e| failed(format!("cannot start the log: {e}")))?;
     engine.attach_log(log);
@@ -199,17 +211,28 @@ fn open_log(
     let count = jobs.len();
     engine.restore(jobs, recovered.next_id, now).map_err(failed)?;
     let dir_fd = files::open_dir(dir).map_err(|e| failed(e.to_string()))?;
-    if let Some(import) = import {
-        engine.record_all().map_err(|_| failed("no room on the disk for the imported jobs".to_string()))?;
+    // Jobs not in the log as it is now are recorded and synced before the
+    // files they came from are moved or removed.
+    let record_all = |engine: &mut Engine, what: &str| -> Result<(), (String, i32)> {
+        engine.record_all().map_err(|_| failed(format!("no room on the disk for the {what} jobs")))?;
         let log = engine.log_mut().expect("attached above");
         if let Some(batch) = log.take_batch() {
             runnerbean::wal::flush::write_blocking(&batch, dir_fd.as_raw_fd())
-                .map_err(|e| failed(format!("cannot write the imported jobs: {e}")))?;
+                .map_err(|e| failed(format!("cannot write the {what} jobs: {e}")))?;
             log.written(batch.number);
             log.synced(batch.number);
         }
+        Ok(())
+    };
+    if let Some(import) = import {
+        record_all(engine, "imported")?;
         let line =
             open::finish_import(import).map_err(|e| failed(format!("cannot move the imported files aside: {e}")))?;
+        warn(&line);
+    } else if let Some(reshard) = reshard {
+        record_all(engine, "rewritten")?;
+        let line =
+            open::finish_reshard(reshard).map_err(|e| failed(format!("cannot remove the old segment files: {e}")))?;
         warn(&line);
     } else if config.verbosity > 0 {
         println!("log {}: {count} jobs from {} records", dir.display(), recovered.records);

@@ -1580,3 +1580,125 @@ fn compaction_keeps_the_directory_bounded_at_the_wire() {
         stop(server);
     });
 }
+
+// ----- another number of cores ---------------------------------------------
+
+/// Writes, with the library's own log, what a server of `shards` shards
+/// leaves: each job in the segments of its tube's shard, one of them
+/// buried, one deleted in a later batch. Returns the live jobs (id → tube,
+/// state, pri, body) and the deleted id.
+fn write_sharded_log(dir: &Path, shards: u32) -> (BTreeMap<u64, (String, &'static str, u32, Vec<u8>)>, u64) {
+    use runnerbean::engine::body::Body;
+    use runnerbean::wal::files::{DirFiles, open_dir};
+    use runnerbean::wal::flush::write_blocking;
+    use runnerbean::wal::image::{Counters, ImageState};
+    use runnerbean::wal::log::{Log, LogConfig, SyncPolicy};
+    use runnerbean::wal::record::StateFields;
+    use runnerbean::wal::recover::Recovered;
+    use std::os::fd::AsRawFd;
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let dir_fd = open_dir(dir).unwrap();
+    let mut logs: Vec<Log> = (0..shards)
+        .map(|shard| {
+            let config = LogConfig { shard, shards, segment_bytes: 1 << 20, sync: SyncPolicy::Always };
+            Log::open(config, Box::new(DirFiles::new(dir)), &Recovered::default(), now).unwrap()
+        })
+        .collect();
+    let mut live = BTreeMap::new();
+    let mut segments = BTreeMap::new();
+    const JOBS: u64 = 16;
+    for id in 1..=JOBS {
+        let tube = format!("tube{id}");
+        let shard = runnerbean::engine::shard_of_tube(&tube, shards) as usize;
+        let body = format!("body of job {id}").into_bytes();
+        let (state, name) = if id == 5 { (ImageState::Buried, "buried") } else { (ImageState::Ready, "ready") };
+        let pri = 100 + id as u32;
+        let fields = StateFields { id, state, pri, delay_s: 0, deadline: 0, counters: Counters::default() };
+        let log = &mut logs[shard];
+        assert!(log.reserve_put(tube.len(), body.len()));
+        log.note_next_id(id + 1);
+        let seg = log.job(&fields, 60, now, &tube, &Body::from_slice(&body), false);
+        segments.insert(id, (shard, seg, tube.len(), body.len()));
+        live.insert(id, (tube, name, pri, body));
+    }
+    let spread: BTreeSet<usize> = segments.values().map(|&(shard, ..)| shard).collect();
+    assert!(spread.len() > 1, "the jobs' tubes all hash to one of {shards} shards");
+    let write = |log: &mut Log| {
+        if let Some(batch) = log.take_batch() {
+            write_blocking(&batch, dir_fd.as_raw_fd()).unwrap();
+            log.written(batch.number);
+            log.synced(batch.number);
+        }
+    };
+    logs.iter_mut().for_each(write);
+    let deleted = 9;
+    let (shard, seg, tube_bytes, body_bytes) = segments[&deleted];
+    logs[shard].delete(deleted, seg, Log::live_bytes_of(tube_bytes, body_bytes, false));
+    live.remove(&deleted);
+    logs.iter_mut().for_each(write);
+    (live, deleted)
+}
+
+/// The names of the segment files in `dir`.
+fn segment_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("runnerbean-wal."))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A directory written by a server of four cores, started with one: every
+/// job comes back with its tube, state, priority and body, the deleted one
+/// stays deleted, ids go on above the old ones, and the old segments are
+/// replaced by this server's own, which a second start reads as they are.
+#[test]
+fn a_log_written_with_more_cores_is_written_again_for_this_many_and_keeps_every_job() {
+    let written = TempDir::new("rb-reshard-src");
+    let (live, deleted) = write_sharded_log(written.path(), 4);
+    assert!(segment_names(written.path()).iter().any(|n| !n.starts_with("runnerbean-wal.0.")));
+    on_both(|backend| {
+        let dir = TempDir::new("rb-reshard");
+        copy_dir(written.path(), dir.path());
+        let check = |c: &mut Client, live: &BTreeMap<u64, (String, &str, u32, Vec<u8>)>, gone: &[u64], what: &str| {
+            for (&id, (tube, state, pri, body)) in live {
+                let doc = yaml(c, &format!("stats-job {id}")).unwrap_or_else(|| panic!("{what}: job {id} is gone"));
+                assert_eq!(doc["tube"], *tube, "{what}: job {id}");
+                assert_eq!(doc["state"], *state, "{what}: job {id}");
+                assert_eq!(num(&doc, "pri"), u64::from(*pri), "{what}: job {id}");
+                assert_eq!(peek(c, id).as_deref(), Some(&body[..]), "{what}: job {id}");
+            }
+            for &id in gone {
+                assert_eq!(peek(c, id), None, "{what}: deleted job {id} came back");
+            }
+        };
+        let server = start(backend, &dir, &[]);
+        let mut c = server.connect();
+        check(&mut c, &live, &[deleted], &format!("{backend}, first start"));
+        assert!(put(&mut c, 1, 0, 60, b"new") > *live.keys().last().unwrap(), "{backend}: an id was handed out again");
+        // A job of every old segment deleted now stays deleted after the
+        // next start (old records must never replay after new ones).
+        let mut after = live.clone();
+        let gone: Vec<u64> = live.keys().copied().filter(|id| id % 3 == 0).collect();
+        for id in &gone {
+            assert_eq!(c.ask(format!("delete {id}\r\n").as_bytes(), 1), "DELETED\r\n", "{backend}");
+            after.remove(id);
+        }
+        let printed = stop(server);
+        assert!(
+            printed.contains("written with 4 cores") && printed.contains(&format!("its {} jobs", live.len())),
+            "{backend}: {printed}"
+        );
+        let names = segment_names(dir.path());
+        assert!(names.iter().all(|n| n.starts_with("runnerbean-wal.0.")), "{backend}: old segments left: {names:?}");
+
+        let server = start(backend, &dir, &[]);
+        let mut c = server.connect();
+        check(&mut c, &after, &[&[deleted][..], &gone].concat(), &format!("{backend}, second start"));
+        let printed = stop(server);
+        assert!(!printed.contains("written with"), "{backend}: written again at the second start: {printed}");
+    });
+}

@@ -2,6 +2,21 @@
 //! files imported if there are any, runnerbean's own segments read back,
 //! and the export to C beanstalkd's format for the way back.
 //!
+//! # A log written with another number of cores
+//! Each shard writes its own segments, and a job belongs to the shard its
+//! tube hashes to, which depends on the number of shards. A start with a
+//! different `--cores` than the server that wrote the directory (any
+//! segment whose header names another shard count) therefore cannot adopt
+//! the old segments shard by shard: a file of old shard 2 holds jobs of
+//! several new shards, and a new shard numbering its files from where its
+//! namesake stopped would leave old records after new ones in the order of
+//! replay. So the jobs are *rewritten*: every job read back is recorded
+//! afresh in the new shards' logs, numbered above every old segment, synced,
+//! and only then are the old segments removed ([`finish_reshard`]), with one
+//! log line. A crash in between leaves old and new segments side by side;
+//! they replay to the same jobs (no command ran in between, and the new
+//! records come later), and the next start rewrites again.
+//!
 //! # Importing C beanstalkd's files
 //! A directory that holds `binlog.N` files and no runnerbean segments is
 //! imported: the files are read with C's recovery rules, the jobs are
@@ -45,16 +60,45 @@ pub struct PendingImport {
     pub skipped: usize,
 }
 
+/// A rewrite for a new number of shards under way (see "A log written
+/// with another number of cores"): finished by [`finish_reshard`] once the
+/// jobs are durable in the new segments.
+pub struct PendingReshard {
+    dir: PathBuf,
+    /// Every segment read back.
+    files: Vec<PathBuf>,
+    /// The shard counts the segments were written with.
+    from: Vec<u32>,
+    to: u32,
+    pub jobs: usize,
+}
+
+impl PendingReshard {
+    /// What the new shards' logs must know of the directory: no jobs (they
+    /// are recorded afresh), and for each new shard a seq taken above every
+    /// old segment's, so that new segments sort after all of them.
+    pub fn known(&self, recovered: &Recovered) -> Recovered {
+        let top = recovered.segments.iter().map(|s| s.id.seq).chain(recovered.refused.iter().map(|id| id.seq)).max();
+        let mut refused = recovered.refused.clone();
+        refused.extend((0..self.to).map(|shard| SegmentId { shard, seq: top.unwrap_or(0) }));
+        Recovered { next_id: recovered.next_id, refused, ..Recovered::default() }
+    }
+}
+
 pub struct Opened {
     pub lock: DirLock,
     pub recovered: Recovered,
     /// Set when the jobs came from C files: they are not in runnerbean's log
     /// yet, and must be written and synced before [`finish_import`].
     pub import: Option<PendingImport>,
+    /// Set when the log was written with another number of shards: the
+    /// jobs must be written again and synced before [`finish_reshard`].
+    pub reshard: Option<PendingReshard>,
 }
 
-/// Locks and reads `dir`, creating it if it does not exist.
-pub fn open(dir: &Path, max_job_bytes: u64, now_wall_ns: u64) -> Result<Opened, OpenError> {
+/// Locks and reads `dir`, creating it if it does not exist, for a server
+/// of `shards` shards.
+pub fn open(dir: &Path, max_job_bytes: u64, now_wall_ns: u64, shards: u32) -> Result<Opened, OpenError> {
     let fail = |what: &str, e: io::Error| OpenError::Failed(format!("{}: {what}: {e}", dir.display()));
     let lock = files::lock(dir).map_err(|e| match e {
         LockError::Held => OpenError::Locked,
@@ -82,7 +126,19 @@ pub fn open(dir: &Path, max_job_bytes: u64, now_wall_ns: u64) -> Result<Opened, 
                 recovered.warnings.push(format!("{}: cannot remove an unused segment: {e}", path.display()));
             }
         }
-        return Ok(Opened { lock, recovered, import: None });
+        let reshard = needs_reshard(&recovered, shards).then(|| {
+            let mut from: Vec<u32> = recovered.segments.iter().map(|s| s.shards).collect();
+            from.sort_unstable();
+            from.dedup();
+            PendingReshard {
+                dir: dir.to_path_buf(),
+                files: recovered.segments.iter().map(|s| s.path.clone()).collect(),
+                from,
+                to: shards,
+                jobs: recovered.jobs.len(),
+            }
+        });
+        return Ok(Opened { lock, recovered, import: None, reshard });
     }
     let import = cbinlog::read_dir(dir, max_job_bytes).map_err(|e| fail("cannot read the binlog files", e))?;
     let subdir = dir.join(format!("{IMPORTED_DIR_PREFIX}{}", now_wall_ns / 1_000_000_000));
@@ -115,7 +171,33 @@ pub fn open(dir: &Path, max_job_bytes: u64, now_wall_ns: u64) -> Result<Opened, 
         .map(|image| RecoveredJob { image, body: None, segment: no_segment, has_state: false })
         .collect();
     let recovered = Recovered { jobs, next_id: import.next_id, warnings, ..Recovered::default() };
-    Ok(Opened { lock, recovered, import: Some(pending) })
+    Ok(Opened { lock, recovered, import: Some(pending), reshard: None })
+}
+
+/// Whether the segments read back were written by a server of another
+/// number of shards than `shards`.
+fn needs_reshard(recovered: &Recovered, shards: u32) -> bool {
+    recovered.segments.iter().any(|s| s.shards != shards || s.id.shard >= shards)
+}
+
+/// Ends a rewrite for a new number of shards once the jobs are synced in
+/// the new segments: the old segments go. Returns the log line that says
+/// so.
+pub fn finish_reshard(reshard: PendingReshard) -> io::Result<String> {
+    for file in &reshard.files {
+        std::fs::remove_file(file)?;
+    }
+    sync_dir(&reshard.dir)?;
+    let from: Vec<String> = reshard.from.iter().map(u32::to_string).collect();
+    Ok(format!(
+        "the log was written with {} cores, and {} now: its {} jobs were written again for {} cores and its {} \
+         old segment files removed",
+        from.join(" and "),
+        reshard.to,
+        reshard.jobs,
+        reshard.to,
+        reshard.files.len()
+    ))
 }
 
 /// Ends an import once its jobs are synced in runnerbean's log: the C

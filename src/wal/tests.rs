@@ -900,7 +900,7 @@ mod opening {
     /// loop would start; `finish` false stops short of finishing an import
     /// (a crash before the C files moved).
     fn start(dir: &Path, finish: bool) -> (Engine, Opened) {
-        let Ok(mut opened) = open::open(dir, 65535, NOW) else { panic!("open failed") };
+        let Ok(mut opened) = open::open(dir, 65535, NOW, 1) else { panic!("open failed") };
         let importing = opened.import.is_some();
         let empty = Recovered::default();
         let log =
@@ -1038,14 +1038,14 @@ mod opening {
     #[test]
     fn a_held_lock_or_both_kinds_of_file_refuse_to_open() {
         let dir = temp_dir();
-        let first = open::open(&dir, 65535, NOW);
+        let first = open::open(&dir, 65535, NOW, 1);
         assert!(first.is_ok());
         // fcntl locks are per process: a second process is needed to see
         // the lock held (the wire tests do that); here, both kinds of file.
         drop(first);
         let dir2 = with_c_files("basic");
         std::fs::write(dir2.join(crate::wal::segment::file_name(0, 1)), [0u8; 64]).unwrap();
-        assert!(matches!(open::open(&dir2, 65535, NOW), Err(OpenError::Failed(m)) if m.contains("both")));
+        assert!(matches!(open::open(&dir2, 65535, NOW, 1), Err(OpenError::Failed(m)) if m.contains("both")));
         let r = recover::recover(&dir).unwrap();
         assert!(r.jobs.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
