@@ -1583,11 +1583,14 @@ fn compaction_keeps_the_directory_bounded_at_the_wire() {
 
 // ----- another number of cores ---------------------------------------------
 
+/// Live jobs by id: tube, state, priority, body.
+type LiveJobs = BTreeMap<u64, (String, &'static str, u32, Vec<u8>)>;
+
 /// Writes, with the library's own log, what a server of `shards` shards
 /// leaves: each job in the segments of its tube's shard, one of them
 /// buried, one deleted in a later batch. Returns the live jobs (id → tube,
 /// state, pri, body) and the deleted id.
-fn write_sharded_log(dir: &Path, shards: u32) -> (BTreeMap<u64, (String, &'static str, u32, Vec<u8>)>, u64) {
+fn write_sharded_log(dir: &Path, shards: u32) -> (LiveJobs, u64) {
     use runnerbean::engine::body::Body;
     use runnerbean::wal::files::{DirFiles, open_dir};
     use runnerbean::wal::flush::write_blocking;
@@ -1663,7 +1666,7 @@ fn a_log_written_with_more_cores_is_written_again_for_this_many_and_keeps_every_
     on_both(|backend| {
         let dir = TempDir::new("rb-reshard");
         copy_dir(written.path(), dir.path());
-        let check = |c: &mut Client, live: &BTreeMap<u64, (String, &str, u32, Vec<u8>)>, gone: &[u64], what: &str| {
+        let check = |c: &mut Client, live: &LiveJobs, gone: &[u64], what: &str| {
             for (&id, (tube, state, pri, body)) in live {
                 let doc = yaml(c, &format!("stats-job {id}")).unwrap_or_else(|| panic!("{what}: job {id} is gone"));
                 assert_eq!(doc["tube"], *tube, "{what}: job {id}");
