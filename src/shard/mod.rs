@@ -31,6 +31,10 @@ pub mod request;
 pub mod route;
 pub mod session;
 pub mod spanning;
+pub mod spread;
+
+#[cfg(test)]
+mod cluster;
 
 use std::collections::VecDeque;
 
@@ -200,6 +204,9 @@ pub struct Shard {
     /// The connection figures of `stats`, kept as sessions change (see
     /// [`Figures`]).
     figures: Figures,
+    /// This shard's part in a server of several; `None` with one shard,
+    /// whose commands never make a message (see [`spread`]).
+    spread: Option<Box<spread::Spread>>,
 }
 
 /// What `stats` reports of the connections: those open (with an engine
@@ -235,6 +242,7 @@ impl Shard {
             upkeep: memory::Upkeep::default(),
             total_connections: 0,
             figures: Figures::default(),
+            spread: None,
         }
     }
 
@@ -266,6 +274,7 @@ impl Shard {
     /// Batches of the log up to `batch` are durable: replies that waited
     /// for them may leave.
     pub fn durable(&mut self, batch: u64) {
+        self.note_durable(batch);
         let mut i = 0;
         while i < self.fenced.len() {
             let conn = self.fenced[i];
@@ -331,6 +340,9 @@ impl Shard {
             memory::attempt(|| self.runnable.try_reserve(more))
         })
         .ok()?;
+        if self.spread.is_some() {
+            return self.far_open(label);
+        }
         let client = memory::try_or_spend(|| self.engine.connect()).ok()?;
         if memory::try_or_spend(|| memory::try_reserve_total(&mut self.conn_of_client, client.index() + 1)).is_err() {
             self.engine.disconnect(client, self.clock);
@@ -389,6 +401,11 @@ impl Shard {
         self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
+        if self.spread.is_some() {
+            self.far_eof(conn.0, now);
+            self.settle(now);
+            return;
+        }
         let k = conn.0 as usize;
         let session = &mut self.sessions[k];
         if !session.closing {
@@ -417,6 +434,17 @@ impl Shard {
 
     /// Timers: call at (or after) [`Shard::next_deadline`].
     pub fn tick(&mut self, now: Nanos) {
+        self.tick_engine(now);
+        if self.spread.is_some() {
+            self.span_timers(now);
+            self.settle(now);
+        }
+    }
+
+    /// The engine's timers and the memory upkeep, without the sessions'
+    /// own (spanning reserves'): their answers first, as beanstalkd's tick
+    /// hands out the jobs it makes ready before it times out connections.
+    fn tick_engine(&mut self, now: Nanos) {
         let now = self.observe(now);
         self.upkeep.tick(now);
         self.engine.advance(now);
@@ -424,10 +452,7 @@ impl Shard {
     }
 
     pub fn next_deadline(&self) -> Option<Nanos> {
-        match (self.engine.next_deadline(), self.upkeep.next_due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.engine.next_deadline(), self.upkeep.next_due(), self.span_deadline()].into_iter().flatten().min()
     }
 
     /// A new turn of the event loop: every connection may run
@@ -470,7 +495,7 @@ impl Shard {
             self.run(conn, now);
             self.settle(now);
             let session = &self.sessions[conn as usize];
-            if session.eof && !session.stalled && !session.carried && !session.closing {
+            if session.eof && !session.stalled && !session.carried && !session.closing && !session.awaiting {
                 self.close(ConnId(conn), now);
                 self.settle(now);
             }
@@ -493,13 +518,17 @@ impl Shard {
         session.pending = Input::default();
         session.mode = Mode::Line;
         if let Some(client) = session.client.take() {
-            self.engine.disconnect(client, now);
-            self.conn_of_client[client.index()] = u32::MAX;
             let f = &mut self.figures;
             f.connections -= 1;
             f.producers -= u64::from(session.producer);
             f.workers -= u64::from(session.worker);
             f.waiting -= u64::from(session.blocked);
+            if self.spread.is_some() {
+                self.far_close(conn.0);
+            } else {
+                self.engine.disconnect(client, now);
+                self.conn_of_client[client.index()] = u32::MAX;
+            }
         }
         self.mark_dirty(conn.0);
     }
@@ -627,7 +656,7 @@ impl Shard {
         self.run(conn.0, now);
         self.settle(now);
         let session = &self.sessions[k];
-        if session.eof && !session.stalled && !session.carried && !session.closing {
+        if session.eof && !session.stalled && !session.carried && !session.closing && !session.awaiting {
             self.close(conn, now);
             self.settle(now);
         }
@@ -699,6 +728,9 @@ impl Shard {
     fn settle(&mut self, now: Nanos) {
         loop {
             self.wakes.extend(self.engine.take_wakes());
+            if self.spread.is_some() {
+                self.forward_owed();
+            }
             if self.wakes.is_empty() && self.runnable.is_empty() {
                 return;
             }
@@ -727,6 +759,9 @@ impl Shard {
             }
             while let Some(conn) = self.runnable.pop_front() {
                 self.run(conn, now);
+                if self.spread.is_some() {
+                    self.far_idle(conn, now);
+                }
             }
         }
     }
@@ -883,6 +918,10 @@ impl Shard {
             ttr_s: put.ttr_s,
             body,
         });
+        if self.spread.is_some() {
+            let Request::Put(put) = request else { unreachable!() };
+            return self.far_put(conn, put);
+        }
         let answer = request::execute(&mut self.engine, client, request, now);
         self.answer(conn, answer, now);
     }
@@ -913,11 +952,19 @@ impl Shard {
         // wrongly, so it stops the server instead (it cannot happen with one
         // shard, the only configuration that starts).
         let config = self.engine.config();
-        match route::owner(route::target(&cmd), &session.used, config.shards) {
-            Some(owner) => {
-                assert_eq!(owner.0, config.shard, "a command for shard {} reached shard {}", owner.0, config.shard)
+        if self.spread.is_some() {
+            // Several shards: everything but the put line and the
+            // connection's own state goes to its owners as messages.
+            if !matches!(cmd, Command::Put { .. } | Command::Quit | Command::ListTubeUsed | Command::ListTubesWatched) {
+                return self.far_command(conn, cmd, now);
             }
-            None => assert_eq!(config.shards, 1, "a command spanning shards needs the mailbox between cores"),
+        } else {
+            match route::owner(route::target(&cmd), &session.used, config.shards) {
+                Some(owner) => {
+                    assert_eq!(owner.0, config.shard, "a command for shard {} reached shard {}", owner.0, config.shard)
+                }
+                None => assert_eq!(config.shards, 1, "a command spanning shards needs a shard of several"),
+            }
         }
 
         use Command as C;

@@ -1,0 +1,471 @@
+//! Several shards in one thread, for tests: a [`Cluster`] of N [`Shard`]s
+//! whose messages a seeded scheduler delivers in random per-pair-FIFO order
+//! after random delays, with a clock driven by hand; and the model test,
+//! which runs random multi-client histories through four shards and
+//! through one, and asserts the same reply bytes on every connection and
+//! the same final state.
+//!
+//! A history runs one client's input (one or a few pipelined commands), a
+//! half-close, or a clock step at a time, and lets the cluster settle (every
+//! message delivered) before the next: one server answers each input
+//! before it reads the next, so that is what the two must agree on. Within
+//! a step everything may interleave: fan-outs, tries of an id on every
+//! shard, the rounds of a reserve across shards, takedowns, answers to
+//! waiters on other cores.
+//!
+//! `cargo test` runs [`SEEDS_DEFAULT`] seeds; `RUNNERBEAN_CLUSTER_SEEDS=n`
+//! runs `n`, `RUNNERBEAN_CLUSTER_SEED=s` replays one (a failure prints its
+//! seed and the steps before it), `RUNNERBEAN_CLUSTER_STEPS` sets the
+//! length of a history.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::spread::Message;
+use super::*;
+use crate::engine::directory::Directory;
+use crate::engine::{IdSource, NANOS_PER_SEC};
+use crate::shard::route::ShardId;
+
+const S: Nanos = NANOS_PER_SEC;
+/// How far apart the instants of two steps of a history are, beyond whole
+/// half seconds (see `Pair::advance`).
+const STEP_NS: Nanos = 100_000;
+/// How far past a timer the clock stops for it: far more than the
+/// nanoseconds by which the two servers' clocks drift apart within a step
+/// (one per command), far less than [`STEP_NS`].
+const STOP_NS: Nanos = 1_000;
+const SEEDS_DEFAULT: u64 = 40;
+const STEPS_DEFAULT: usize = 300;
+/// Steps of the scheduler a message may wait before it can be delivered.
+const DELAY_STEPS_MAX: u64 = 4;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+pub(super) fn info() -> ServerInfo {
+    ServerInfo {
+        max_job_size: 65535,
+        pid: 42,
+        instance_id: "0123456789abcdef".into(),
+        hostname: "host".into(),
+        os: "#1 SMP".into(),
+        platform: "x86_64".into(),
+        binlog_max_size: 10485760,
+        extra: vec![],
+        cpu_times: || (CpuTime { secs: 1, micros: 5 }, CpuTime::default()),
+        verbosity: 0,
+        started_at: 0,
+        strict: false,
+    }
+}
+
+/// N shards in one thread, with a seeded scheduler between them.
+pub(super) struct Cluster {
+    pub shards: Vec<Shard>,
+    rng: Rng,
+    /// Messages in flight, per ordered pair `from * n + to`, each with the
+    /// scheduler step from which it may be delivered and the sender's
+    /// clock when it left.
+    rings: Vec<VecDeque<(u64, Nanos, Message)>>,
+    step: u64,
+    pub delivered: u64,
+}
+
+impl Cluster {
+    pub fn new(n: u32, seed: u64) -> Cluster {
+        let (ids, directory) = (IdSource::default(), Directory::default());
+        let shards = (0..n)
+            .map(|i| {
+                let config = EngineConfig { shard: i, shards: n };
+                Shard::new_spread(config, ids.clone(), directory.clone(), info())
+            })
+            .collect();
+        let rings = (0..n * n).map(|_| VecDeque::new()).collect();
+        Cluster { shards, rng: Rng(seed ^ 0x5eed), rings, step: 0, delivered: 0 }
+    }
+
+    fn n(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Takes every message that may leave into the rings, each with a
+    /// random delay.
+    fn collect(&mut self) {
+        let n = self.n();
+        let mut taken = Vec::new();
+        for from in 0..n {
+            for to in 0..n {
+                let sent_at = self.shards[from].take_outbox(ShardId(to as u32), &mut taken);
+                for msg in taken.drain(..) {
+                    let due = self.step + self.rng.below(DELAY_STEPS_MAX + 1);
+                    self.rings[from * n + to].push_back((due, sent_at, msg));
+                }
+            }
+        }
+    }
+
+    /// Delivers messages until none is left anywhere, in a random order
+    /// that keeps each pair's FIFO, at `now`.
+    pub fn settle(&mut self, now: Nanos) {
+        let n = self.n();
+        loop {
+            for shard in &mut self.shards {
+                while shard.has_carried() {
+                    shard.begin_turn();
+                    shard.run_carried(now);
+                }
+            }
+            self.collect();
+            if self.rings.iter().all(VecDeque::is_empty) {
+                return;
+            }
+            let ready: Vec<usize> =
+                (0..n * n).filter(|&r| self.rings[r].front().is_some_and(|(due, _, _)| *due <= self.step)).collect();
+            self.step += 1;
+            if ready.is_empty() {
+                continue;
+            }
+            let r = *self.rng.pick(&ready);
+            let (_, sent_at, msg) = self.rings[r].pop_front().expect("a ready ring");
+            self.delivered += 1;
+            self.shards[r % n].deliver(ShardId((r / n) as u32), msg, now.max(sent_at));
+        }
+    }
+
+    /// The clock reached `now`: every shard's engine timers first, their
+    /// answers delivered, then the sessions' timers (spanning reserves).
+    /// One beanstalkd hands out the jobs its tick makes ready before it
+    /// times out waiting connections; with several shards ticking late
+    /// (the clock here jumps by seconds) the same order needs the jobs'
+    /// answers in before any session decides on time.
+    pub fn tick(&mut self, now: Nanos) {
+        for shard in &mut self.shards {
+            shard.tick_engine(now);
+        }
+        self.settle(now);
+        for shard in &mut self.shards {
+            shard.tick(now);
+        }
+        self.settle(now);
+    }
+}
+
+/// Everything a connection was sent since the last call, as the network
+/// would write it.
+pub(super) fn take_out(shard: &mut Shard, conn: ConnId) -> Vec<u8> {
+    let mut segments = Vec::new();
+    shard.start_send(conn, &mut segments);
+    shard.sent(conn, 0);
+    segments.iter().flat_map(|s| s.bytes().to_vec()).collect()
+}
+
+/// One client of the model test: its connection on the single shard, and
+/// its core and connection in the cluster.
+struct Client {
+    single: ConnId,
+    core: usize,
+    far: ConnId,
+    open: bool,
+}
+
+/// The two servers under comparison.
+struct Pair {
+    single: Shard,
+    cluster: Cluster,
+    clients: Vec<Client>,
+    now: Nanos,
+    trace: Vec<String>,
+}
+
+const TUBES: [&str; 7] = ["default", "t0", "t1", "t2", "t3", "t4", "t5"];
+
+impl Pair {
+    fn new(seed: u64) -> Pair {
+        Pair {
+            single: Shard::new(EngineConfig::default(), info()),
+            cluster: Cluster::new(4, seed),
+            clients: Vec::new(),
+            now: 1000 * S,
+            trace: Vec::new(),
+        }
+    }
+
+    /// The next step's instant (see `advance`).
+    fn step_clock(&mut self) {
+        self.now = self.now / STEP_NS * STEP_NS + STEP_NS;
+    }
+
+    fn open(&mut self, core: usize) -> usize {
+        self.step_clock();
+        let single = self.single.open(0).expect("memory");
+        let far = self.cluster.shards[core].open(0).expect("memory");
+        self.cluster.settle(self.now);
+        self.clients.push(Client { single, core, far, open: true });
+        self.trace.push(format!("open client {} on core {core}", self.clients.len() - 1));
+        self.clients.len() - 1
+    }
+
+    fn send(&mut self, c: usize, bytes: &[u8]) {
+        self.step_clock();
+        self.trace.push(format!("client {c}: {:?}", String::from_utf8_lossy(bytes)));
+        let now = self.now;
+        let client = &self.clients[c];
+        self.single.input(client.single, bytes, now);
+        while self.single.has_carried() {
+            self.single.begin_turn();
+            self.single.run_carried(now);
+        }
+        self.cluster.shards[client.core].input(client.far, bytes, now);
+        self.cluster.settle(now);
+        self.due_timers();
+        self.compare();
+    }
+
+    /// Timers already due fire at once, as the network's loop, which
+    /// sleeps no later than `next_deadline`, runs them: one engine lets a
+    /// reserve wait whose DEADLINE_SOON is already due (only paused tubes
+    /// have jobs), and answers it at its next tick.
+    fn due_timers(&mut self) {
+        let now = self.now;
+        if self.single.next_deadline().is_some_and(|d| d <= now) {
+            self.single.tick(now);
+        }
+        if self.cluster.shards.iter().any(|s| s.next_deadline().is_some_and(|d| d <= now)) {
+            self.cluster.tick(now);
+        }
+    }
+
+    fn eof(&mut self, c: usize) {
+        self.step_clock();
+        self.trace.push(format!("client {c}: eof"));
+        let now = self.now;
+        let client = &mut self.clients[c];
+        client.open = false;
+        self.single.eof(client.single, now);
+        self.cluster.shards[client.core].eof(client.far, now);
+        self.cluster.settle(now);
+        self.due_timers();
+        self.compare();
+    }
+
+    /// The clock moves on by `by` (whole half seconds), stopping at every
+    /// timer on the way as an event loop that wakes on time does, so that
+    /// what falls due at different instants happens in that order on both
+    /// (a tick that comes late, past several timers, leaves one engine to
+    /// order them and several shards to order them per shard).
+    ///
+    /// The same command can run a few nanoseconds apart on the two servers:
+    /// each shard steps its own clock once per command. That must never
+    /// decide anything, and every limit of the protocol (TTRs, delays,
+    /// timeouts, the margin) is whole seconds: so no two instants of a
+    /// history may lie a whole number of seconds apart within those
+    /// nanoseconds. Each step runs at an instant of its own, [`STEP_NS`]
+    /// past the one before beyond half seconds (`step_clock`); the clock
+    /// stops [`STOP_NS`] past each timer (a timer is whole seconds and a
+    /// few nanoseconds after some instant), so a stop lies `k * STOP_NS`
+    /// past some step's instant, for the few `k` of a chain of timers,
+    /// and never on another step's.
+    fn advance(&mut self, by: Nanos) {
+        self.trace.push(format!("clock +{by} ns"));
+        let end = (self.now + by) / STEP_NS * STEP_NS + STEP_NS;
+        loop {
+            let next = std::iter::once(self.single.next_deadline())
+                .chain(self.cluster.shards.iter().map(Shard::next_deadline))
+                .flatten()
+                .min();
+            let Some(at) = next.map(|at| (at / STOP_NS + 1) * STOP_NS).filter(|&at| at < end) else { break };
+            self.now = self.now.max(at);
+            self.single.tick(self.now);
+            self.cluster.tick(self.now);
+            self.compare();
+            if next.is_some_and(|n| n >= self.now) {
+                break;
+            }
+        }
+        self.now = end;
+        self.single.tick(self.now);
+        self.cluster.tick(self.now);
+        self.compare();
+    }
+
+    /// Whether the client waits in a reserve (as one shard sees it).
+    fn blocked(&self, c: usize) -> bool {
+        self.single.sessions[self.clients[c].single.0 as usize].blocked
+    }
+
+    /// Every connection got the same bytes from both.
+    fn compare(&mut self) {
+        for (i, client) in self.clients.iter().enumerate() {
+            let a = take_out(&mut self.single, client.single);
+            let b = take_out(&mut self.cluster.shards[client.core], client.far);
+            if a != b {
+                let held = self.cluster.shards[client.core].far_holdings(client.far);
+                panic!(
+                    "client {i} differs:\n  one shard: {:?}\n  4 shards:  {:?}\n  its reservations: {held}",
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b)
+                );
+            }
+        }
+        self.single.engine().check_invariants(self.now);
+        for shard in &self.cluster.shards {
+            shard.engine().check_invariants(self.now);
+        }
+    }
+}
+
+/// A random command line (with its body, for a put).
+fn command(rng: &mut Rng, ids: u64) -> String {
+    let tube = *rng.pick(&TUBES);
+    let id = 1 + rng.below(ids + 2);
+    match rng.below(30) {
+        0..=5 => {
+            let body = "x".repeat(1 + rng.below(3) as usize);
+            let delay = *rng.pick(&[0, 0, 0, 1, 3]);
+            let ttr = *rng.pick(&[1, 2, 5, 30]);
+            format!("put {} {delay} {ttr} {}\r\n{body}\r\n", rng.below(3), body.len())
+        }
+        6 => format!("use {tube}\r\n"),
+        7 | 8 => format!("watch {tube}\r\n"),
+        9 => format!("ignore {tube}\r\n"),
+        10 | 11 => format!("reserve-with-timeout {}\r\n", rng.pick(&[0, 0, 1, 2])),
+        12 => "reserve\r\n".into(),
+        13 => format!("delete {id}\r\n"),
+        14 => format!("release {id} {} {}\r\n", rng.below(3), rng.pick(&[0, 0, 1])),
+        15 => format!("bury {id} {}\r\n", rng.below(3)),
+        16 => format!("touch {id}\r\n"),
+        17 => format!("kick-job {id}\r\n"),
+        18 => format!("peek {id}\r\n"),
+        19 => format!("stats-job {id}\r\n"),
+        20 => format!("reserve-job {id}\r\n"),
+        21 => format!("kick {}\r\n", 1 + rng.below(3)),
+        22 => (*rng.pick(&["peek-ready\r\n", "peek-delayed\r\n", "peek-buried\r\n"])).into(),
+        23 => format!("stats-tube {tube}\r\n"),
+        24 => format!("pause-tube {tube} {}\r\n", rng.pick(&[0, 1, 2])),
+        25 => "list-tubes\r\n".into(),
+        26 => (*rng.pick(&["list-tubes-watched\r\n", "list-tube-used\r\n"])).into(),
+        27 => "stats\r\n".into(),
+        28 => format!("clear-tube {tube} buried\r\n"),
+        _ => format!("list-jobs {tube} ready 0 10\r\n"),
+    }
+}
+
+fn history(seed: u64, steps: usize, pair: &mut Pair) {
+    let mut rng = Rng(seed);
+    let mut puts = 0u64;
+    for _ in 0..4 {
+        let core = rng.below(4) as usize;
+        pair.open(core);
+    }
+    for _ in 0..steps {
+        match rng.below(20) {
+            0..=14 => {
+                // A client blocked in a reserve is sent nothing, and a
+                // reserve ends its input: commands pipelined behind a wait
+                // run when another client's command serves it, and whether
+                // that is before or after that client's next command is a
+                // race with several shards (one shard runs them after the
+                // whole of the serving client's input).
+                let idle: Vec<usize> =
+                    (0..pair.clients.len()).filter(|&c| pair.clients[c].open && !pair.blocked(c)).collect();
+                if idle.is_empty() {
+                    continue;
+                }
+                let c = *rng.pick(&idle);
+                let mut input = String::new();
+                for _ in 0..1 + rng.below(3) {
+                    let line = command(&mut rng, puts);
+                    puts += u64::from(line.starts_with("put"));
+                    input.push_str(&line);
+                    if line.starts_with("reserve") {
+                        break;
+                    }
+                }
+                pair.send(c, input.as_bytes());
+            }
+            15 | 16 => {
+                let by = rng.below(6) * S / 2;
+                pair.advance(by);
+            }
+            17 => {
+                let open: Vec<usize> = (0..pair.clients.len()).filter(|&c| pair.clients[c].open).collect();
+                if open.len() > 1 {
+                    pair.eof(*rng.pick(&open));
+                }
+            }
+            _ => {
+                if pair.clients.len() < 12 {
+                    let core = rng.below(4) as usize;
+                    pair.open(core);
+                }
+            }
+        }
+    }
+    // The final state, through a fresh connection of each.
+    let admin = pair.open(0);
+    let mut state = String::from("stats\r\nlist-tubes\r\n");
+    for tube in TUBES {
+        state.push_str(&format!("stats-tube {tube}\r\n"));
+    }
+    pair.send(admin, state.as_bytes());
+    for c in 0..pair.clients.len() {
+        if pair.clients[c].open {
+            pair.eof(c);
+        }
+    }
+    pair.send_stats_after_close();
+}
+
+impl Pair {
+    /// `stats` once every connection has gone: what the takedowns left.
+    fn send_stats_after_close(&mut self) {
+        let admin = self.open(1);
+        self.send(admin, b"stats\r\nlist-tubes\r\nstats-tube default\r\n");
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn four_shards_answer_as_one() {
+    let steps = env_number("RUNNERBEAN_CLUSTER_STEPS").map_or(STEPS_DEFAULT, |s| s as usize);
+    let seeds: Vec<u64> = match env_number("RUNNERBEAN_CLUSTER_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_number("RUNNERBEAN_CLUSTER_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect(),
+    };
+    let mut delivered = 0;
+    for seed in seeds {
+        let mut pair = Pair::new(seed);
+        let result = catch_unwind(AssertUnwindSafe(|| history(seed, steps, &mut pair)));
+        if let Err(panic) = result {
+            let from = pair.trace.len().saturating_sub(env_number("RUNNERBEAN_CLUSTER_TRACE").unwrap_or(30) as usize);
+            eprintln!("last steps of seed {seed}:\n{}", pair.trace[from..].join("\n"));
+            let why =
+                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            panic!("seed {seed} failed (replay: RUNNERBEAN_CLUSTER_SEED={seed}): {}", why.unwrap_or_default());
+        }
+        delivered += pair.cluster.delivered;
+    }
+    // The histories did cross shards.
+    assert!(delivered > 0);
+}
