@@ -86,7 +86,52 @@ pub(super) struct Cluster {
     /// clock when it left.
     rings: Vec<VecDeque<(u64, Nanos, Message)>>,
     step: u64,
-    pub delivered: u64,
+    pub seen: Seen,
+}
+
+/// What the deliveries of a run held, so that a run that never exercised
+/// a path says so.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Seen {
+    pub messages: u64,
+    pub probes: u64,
+    pub takes: u64,
+    pub served: u64,
+    pub id_not_found: u64,
+    pub leaves: u64,
+    pub stats: u64,
+    pub remote_waits: u64,
+}
+
+impl Seen {
+    fn add(&mut self, o: &Seen) {
+        self.messages += o.messages;
+        self.probes += o.probes;
+        self.takes += o.takes;
+        self.served += o.served;
+        self.id_not_found += o.id_not_found;
+        self.leaves += o.leaves;
+        self.stats += o.stats;
+        self.remote_waits += o.remote_waits;
+    }
+
+    fn note(&mut self, msg: &Message) {
+        use super::spanning::{SpanAnswer, SpanRequest};
+        use super::spread::{Answer, Ask, Order};
+        self.messages += 1;
+        match msg {
+            Message::Ask { ask: Ask::Span(SpanRequest::Probe { .. }), .. } => self.probes += 1,
+            Message::Ask { ask: Ask::Span(SpanRequest::Take { .. }), .. } => self.takes += 1,
+            Message::Ask { ask: Ask::Leave(_), .. } => self.leaves += 1,
+            Message::Ask { ask: Ask::Run(Order::Stats), .. } => self.stats += 1,
+            Message::Answer { answer: Answer::Span(SpanAnswer::Served { .. }), .. } => self.served += 1,
+            Message::Answer { answer: Answer::Wake { .. }, .. } => self.remote_waits += 1,
+            Message::Answer { answer: Answer::Reply { reply: Reply::Word(request::Word::NotFound), .. }, .. } => {
+                self.id_not_found += 1
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Cluster {
@@ -99,7 +144,7 @@ impl Cluster {
             })
             .collect();
         let rings = (0..n * n).map(|_| VecDeque::new()).collect();
-        Cluster { shards, rng: Rng(seed ^ 0x5eed), rings, step: 0, delivered: 0 }
+        Cluster { shards, rng: Rng(seed ^ 0x5eed), rings, step: 0, seen: Seen::default() }
     }
 
     fn n(&self) -> usize {
@@ -145,7 +190,7 @@ impl Cluster {
             }
             let r = *self.rng.pick(&ready);
             let (_, sent_at, msg) = self.rings[r].pop_front().expect("a ready ring");
-            self.delivered += 1;
+            self.seen.note(&msg);
             self.shards[r % n].deliver(ShardId((r / n) as u32), msg, now.max(sent_at));
         }
     }
@@ -346,7 +391,7 @@ fn command(rng: &mut Rng, ids: u64) -> String {
         6 => format!("use {tube}\r\n"),
         7 | 8 => format!("watch {tube}\r\n"),
         9 => format!("ignore {tube}\r\n"),
-        10 | 11 => format!("reserve-with-timeout {}\r\n", rng.pick(&[0, 0, 1, 2])),
+        10 | 11 => format!("reserve-with-timeout {}\r\n", rng.pick(&[0, 0, 1, 2, 5])),
         12 => "reserve\r\n".into(),
         13 => format!("delete {id}\r\n"),
         14 => format!("release {id} {} {}\r\n", rng.below(3), rng.pick(&[0, 0, 1])),
@@ -420,6 +465,7 @@ fn history(seed: u64, steps: usize, pair: &mut Pair) {
         }
     }
     // The final state, through a fresh connection of each.
+    pair.trace.push("final state".into());
     let admin = pair.open(0);
     let mut state = String::from("stats\r\nlist-tubes\r\n");
     for tube in TUBES {
@@ -453,7 +499,7 @@ fn four_shards_answer_as_one() {
         Some(seed) => vec![seed],
         None => (0..env_number("RUNNERBEAN_CLUSTER_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect(),
     };
-    let mut delivered = 0;
+    let mut seen = Seen::default();
     for seed in seeds {
         let mut pair = Pair::new(seed);
         let result = catch_unwind(AssertUnwindSafe(|| history(seed, steps, &mut pair)));
@@ -464,8 +510,98 @@ fn four_shards_answer_as_one() {
                 panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
             panic!("seed {seed} failed (replay: RUNNERBEAN_CLUSTER_SEED={seed}): {}", why.unwrap_or_default());
         }
-        delivered += pair.cluster.delivered;
+        seen.add(&pair.cluster.seen);
     }
-    // The histories did cross shards.
-    assert!(delivered > 0);
+    // The histories did take every path between shards.
+    eprintln!("{seen:#?}");
+    let Seen { messages, probes, takes, served, id_not_found, leaves, stats, remote_waits } = seen;
+    for (what, n) in [
+        ("messages", messages),
+        ("probes", probes),
+        ("takes", takes),
+        ("spanning waits served", served),
+        ("NOT_FOUND from a shard", id_not_found),
+        ("takedown steps", leaves),
+        ("stats parts", stats),
+        ("ordinary waits answered remotely", remote_waits),
+    ] {
+        assert!(n > 0, "no {what} in the runs");
+    }
+}
+
+/// With the log, a change made on another shard is acknowledged only once
+/// the owner's batch holding its record is durable: the owner holds the
+/// reply, and what follows it to the same core, in its outbox.
+#[test]
+fn a_remote_change_is_answered_once_the_owners_log_is_durable() {
+    use crate::wal::log::{Log, LogConfig, SyncPolicy};
+    use crate::wal::recover::Recovered;
+    use crate::wal::tests::MemFiles;
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 7);
+    // `default` lives on shard 0; the connection is on core 1.
+    assert_eq!(route::shard_of_tube("default", 2), ShardId(0));
+    let files = MemFiles::default();
+    let config = LogConfig { shard: 0, shards: 2, segment_bytes: 1 << 20, sync: SyncPolicy::Always };
+    let log = Log::open(config, Box::new(files.clone()), &Recovered::default(), now).unwrap();
+    c.shards[0].engine_mut().attach_log(log);
+    let a = c.shards[1].open(0).unwrap();
+    c.settle(now);
+    let flush = |c: &mut Cluster| {
+        let log = c.shards[0].engine_mut().log_mut().unwrap();
+        let batch = log.take_batch().unwrap();
+        files.apply(&batch);
+        log.written(batch.number);
+        log.synced(batch.number);
+        let durable = log.durable();
+        c.shards[0].durable(durable);
+    };
+    c.shards[1].input(a, b"put 0 0 60 1\r\nx\r\n", now);
+    c.settle(now);
+    assert_eq!(take_out(&mut c.shards[1], a), b"", "held until the put's record is durable");
+    assert!(!c.shards[0].has_outbox(), "the reply waits in the owner's outbox");
+    flush(&mut c);
+    c.settle(now);
+    assert_eq!(take_out(&mut c.shards[1], a), b"INSERTED 1\r\n");
+    // Nothing recorded, nothing to wait for.
+    c.shards[1].input(a, b"peek 1\r\n", now);
+    c.settle(now);
+    assert_eq!(take_out(&mut c.shards[1], a), b"FOUND 1 1\r\nx\r\n");
+}
+
+/// A watch list over two shards gets the best job of both, and an id the
+/// connection never saw is found on whichever shard has it.
+#[test]
+fn a_reserve_over_two_shards_takes_the_best_of_both() {
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 3);
+    // `a` lives on shard 0 and `b` on shard 1.
+    assert_eq!((route::shard_of_tube("a", 2), route::shard_of_tube("b", 2)), (ShardId(0), ShardId(1)));
+    let p = c.shards[0].open(0).unwrap();
+    let w = c.shards[1].open(0).unwrap();
+    let ask = |c: &mut Cluster, core: usize, conn: ConnId, bytes: &[u8]| {
+        c.shards[core].input(conn, bytes, now);
+        c.settle(now);
+        String::from_utf8(take_out(&mut c.shards[core], conn)).unwrap()
+    };
+    assert_eq!(
+        ask(&mut c, 0, p, b"use a\r\nput 5 0 60 2\r\naa\r\nuse b\r\nput 1 0 60 2\r\nbb\r\n"),
+        "USING a\r\nINSERTED 1\r\nUSING b\r\nINSERTED 2\r\n"
+    );
+    assert_eq!(
+        ask(&mut c, 1, w, b"watch a\r\nwatch b\r\nignore default\r\n"),
+        "WATCHING 2\r\nWATCHING 3\r\nWATCHING 2\r\n"
+    );
+    assert_eq!(ask(&mut c, 1, w, b"reserve-with-timeout 0\r\n"), "RESERVED 2 2\r\nbb\r\n");
+    assert_eq!(ask(&mut c, 1, w, b"reserve-with-timeout 0\r\n"), "RESERVED 1 2\r\naa\r\n");
+    assert_eq!(ask(&mut c, 1, w, b"reserve-with-timeout 0\r\n"), "TIMED_OUT\r\n");
+    // The producer never saw its jobs reserved: its commands on them try
+    // every shard in turn, and NOT_FOUND comes only from all of them.
+    assert_eq!(ask(&mut c, 0, p, b"stats-job 1\r\ndelete 1\r\ndelete 9\r\n").lines().last(), Some("NOT_FOUND"));
+    assert_eq!(ask(&mut c, 1, w, b"delete 1\r\ndelete 2\r\n"), "DELETED\r\nDELETED\r\n");
+    assert_eq!(
+        ask(&mut c, 0, p, b"list-tubes\r\n"),
+        "OK 22\r\n---\n- default\n- a\n- b\n\r\n",
+        "creation order across shards"
+    );
 }
