@@ -238,6 +238,7 @@ struct Pair {
     clients: Vec<Client>,
     now: Nanos,
     trace: Vec<String>,
+    draining: bool,
 }
 
 const TUBES: [&str; 7] = ["default", "t0", "t1", "t2", "t3", "t4", "t5"];
@@ -250,6 +251,7 @@ impl Pair {
             clients: Vec::new(),
             now: 1000 * S,
             trace: Vec::new(),
+            draining: false,
         }
     }
 
@@ -349,6 +351,15 @@ impl Pair {
         self.single.tick(self.now);
         self.cluster.tick(self.now);
         self.compare();
+    }
+
+    fn drain(&mut self) {
+        self.trace.push("drain".into());
+        self.draining = true;
+        self.single.set_draining();
+        for shard in &mut self.cluster.shards {
+            shard.set_draining();
+        }
     }
 
     /// Whether the client waits in a reserve (as one shard sees it).
@@ -456,6 +467,9 @@ fn history(seed: u64, steps: usize, pair: &mut Pair) {
                     pair.eof(*rng.pick(&open));
                 }
             }
+            // Drain mode (SIGUSR1 reaches every core), late in a history
+            // so that most of it runs with puts taken.
+            18 if !pair.draining && rng.below(steps as u64) < 2 => pair.drain(),
             _ => {
                 if pair.clients.len() < 12 {
                     let core = rng.below(4) as usize;

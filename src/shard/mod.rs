@@ -16,6 +16,12 @@
 //! the commands they had pipelined behind the reserve, until nothing moves.
 //! Replies therefore leave each connection in command order.
 //!
+//! # Several shards
+//! A shard built by [`Shard::new_spread`] among several sends its sessions'
+//! engine commands to the shards that own what they touch, as messages its
+//! caller carries ([`Shard::take_outbox`], [`Shard::deliver`]); see
+//! [`spread`]. With one shard no message is ever made.
+//!
 //! # Turns
 //! The network layer works in turns (wait for events, act on them, write
 //! replies) and starts each with [`Shard::begin_turn`]. A connection runs at
@@ -946,15 +952,14 @@ impl Shard {
         if self.info.verbosity >= 2 {
             println!("<{} command {}", session.label, String::from_utf8_lossy(line));
         }
-        // Every command goes through the router, in every build. Until the
-        // mailbox between cores exists, the owner of what a command touches
-        // must be this shard; a command for another one would be answered
-        // wrongly, so it stops the server instead (it cannot happen with one
-        // shard, the only configuration that starts).
+        // Every command goes through the router, in every build. A shard
+        // among several sends everything but the put line and the
+        // connection's own state to its owners as messages (see `spread`).
+        // A shard alone must own what every command touches; a command for
+        // another one would be answered wrongly, so it stops the server
+        // instead (it cannot happen with one shard).
         let config = self.engine.config();
         if self.spread.is_some() {
-            // Several shards: everything but the put line and the
-            // connection's own state goes to its owners as messages.
             if !matches!(cmd, Command::Put { .. } | Command::Quit | Command::ListTubeUsed | Command::ListTubesWatched) {
                 return self.far_command(conn, cmd, now);
             }

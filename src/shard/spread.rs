@@ -1167,6 +1167,14 @@ impl Shard {
                 spread.armed -= 1;
             }
         }
+        // An ordinary wait ends first, as `Engine::disconnect` ends it
+        // before anything else: no job may reach a leaving proxy while the
+        // takedown is on other shards. (Its answer finds the session gone.)
+        if let Step::Reserve { shard } = far.step
+            && session.blocked
+        {
+            spread.send(shard, 0, Message::Ask { from: origin, ask: Ask::HalfClose });
+        }
         let mut steps = VecDeque::new();
         for held in far.holdings.in_order() {
             steps.push_back((held.shard, Leave::GiveBack(held.id)));

@@ -3,10 +3,10 @@
 //! session's side as a state machine ([`SpanReserve`]) and the shard's
 //! side as two functions over an [`Engine`] ([`execute`], [`owed`]).
 //!
-//! Nothing in the running server uses this module yet: the server runs one
-//! shard, whose reserves never span. It is built and tested here, in the
-//! pure layer, so that wiring it in (threads, the mailbox, the session side
-//! in [`crate::shard::Shard`]) changes the transport, not the decisions.
+//! [`crate::shard::spread`] runs it for a [`crate::shard::Shard`] among
+//! several; the running server has one shard, whose reserves never span.
+//! It is built and tested here, in the pure layer, so that putting it on
+//! threads and the mailbox changes the transport, not the decisions.
 //!
 //! # The problem
 //! A client watching tubes on several shards must get what one beanstalkd
