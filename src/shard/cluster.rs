@@ -229,6 +229,9 @@ struct Client {
     core: usize,
     far: ConnId,
     open: bool,
+    /// Its connections are forgotten (`Shard::remove`), and their slots
+    /// free for new ones.
+    removed: bool,
 }
 
 /// The two servers under comparison.
@@ -265,7 +268,7 @@ impl Pair {
         let single = self.single.open(0).expect("memory");
         let far = self.cluster.shards[core].open(0).expect("memory");
         self.cluster.settle(self.now);
-        self.clients.push(Client { single, core, far, open: true });
+        self.clients.push(Client { single, core, far, open: true, removed: false });
         self.trace.push(format!("open client {} on core {core}", self.clients.len() - 1));
         self.clients.len() - 1
     }
@@ -369,7 +372,10 @@ impl Pair {
 
     /// Every connection got the same bytes from both.
     fn compare(&mut self) {
-        for (i, client) in self.clients.iter().enumerate() {
+        for (i, client) in self.clients.iter_mut().enumerate() {
+            if client.removed {
+                continue;
+            }
             let a = take_out(&mut self.single, client.single);
             let b = take_out(&mut self.cluster.shards[client.core], client.far);
             if a != b {
@@ -379,6 +385,15 @@ impl Pair {
                     String::from_utf8_lossy(&a),
                     String::from_utf8_lossy(&b)
                 );
+            }
+            // A closed connection with nothing left to write goes, as the
+            // network forgets it, so that its slot serves a new one while
+            // the shards may still be taking the old one down.
+            let far = &mut self.cluster.shards[client.core];
+            if self.single.finished(client.single) && far.finished(client.far) {
+                self.single.remove(client.single);
+                far.remove(client.far);
+                client.removed = true;
             }
         }
         self.single.engine().check_invariants(self.now);
