@@ -794,10 +794,15 @@ impl Shard {
         // No other session's replies change while this one runs commands.
         let budget_left = self.budget_left(&self.sessions[conn as usize]);
         loop {
-            let session = &mut self.sessions[conn as usize];
+            let session = &self.sessions[conn as usize];
             if !session.runnable() {
-                break;
+                // A session among several shards may send the next command
+                // to the shard it is waiting on (see `spread`).
+                if !session.awaiting || session.blocked || session.closing || !self.may_pipeline(conn, &input[pos..]) {
+                    break;
+                }
             }
+            let session = &mut self.sessions[conn as usize];
             let rest = &input[pos..];
             let over_high_mark = session.over_high_mark(budget_left);
             match &mut session.mode {
@@ -912,6 +917,10 @@ impl Shard {
         let body = put.body.expect("a complete put has its body").finish();
         let session = &mut self.sessions[conn as usize];
         if put.trailer != *b"\r\n" {
+            if session.awaiting {
+                // Replies owed by a shard come first (see `spread`).
+                return self.far_local(conn, reply::EXPECTED_CRLF);
+            }
             session.out.push(reply::EXPECTED_CRLF);
             return;
         }

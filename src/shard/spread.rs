@@ -12,13 +12,17 @@
 //! shards in one thread with any delivery order a ring per ordered pair of
 //! shards allows (per-pair FIFO).
 //!
-//! # One command at a time per connection
-//! A connection's next command runs only once every reply owed by the one
-//! before has come back (`Session::awaiting`). So each command runs at one
-//! instant on one engine, in the connection's order, and any sequence of
-//! commands sees what one server would show. (The plan allows pipelining
-//! to one busy shard; one command in flight is the simplest case of it and
-//! what is built.) A command may need several steps, each one message:
+//! # One shard busy per connection
+//! A connection's commands may pipeline to one shard; a command for another
+//! shard, or one the session answers itself, waits until every reply owed
+//! has come back (`Session::awaiting`, `Shard::may_pipeline`). So each
+//! command runs at one instant on one engine, in the connection's order,
+//! and any sequence of commands sees what one server would show. Only
+//! commands answered by one reply that need nothing of the ones before
+//! join a pipeline: puts, the peeks, kick, the commands on a named tube,
+//! and those on an id whose shard the session knows; their replies come
+//! back in order over the pair's FIFO ring. A command may need several
+//! steps, each one message, and then runs alone:
 //! * **id commands** go to the shard of an id the session has seen (a put's
 //!   answer, a reservation, a peek) and otherwise to every shard in turn,
 //!   until one has the job (NOT_FOUND only when none did);
@@ -242,6 +246,8 @@ pub(super) struct Spread {
     /// This core's sessions with a spanning reserve under way (their timers).
     spanning: Vec<u32>,
     directory: Directory,
+    /// Commands sent behind others to the same shard, for tests and stats.
+    pipelined: u64,
 }
 
 /// A session's part in a server of several (kept in its [`session::Session`]).
@@ -256,12 +262,20 @@ pub struct Far {
     span: SpanSession,
     reserve: Option<SpanReserve>,
     step: Step,
+    /// Commands sent to the same shard behind `step`, answered in order.
+    queued: VecDeque<Step>,
+    /// The shard every command in flight went to, while they may be
+    /// joined by more (see "Pipelining").
+    pipe: Option<ShardId>,
 }
 
 /// What the command in flight waits for.
 #[derive(Debug)]
 enum Step {
     Idle,
+    /// A reply of the session's own, written once the replies before it
+    /// have come.
+    Local(&'static [u8]),
     /// The proxy on `default`'s shard.
     Open,
     /// One reply, written as it comes.
@@ -325,6 +339,7 @@ impl Spread {
             armed: 0,
             spanning: Vec::new(),
             directory,
+            pipelined: 0,
         }
     }
 
@@ -647,6 +662,8 @@ impl Shard {
             span: SpanSession::default(),
             reserve: None,
             step: Step::Idle,
+            queued: VecDeque::new(),
+            pipe: None,
         });
         far.proxies[core.0 as usize] = Some(client);
         let conn = self.sessions.insert(session::Session::new(client, label));
@@ -675,13 +692,64 @@ impl Shard {
     }
 
     /// Sends a session's request to shard `to`; the session now waits for
-    /// the answer (`step`).
+    /// the answer (`step`), behind those of the commands before it when it
+    /// is pipelined.
     fn ask(&mut self, conn: u32, to: ShardId, ask: Ask, step: Step) {
         let from = self.origin(conn);
         let session = &mut self.sessions[conn as usize];
-        session.awaiting = true;
-        session.far.as_deref_mut().expect("far").step = step;
-        self.spread.as_deref_mut().expect("spread").send(to, 0, Message::Ask { from, ask });
+        let far = session.far.as_deref_mut().expect("far");
+        let joins = matches!(step, Step::Simple | Step::Id { next: None, .. });
+        let spread = self.spread.as_deref_mut().expect("spread");
+        if session.awaiting {
+            debug_assert_eq!(far.pipe, Some(to), "a command pipelined to another shard");
+            far.queued.push_back(step);
+            spread.pipelined += 1;
+        } else {
+            session.awaiting = true;
+            far.step = step;
+            far.pipe = joins.then_some(to);
+        }
+        spread.send(to, 0, Message::Ask { from, ask });
+    }
+
+    /// A reply of the session's own while replies are owed: it waits its
+    /// turn.
+    pub(super) fn far_local(&mut self, conn: u32, reply: &'static [u8]) {
+        let far = self.sessions[conn as usize].far.as_deref_mut().expect("far");
+        far.queued.push_back(Step::Local(reply));
+    }
+
+    /// Whether the command line at the start of `input` may be sent now
+    /// although replies are owed: only to the shard they are owed by, and
+    /// only a command answered by one reply from it that needs nothing of
+    /// the ones before (a put, the peeks, kick, the commands on a named
+    /// tube, and those on an id whose shard the session knows). Anything
+    /// else, and any line this session would answer itself, waits.
+    pub(super) fn may_pipeline(&self, conn: u32, input: &[u8]) -> bool {
+        use Command as C;
+        let session = &self.sessions[conn as usize];
+        let Some(far) = session.far.as_deref() else { return false };
+        let Some(pipe) = far.pipe else { return false };
+        let crate::shard::Mode::Line = session.mode else {
+            // A put body whose line was sent behind the others.
+            return matches!(session.mode, crate::shard::Mode::Body(_));
+        };
+        let session::LineScan::Line(len) = session::scan_line(input) else { return false };
+        let Ok(cmd) = crate::protocol::command::parse_with(&input[..len], !self.info.strict) else { return false };
+        let shards = self.engine.config().shards;
+        let tube = |name: &str| route::shard_of_tube(name, shards) == pipe;
+        let id = |id: u64| far.shard_of(id) == Some(pipe);
+        match cmd {
+            C::Put { size, trailing_garbage, .. } => {
+                u64::from(size) <= self.info.max_job_size && !trailing_garbage && tube(&session.used)
+            }
+            C::PeekReady | C::PeekDelayed | C::PeekBuried | C::Kick(_) => tube(&session.used),
+            C::StatsTube(name) | C::ClearTube { name, .. } | C::ListJobs { name, .. } => tube(name),
+            C::PauseTube { name: Some(name), .. } => tube(name),
+            C::Peek(i) | C::ReserveJob(i) | C::Delete(i) | C::KickJob(i) | C::Touch(i) | C::StatsJob(i) => id(i),
+            C::Release { id: i, .. } | C::Bury { id: i, .. } => id(i),
+            _ => false,
+        }
     }
 
     /// Runs a parsed command of a session of several shards (all but put,
@@ -1017,12 +1085,25 @@ impl Shard {
         }
     }
 
-    /// The command in flight is answered: the session runs on.
+    /// The command in flight is answered: the next pipelined one is, or the
+    /// session runs on.
     fn finish(&mut self, conn: u32) {
         let session = &mut self.sessions[conn as usize];
         session.awaiting = false;
         if let Some(far) = session.far.as_deref_mut() {
             far.step = Step::Idle;
+            while let Some(next) = far.queued.pop_front() {
+                if let Step::Local(reply) = next {
+                    session.out.push(reply);
+                    continue;
+                }
+                far.step = next;
+                session.awaiting = true;
+                break;
+            }
+            if !session.awaiting {
+                far.pipe = None;
+            }
         }
         self.recount(conn);
         self.mark_dirty(conn);
@@ -1211,6 +1292,11 @@ impl Shard {
 
 #[cfg(test)]
 impl Shard {
+    /// Commands this core's sessions sent behind others to the same shard.
+    pub(super) fn pipelined(&self) -> u64 {
+        self.spread.as_deref().map_or(0, |s| s.pipelined)
+    }
+
     /// A session's reservations as its core knows them, for failing tests.
     pub(super) fn far_holdings(&self, conn: ConnId) -> String {
         match self.sessions.get(conn.0).and_then(|s| s.far.as_deref()) {
