@@ -44,6 +44,7 @@ pub mod arena;
 pub mod body;
 pub mod client;
 pub mod column;
+pub mod directory;
 pub mod heap;
 mod ids;
 pub mod job;
@@ -232,6 +233,9 @@ pub struct Engine {
     /// Remote clients whose reservations ran out here, with room for every
     /// remote client.
     expiry_notices: Vec<u32>,
+    /// The server's tube names in `list-tubes` order, when several shards
+    /// share it (see [`directory`]).
+    directory: Option<directory::Directory>,
 }
 
 impl Engine {
@@ -274,6 +278,7 @@ impl Engine {
             spans: Slots::default(),
             span_served: Vec::new(),
             expiry_notices: Vec::new(),
+            directory: None,
         };
         // `default` lives on the shard its name hashes to, like any tube;
         // the others never make it.
@@ -286,6 +291,15 @@ impl Engine {
 
     pub fn config(&self) -> EngineConfig {
         self.config
+    }
+
+    /// Shares `directory`, the server's list of tube names, with the other
+    /// shards' engines; the tubes this engine holds already are entered.
+    pub fn set_directory(&mut self, directory: directory::Directory) {
+        for name in self.tube_names() {
+            directory.add(name.into());
+        }
+        self.directory = Some(directory);
     }
 
     // ----- clients -------------------------------------------------------
@@ -1372,6 +1386,14 @@ impl Engine {
         memory::attempt(|| boxed.try_reserve_exact(name.len()))?;
         boxed.push_str(name);
 
+        if let Some(directory) = &self.directory {
+            // The directory's copy, and its room, before anything changes.
+            let mut copy = String::new();
+            memory::attempt(|| copy.try_reserve_exact(name.len()))?;
+            copy.push_str(name);
+            directory.reserve()?;
+            directory.add(copy.into_boxed_str());
+        }
         let list_pos = self.tube_list.len() as u32;
         let t = self.tubes.insert(Tube::new(boxed.into_boxed_str(), list_pos));
         assert!(t <= job::TUBE_KEY_MAX, "too many tubes");
@@ -1403,6 +1425,9 @@ impl Engine {
             Err(_) => panic!("tube {t} missing from the name index"),
         }
         let tube = self.tubes.remove(t);
+        if let Some(directory) = &self.directory {
+            directory.remove(&tube.name);
+        }
         // The list fills the gap with its last entry, as beanstalkd's does.
         let pos = tube.list_pos as usize;
         self.tube_list.swap_remove(pos);

@@ -407,6 +407,20 @@ impl Engine {
         self.reserved_by(c, id).map(|k| self.jobs[k].deadline)
     }
 
+    /// A leaving client's reservation of job `id` goes back to ready (and
+    /// may be handed to a waiter at once), as [`Engine::disconnect`] returns
+    /// each of its jobs, with no counter moved: a session whose jobs lie on
+    /// several shards gives them back one at a time, in the order it
+    /// reserved them, before it disconnects. False when the client does not
+    /// hold it (it ran out meanwhile).
+    pub fn give_back(&mut self, c: ClientId, id: u64, now: Nanos) -> bool {
+        self.advance(now);
+        let Some(k) = self.reserved_by(c, id) else { return false };
+        self.detach(k);
+        self.enqueue_ready(k, now);
+        true
+    }
+
     // ----- the engine's side of the serve path ---------------------------
 
     fn rank(&self, k: u32) -> Rank {

@@ -105,6 +105,28 @@ pub struct ServerStats {
     pub draining: bool,
 }
 
+impl ServerStats {
+    /// Adds another shard's share: counters summed, drain mode if any
+    /// shard drains.
+    pub fn merge(into: &mut ServerStats, s: &ServerStats) {
+        into.urgent += s.urgent;
+        into.ready += s.ready;
+        into.reserved += s.reserved;
+        into.delayed += s.delayed;
+        into.buried += s.buried;
+        into.ops.merge(&s.ops);
+        into.job_timeouts += s.job_timeouts;
+        into.total_jobs += s.total_jobs;
+        into.tubes += s.tubes;
+        into.connections += s.connections;
+        into.producers += s.producers;
+        into.workers += s.workers;
+        into.waiting += s.waiting;
+        into.total_connections = into.total_connections.wrapping_add(s.total_connections);
+        into.draining |= s.draining;
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TubeStats {
     pub name: String,

@@ -76,7 +76,7 @@ pub fn render(
     let published: Vec<&CoreSnapshot> = snapshots.iter().filter(|s| s.at.is_some()).collect();
     let mut stats = ServerStats::default();
     for s in &published {
-        merge_stats(&mut stats, &s.stats);
+        ServerStats::merge(&mut stats, &s.stats);
     }
     let log = merge_logs(published.iter().filter_map(|s| s.log.as_ref()));
     let (tubes, tubes_total) = merge_tubes(&published, tubes_max);
@@ -99,25 +99,7 @@ pub fn render(
     (out.0, line)
 }
 
-fn merge_stats(into: &mut ServerStats, s: &ServerStats) {
-    into.urgent += s.urgent;
-    into.ready += s.ready;
-    into.reserved += s.reserved;
-    into.delayed += s.delayed;
-    into.buried += s.buried;
-    into.ops.merge(&s.ops);
-    into.job_timeouts += s.job_timeouts;
-    into.total_jobs += s.total_jobs;
-    into.tubes += s.tubes;
-    into.connections += s.connections;
-    into.producers += s.producers;
-    into.workers += s.workers;
-    into.waiting += s.waiting;
-    into.total_connections = into.total_connections.wrapping_add(s.total_connections);
-    into.draining |= s.draining;
-}
-
-fn merge_logs<'a>(logs: impl Iterator<Item = &'a LogStats>) -> Option<LogStats> {
+pub(crate) fn merge_logs<'a>(logs: impl Iterator<Item = &'a LogStats>) -> Option<LogStats> {
     logs.copied().reduce(|a, b| LogStats {
         oldest_seq: a.oldest_seq.min(b.oldest_seq),
         current_seq: a.current_seq.max(b.current_seq),

@@ -16,6 +16,12 @@
 //! the commands they had pipelined behind the reserve, until nothing moves.
 //! Replies therefore leave each connection in command order.
 //!
+//! # Several shards
+//! A shard built by [`Shard::new_spread`] among several sends its sessions'
+//! engine commands to the shards that own what they touch, as messages its
+//! caller carries ([`Shard::take_outbox`], [`Shard::deliver`]); see
+//! [`spread`]. With one shard no message is ever made.
+//!
 //! # Turns
 //! The network layer works in turns (wait for events, act on them, write
 //! replies) and starts each with [`Shard::begin_turn`]. A connection runs at
@@ -31,6 +37,10 @@ pub mod request;
 pub mod route;
 pub mod session;
 pub mod spanning;
+pub mod spread;
+
+#[cfg(test)]
+mod cluster;
 
 use std::collections::VecDeque;
 
@@ -200,6 +210,9 @@ pub struct Shard {
     /// The connection figures of `stats`, kept as sessions change (see
     /// [`Figures`]).
     figures: Figures,
+    /// This shard's part in a server of several; `None` with one shard,
+    /// whose commands never make a message (see [`spread`]).
+    spread: Option<Box<spread::Spread>>,
 }
 
 /// What `stats` reports of the connections: those open (with an engine
@@ -235,6 +248,7 @@ impl Shard {
             upkeep: memory::Upkeep::default(),
             total_connections: 0,
             figures: Figures::default(),
+            spread: None,
         }
     }
 
@@ -266,6 +280,7 @@ impl Shard {
     /// Batches of the log up to `batch` are durable: replies that waited
     /// for them may leave.
     pub fn durable(&mut self, batch: u64) {
+        self.note_durable(batch);
         let mut i = 0;
         while i < self.fenced.len() {
             let conn = self.fenced[i];
@@ -331,6 +346,9 @@ impl Shard {
             memory::attempt(|| self.runnable.try_reserve(more))
         })
         .ok()?;
+        if self.spread.is_some() {
+            return self.far_open(label);
+        }
         let client = memory::try_or_spend(|| self.engine.connect()).ok()?;
         if memory::try_or_spend(|| memory::try_reserve_total(&mut self.conn_of_client, client.index() + 1)).is_err() {
             self.engine.disconnect(client, self.clock);
@@ -389,6 +407,11 @@ impl Shard {
         self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
+        if self.spread.is_some() {
+            self.far_eof(conn.0, now);
+            self.settle(now);
+            return;
+        }
         let k = conn.0 as usize;
         let session = &mut self.sessions[k];
         if !session.closing {
@@ -417,6 +440,17 @@ impl Shard {
 
     /// Timers: call at (or after) [`Shard::next_deadline`].
     pub fn tick(&mut self, now: Nanos) {
+        self.tick_engine(now);
+        if self.spread.is_some() {
+            self.span_timers(now);
+            self.settle(now);
+        }
+    }
+
+    /// The engine's timers and the memory upkeep, without the sessions'
+    /// own (spanning reserves'): their answers first, as beanstalkd's tick
+    /// hands out the jobs it makes ready before it times out connections.
+    fn tick_engine(&mut self, now: Nanos) {
         let now = self.observe(now);
         self.upkeep.tick(now);
         self.engine.advance(now);
@@ -424,10 +458,7 @@ impl Shard {
     }
 
     pub fn next_deadline(&self) -> Option<Nanos> {
-        match (self.engine.next_deadline(), self.upkeep.next_due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.engine.next_deadline(), self.upkeep.next_due(), self.span_deadline()].into_iter().flatten().min()
     }
 
     /// A new turn of the event loop: every connection may run
@@ -470,7 +501,7 @@ impl Shard {
             self.run(conn, now);
             self.settle(now);
             let session = &self.sessions[conn as usize];
-            if session.eof && !session.stalled && !session.carried && !session.closing {
+            if session.eof && !session.stalled && !session.carried && !session.closing && !session.awaiting {
                 self.close(ConnId(conn), now);
                 self.settle(now);
             }
@@ -493,13 +524,17 @@ impl Shard {
         session.pending = Input::default();
         session.mode = Mode::Line;
         if let Some(client) = session.client.take() {
-            self.engine.disconnect(client, now);
-            self.conn_of_client[client.index()] = u32::MAX;
             let f = &mut self.figures;
             f.connections -= 1;
             f.producers -= u64::from(session.producer);
             f.workers -= u64::from(session.worker);
             f.waiting -= u64::from(session.blocked);
+            if self.spread.is_some() {
+                self.far_close(conn.0);
+            } else {
+                self.engine.disconnect(client, now);
+                self.conn_of_client[client.index()] = u32::MAX;
+            }
         }
         self.mark_dirty(conn.0);
     }
@@ -627,7 +662,7 @@ impl Shard {
         self.run(conn.0, now);
         self.settle(now);
         let session = &self.sessions[k];
-        if session.eof && !session.stalled && !session.carried && !session.closing {
+        if session.eof && !session.stalled && !session.carried && !session.closing && !session.awaiting {
             self.close(conn, now);
             self.settle(now);
         }
@@ -699,6 +734,9 @@ impl Shard {
     fn settle(&mut self, now: Nanos) {
         loop {
             self.wakes.extend(self.engine.take_wakes());
+            if self.spread.is_some() {
+                self.forward_owed();
+            }
             if self.wakes.is_empty() && self.runnable.is_empty() {
                 return;
             }
@@ -727,6 +765,9 @@ impl Shard {
             }
             while let Some(conn) = self.runnable.pop_front() {
                 self.run(conn, now);
+                if self.spread.is_some() {
+                    self.far_idle(conn, now);
+                }
             }
         }
     }
@@ -753,10 +794,15 @@ impl Shard {
         // No other session's replies change while this one runs commands.
         let budget_left = self.budget_left(&self.sessions[conn as usize]);
         loop {
-            let session = &mut self.sessions[conn as usize];
+            let session = &self.sessions[conn as usize];
             if !session.runnable() {
-                break;
+                // A session among several shards may send the next command
+                // to the shard it is waiting on (see `spread`).
+                if !session.awaiting || session.blocked || session.closing || !self.may_pipeline(conn, &input[pos..]) {
+                    break;
+                }
             }
+            let session = &mut self.sessions[conn as usize];
             let rest = &input[pos..];
             let over_high_mark = session.over_high_mark(budget_left);
             match &mut session.mode {
@@ -871,6 +917,10 @@ impl Shard {
         let body = put.body.expect("a complete put has its body").finish();
         let session = &mut self.sessions[conn as usize];
         if put.trailer != *b"\r\n" {
+            if session.awaiting {
+                // Replies owed by a shard come first (see `spread`).
+                return self.far_local(conn, reply::EXPECTED_CRLF);
+            }
             session.out.push(reply::EXPECTED_CRLF);
             return;
         }
@@ -883,6 +933,10 @@ impl Shard {
             ttr_s: put.ttr_s,
             body,
         });
+        if self.spread.is_some() {
+            let Request::Put(put) = request else { unreachable!() };
+            return self.far_put(conn, put);
+        }
         let answer = request::execute(&mut self.engine, client, request, now);
         self.answer(conn, answer, now);
     }
@@ -907,17 +961,24 @@ impl Shard {
         if self.info.verbosity >= 2 {
             println!("<{} command {}", session.label, String::from_utf8_lossy(line));
         }
-        // Every command goes through the router, in every build. Until the
-        // mailbox between cores exists, the owner of what a command touches
-        // must be this shard; a command for another one would be answered
-        // wrongly, so it stops the server instead (it cannot happen with one
-        // shard, the only configuration that starts).
+        // Every command goes through the router, in every build. A shard
+        // among several sends everything but the put line and the
+        // connection's own state to its owners as messages (see `spread`).
+        // A shard alone must own what every command touches; a command for
+        // another one would be answered wrongly, so it stops the server
+        // instead (it cannot happen with one shard).
         let config = self.engine.config();
-        match route::owner(route::target(&cmd), &session.used, config.shards) {
-            Some(owner) => {
-                assert_eq!(owner.0, config.shard, "a command for shard {} reached shard {}", owner.0, config.shard)
+        if self.spread.is_some() {
+            if !matches!(cmd, Command::Put { .. } | Command::Quit | Command::ListTubeUsed | Command::ListTubesWatched) {
+                return self.far_command(conn, cmd, now);
             }
-            None => assert_eq!(config.shards, 1, "a command spanning shards needs the mailbox between cores"),
+        } else {
+            match route::owner(route::target(&cmd), &session.used, config.shards) {
+                Some(owner) => {
+                    assert_eq!(owner.0, config.shard, "a command for shard {} reached shard {}", owner.0, config.shard)
+                }
+                None => assert_eq!(config.shards, 1, "a command spanning shards needs a shard of several"),
+            }
         }
 
         use Command as C;

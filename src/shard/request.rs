@@ -140,6 +140,27 @@ impl From<Word> for Reply {
 
 /// Runs `request` for client `c` on `engine` at `now`.
 pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nanos) -> Reply {
+    run(engine, c, request, now, true)
+}
+
+/// Runs `request` without counting it: for a shard running a command that
+/// another core parsed and counted (a command on an id the connection has
+/// not seen is tried on every shard, yet counted once).
+pub fn execute_uncounted(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nanos) -> Reply {
+    run(engine, c, request, now, false)
+}
+
+/// Counts the command when `count` (constant at each call, so the
+/// single-shard path is exactly what it was).
+#[inline(always)]
+fn tally(engine: &mut Engine, count: bool, op: Op) {
+    if count {
+        engine.count(op);
+    }
+}
+
+#[inline(always)]
+fn run(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nanos, count: bool) -> Reply {
     use Request as R;
     match request {
         R::Put(put) => {
@@ -151,23 +172,23 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
             }
         }
         R::Peek(id) => {
-            engine.count(Op::Peek);
+            tally(engine, count, Op::Peek);
             found(engine.peek(id))
         }
         R::PeekReady => {
-            engine.count(Op::PeekReady);
+            tally(engine, count, Op::PeekReady);
             found(engine.peek_ready(c))
         }
         R::PeekDelayed => {
-            engine.count(Op::PeekDelayed);
+            tally(engine, count, Op::PeekDelayed);
             found(engine.peek_delayed(c))
         }
         R::PeekBuried => {
-            engine.count(Op::PeekBuried);
+            tally(engine, count, Op::PeekBuried);
             found(engine.peek_buried(c))
         }
         R::Reserve(timeout) => {
-            engine.count(if timeout.is_some() { Op::ReserveWithTimeout } else { Op::Reserve });
+            tally(engine, count, if timeout.is_some() { Op::ReserveWithTimeout } else { Op::Reserve });
             match engine.reserve(c, timeout, now) {
                 ReserveOutcome::Reserved(job) => Reply::Reserved(job),
                 ReserveOutcome::DeadlineSoon => Word::DeadlineSoon.into(),
@@ -177,56 +198,56 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
             }
         }
         R::ReserveJob(id) => {
-            engine.count(Op::ReserveJob);
+            tally(engine, count, Op::ReserveJob);
             match engine.reserve_job(c, id, now) {
                 Some(job) => Reply::Reserved(job),
                 None => Word::NotFound.into(),
             }
         }
         R::Delete(id) => {
-            engine.count(Op::Delete);
+            tally(engine, count, Op::Delete);
             yes_or_not_found(engine.delete(c, id, now), Word::Deleted)
         }
         R::Release { id, pri, delay_s } => {
-            engine.count(Op::Release);
+            tally(engine, count, Op::Release);
             changed(engine.release(c, id, pri, delay_s, now), Word::Released, Word::OutOfMemory)
         }
         R::Bury { id, pri } => {
-            engine.count(Op::Bury);
+            tally(engine, count, Op::Bury);
             changed(engine.bury(c, id, pri, now), Word::Buried, Word::InternalError)
         }
         R::Kick(bound) => {
-            engine.count(Op::Kick);
+            tally(engine, count, Op::Kick);
             Reply::KickedCount(engine.kick(c, bound, now))
         }
         R::KickJob(id) => {
-            engine.count(Op::KickJob);
+            tally(engine, count, Op::KickJob);
             yes_or_not_found(engine.kick_job(id, now), Word::Kicked)
         }
         R::Touch(id) => {
-            engine.count(Op::Touch);
+            tally(engine, count, Op::Touch);
             yes_or_not_found(engine.touch(c, id, now), Word::Touched)
         }
         R::StatsJob(id) => {
-            engine.count(Op::StatsJob);
+            tally(engine, count, Op::StatsJob);
             match engine.stats_job(id, now) {
                 Some(stats) => Reply::JobStats(stats),
                 None => Word::NotFound.into(),
             }
         }
         R::StatsTube(name) => {
-            engine.count(Op::StatsTube);
+            tally(engine, count, Op::StatsTube);
             match engine.stats_tube(name, now) {
                 Some(stats) => Reply::TubeStats(stats),
                 None => Word::NotFound.into(),
             }
         }
         R::Stats => {
-            engine.count(Op::Stats);
+            tally(engine, count, Op::Stats);
             Reply::Stats(Box::new((engine.stats(), engine.log().map(|l| l.stats()))))
         }
         R::Use(name) => {
-            engine.count(Op::Use);
+            tally(engine, count, Op::Use);
             // A new tube while memory is short, as a put, only out of
             // what has been freed beyond what the reserve lacks.
             let refused = !engine.has_tube(name) && !memory::room_for(name.len());
@@ -236,7 +257,7 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
             }
         }
         R::Watch(name) => {
-            engine.count(Op::Watch);
+            tally(engine, count, Op::Watch);
             let refused = !engine.has_tube(name) && !memory::room_for(name.len());
             match if refused { Err(OutOfMemory) } else { engine.watch(c, name) } {
                 Ok(n) => Reply::Watching(n),
@@ -244,19 +265,19 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
             }
         }
         R::Ignore(name) => {
-            engine.count(Op::Ignore);
+            tally(engine, count, Op::Ignore);
             match engine.ignore(c, name) {
                 Some(n) => Reply::Watching(n),
                 None => Word::NotIgnored.into(),
             }
         }
         R::ListTubes => {
-            engine.count(Op::ListTubes);
+            tally(engine, count, Op::ListTubes);
             names(engine.tube_names().count(), engine.tube_names())
         }
         R::PauseTube { name, delay_s } => {
             // Counted before the name is validated, as beanstalkd does.
-            engine.count(Op::PauseTube);
+            tally(engine, count, Op::PauseTube);
             match name {
                 None => Word::BadFormat.into(),
                 Some(name) if engine.pause_tube(name, delay_s, now) => Word::Paused.into(),
@@ -264,15 +285,15 @@ pub fn execute(engine: &mut Engine, c: ClientId, request: Request<'_>, now: Nano
             }
         }
         R::ClearTube { name, states } => {
-            engine.count(Op::ClearTube);
+            tally(engine, count, Op::ClearTube);
             match engine.clear_tube(name, states, now) {
                 Some(n) => Reply::Cleared(n),
                 None => Word::NotFound.into(),
             }
         }
-        R::ListJobs { name, state, after, count } => {
-            engine.count(Op::ListJobs);
-            match engine.list_jobs(name, state, after, count as usize) {
+        R::ListJobs { name, state, after, count: n } => {
+            tally(engine, count, Op::ListJobs);
+            match engine.list_jobs(name, state, after, n as usize) {
                 Some(Ok(ids)) => Reply::JobIds(ids),
                 Some(Err(OutOfMemory)) => Word::OutOfMemory.into(),
                 None => Word::NotFound.into(),

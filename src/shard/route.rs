@@ -10,9 +10,9 @@
 //! shard, commands on an id to the id's shard, whole-server commands to all
 //! shards, and connection-only commands stay on the connection's core.
 //!
-//! Today the server runs one shard, so every owner is shard 0; the routing
-//! is still computed so that adding shards changes the transport between
-//! cores, not the decisions.
+//! The running server has one shard, so every owner is shard 0; a
+//! [`crate::shard::Shard`] among several (see [`crate::shard::spread`])
+//! routes each command by these decisions.
 
 use crate::protocol::command::Command;
 

@@ -221,6 +221,11 @@ pub struct Session {
     pub producer: bool,
     /// The connection has reserved, or tried to (`current-workers`).
     pub worker: bool,
+    /// With several shards: a command's reply is owed by a shard, and no
+    /// further command runs until it has come.
+    pub awaiting: bool,
+    /// With several shards: the connection's part in them.
+    pub far: Option<Box<crate::shard::spread::Far>>,
 }
 
 impl Session {
@@ -248,12 +253,14 @@ impl Session {
             label,
             producer: false,
             worker: false,
+            awaiting: false,
+            far: None,
         }
     }
 
     /// Whether commands may run now.
     pub fn runnable(&self) -> bool {
-        !self.blocked && !self.closing
+        !self.blocked && !self.closing && !self.awaiting
     }
 
     /// Takes one command from the budget of turn `turn`; false when this

@@ -3,10 +3,10 @@
 //! session's side as a state machine ([`SpanReserve`]) and the shard's
 //! side as two functions over an [`Engine`] ([`execute`], [`owed`]).
 //!
-//! Nothing in the running server uses this module yet: the server runs one
-//! shard, whose reserves never span. It is built and tested here, in the
-//! pure layer, so that wiring it in (threads, the mailbox, the session side
-//! in [`crate::shard::Shard`]) changes the transport, not the decisions.
+//! [`crate::shard::spread`] runs it for a [`crate::shard::Shard`] among
+//! several; the running server has one shard, whose reserves never span.
+//! It is built and tested here, in the pure layer, so that putting it on
+//! threads and the mailbox changes the transport, not the decisions.
 //!
 //! # The problem
 //! A client watching tubes on several shards must get what one beanstalkd
@@ -333,17 +333,28 @@ impl Holdings {
         self.held.push(Held { id, shard, deadline });
     }
 
-    /// Forgets a reservation (deleted, released, buried); returns it.
+    /// Forgets a reservation (deleted, released, buried); returns it. The
+    /// others keep their order (see [`Holdings::in_order`]).
     pub fn release(&mut self, id: u64) -> Option<Held> {
         let i = self.held.iter().position(|h| h.id == id)?;
-        Some(self.held.swap_remove(i))
+        Some(self.held.remove(i))
     }
 
-    /// A `touch` moved the deadline. Recorded as a reservation afresh:
-    /// an expiry notice for another job may have made the session forget
-    /// this one, by its old deadline, while the touch was on its way.
+    /// A `touch` moved the deadline; the reservation keeps its place, as
+    /// beanstalkd's list of a client's jobs does. Recorded afresh when
+    /// missing: an expiry notice for another job may have made the session
+    /// forget this one, by its old deadline, while the touch was on its way.
     pub fn touch(&mut self, id: u64, shard: ShardId, deadline: Nanos) {
-        self.hold(id, shard, deadline);
+        match self.held.iter_mut().find(|h| h.id == id) {
+            Some(held) => *held = Held { id, shard, deadline },
+            None => self.hold(id, shard, deadline),
+        }
+    }
+
+    /// Every reservation recorded, in the order they were made: the order
+    /// a leaving session gives them back in, as beanstalkd does.
+    pub fn in_order(&self) -> impl Iterator<Item = Held> + '_ {
+        self.held.iter().copied()
     }
 
     pub fn get(&self, id: u64) -> Option<Held> {
@@ -456,6 +467,10 @@ pub struct SpanReserve {
     phase: Phase,
     /// When a reserve-with-timeout times out (`None` for plain reserve).
     timeout_at: Option<Nanos>,
+    /// When the wait was armed. A reservation that runs out while armed
+    /// still earns DEADLINE_SOON, as beanstalkd's tick gives a waiting
+    /// client whose job it times out, even when the tick comes late.
+    armed_at: Nanos,
 }
 
 impl SpanReserve {
@@ -477,6 +492,7 @@ impl SpanReserve {
             pending: 0,
             phase: Phase::Probing,
             timeout_at: timeout_s.map(|s| now + secs(s)),
+            armed_at: now,
         };
         // The first round names the wait.
         let round = session.next_round();
@@ -605,7 +621,10 @@ impl SpanReserve {
             return self.close_probing(session, outcome, out);
         }
         match session.claim.arm(self.round) {
-            Ok(()) => self.phase = Phase::Armed,
+            Ok(()) => {
+                self.phase = Phase::Armed;
+                self.armed_at = now;
+            }
             Err(_) => self.reprobe(session, out),
         }
         None
@@ -647,11 +666,13 @@ impl SpanReserve {
 
     /// When [`SpanReserve::fire`] must run next: only while armed (a probe
     /// in flight decides on time when its reports are in).
-    pub fn timer(&self, holdings: &Holdings, now: Nanos) -> Option<Nanos> {
+    /// (The reservations that count are those live when the wait was
+    /// armed, so `_now` decides nothing.)
+    pub fn timer(&self, holdings: &Holdings, _now: Nanos) -> Option<Nanos> {
         if self.phase != Phase::Armed {
             return None;
         }
-        let soon = holdings.soonest(now).map(|d| d.saturating_sub(SAFETY_MARGIN_NS));
+        let soon = holdings.soonest(self.armed_at).map(|d| d.saturating_sub(SAFETY_MARGIN_NS));
         [self.timeout_at, soon].into_iter().flatten().min()
     }
 
@@ -667,7 +688,8 @@ impl SpanReserve {
         if self.phase != Phase::Armed {
             return None;
         }
-        let outcome = if holdings.deadline_soon(now) {
+        let soon = holdings.soonest(self.armed_at).is_some_and(|d| now >= d.saturating_sub(SAFETY_MARGIN_NS));
+        let outcome = if soon {
             Outcome::DeadlineSoon
         } else if self.timeout_at.is_some_and(|at| at <= now) {
             Outcome::TimedOut

@@ -1248,11 +1248,15 @@ impl World {
             let margin = crate::engine::SAFETY_MARGIN_NS;
             let due = if step.is_none() {
                 // The session's decision: a reservation its shard holds
-                // for it, not run out, within its margin now.
+                // for it, not run out, within its margin now; or one that
+                // ran out during the reserve, whose margin one engine's
+                // timers, run in time order, would have answered first.
                 sess.holdings.live(0).any(|h| {
                     let shard = h.shard.0 as usize;
                     let held = self.hosts[shard].engine.reservation_deadline(sess.proxies[shard], h.id);
-                    held == Some(h.deadline) && h.deadline >= now && now >= h.deadline.saturating_sub(margin)
+                    let live = held == Some(h.deadline) && h.deadline >= now;
+                    let ran_out = h.deadline < now && h.deadline >= reserving.sent_at;
+                    (live || ran_out) && now >= h.deadline.saturating_sub(margin)
                 })
             } else {
                 // A shard's timers may have run the reservation out later
