@@ -26,6 +26,7 @@ use super::*;
 use crate::engine::directory::Directory;
 use crate::engine::{IdSource, NANOS_PER_SEC};
 use crate::shard::route::ShardId;
+use crate::shard::spanning::sim::Rng;
 
 const S: Nanos = NANOS_PER_SEC;
 /// How far apart the instants of two steps of a history are, beyond whole
@@ -40,44 +41,11 @@ const STEPS_DEFAULT: usize = 300;
 /// Steps of the scheduler a message may wait before it can be delivered.
 const DELAY_STEPS_MAX: u64 = 4;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
 /// `-z` in the model test: small, so that a body too big is cheap to send.
 const JOB_BYTES_MAX: usize = 100;
 
 pub(super) fn info() -> ServerInfo {
-    ServerInfo {
-        max_job_size: JOB_BYTES_MAX as u64,
-        pid: 42,
-        instance_id: "0123456789abcdef".into(),
-        hostname: "host".into(),
-        os: "#1 SMP".into(),
-        platform: "x86_64".into(),
-        binlog_max_size: 10485760,
-        extra: vec![],
-        cpu_times: || (CpuTime { secs: 1, micros: 5 }, CpuTime::default()),
-        verbosity: 0,
-        started_at: 0,
-        strict: false,
-    }
+    ServerInfo { extra: vec![], ..super::tests::info(JOB_BYTES_MAX as u64) }
 }
 
 /// N shards in one thread, with a seeded scheduler between them.

@@ -8,7 +8,7 @@ use crate::protocol::output::Segment;
 
 const S: Nanos = NANOS_PER_SEC;
 
-fn info(max_job_size: u64) -> ServerInfo {
+pub(super) fn info(max_job_size: u64) -> ServerInfo {
     ServerInfo {
         max_job_size,
         pid: 42,

@@ -195,7 +195,7 @@ use crate::engine::{Claim, ClientId, Engine, JobRef, Nanos, Rank, SAFETY_MARGIN_
 use crate::shard::route::ShardId;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 #[cfg(test)]
 mod tests;
 

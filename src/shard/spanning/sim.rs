@@ -102,10 +102,12 @@ fn trace(line: String) {
 }
 
 /// splitmix64: small, seedable, and the same on every machine.
-struct Rng(u64);
+/// SplitMix64: a small seeded generator, shared by the simulations of
+/// the shard layer (this one and `shard::cluster`).
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -113,16 +115,21 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    /// A number below `n`, of `n`'s type.
+    pub fn below<T>(&mut self, n: T) -> T
+    where
+        T: TryInto<u64> + TryFrom<u64>,
+    {
+        let n: u64 = n.try_into().ok().expect("a bound that fits in u64");
+        T::try_from(self.next() % n).ok().expect("below the bound")
     }
 
-    fn percent(&mut self, p: u64) -> bool {
+    pub fn percent(&mut self, p: u64) -> bool {
         self.next() % 100 < p
     }
 
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
     }
 }
 
@@ -401,7 +408,7 @@ impl World {
         }
         match roll {
             0..45 if !busy_rings.is_empty() => {
-                let r = self.rng.pick(&busy_rings);
+                let r = *self.rng.pick(&busy_rings);
                 self.deliver(r);
             }
             45..70 => {
@@ -409,7 +416,7 @@ impl World {
                     .filter(|&s| self.sessions[s].alive && matches!(self.sessions[s].pending, Pending::Idle))
                     .collect();
                 if !idle.is_empty() {
-                    let s = self.rng.pick(&idle);
+                    let s = *self.rng.pick(&idle);
                     self.command(s);
                 }
             }
@@ -433,14 +440,14 @@ impl World {
             93..95 => {
                 let alive: Vec<usize> = (0..self.sessions.len()).filter(|&s| self.sessions[s].alive).collect();
                 if alive.len() > 1 {
-                    let s = self.rng.pick(&alive);
+                    let s = *self.rng.pick(&alive);
                     self.disconnect(s);
                 }
             }
             95..98 => {
                 let dead: Vec<usize> = (0..self.sessions.len()).filter(|&s| !self.sessions[s].alive).collect();
                 if !dead.is_empty() {
-                    let s = self.rng.pick(&dead);
+                    let s = *self.rng.pick(&dead);
                     self.connect(s);
                 }
             }
@@ -465,7 +472,7 @@ impl World {
         if due.is_empty() {
             return false;
         }
-        let s = self.rng.pick(&due);
+        let s = *self.rng.pick(&due);
         trace(format!("session {s} timer at {now}"));
         let sess = &mut self.sessions[s];
         let Pending::Reserve(Reserving { how: How::Span(r), .. }) = &mut sess.pending else { unreachable!() };
@@ -579,24 +586,24 @@ impl World {
         let (used, used_shard) = (sess.used, self.home_of[sess.used]);
         match roll {
             0..25 => {
-                let pri = self.rng.pick(&[0, 1, 1, 500, 1024, 2000]);
-                let delay = self.rng.pick(&[0, 0, 0, 0, 1, 2]);
-                let ttr = self.rng.pick(&[1, 2, 3, 5]);
+                let pri = *self.rng.pick(&[0, 1, 1, 500, 1024, 2000]);
+                let delay = *self.rng.pick(&[0, 0, 0, 0, 1, 2]);
+                let ttr = *self.rng.pick(&[1, 2, 3, 5]);
                 self.sessions[s].pending = Pending::Cmd("put", None);
                 trace(format!("session {s} puts pri {pri} delay {delay} ttr {ttr} into {used}"));
                 self.send(s, used_shard, Cmd::Put { pri, delay, ttr });
             }
             25..52 => self.reserve(s),
             52..72 if !held.is_empty() => {
-                let h = self.rng.pick(&held);
+                let h = *self.rng.pick(&held);
                 let shard = h.shard.0 as usize;
                 let (what, cmd) = match self.rng.below(4) {
                     0 => ("delete", Cmd::Delete(h.id)),
                     1 => {
-                        let delay = self.rng.pick(&[0, 0, 1]);
-                        ("release", Cmd::Release { id: h.id, pri: self.rng.pick(&[0, 1, 700, 2000]), delay })
+                        let delay = *self.rng.pick(&[0, 0, 1]);
+                        ("release", Cmd::Release { id: h.id, pri: *self.rng.pick(&[0, 1, 700, 2000]), delay })
                     }
-                    2 => ("bury", Cmd::Bury { id: h.id, pri: self.rng.pick(&[0, 5]) }),
+                    2 => ("bury", Cmd::Bury { id: h.id, pri: *self.rng.pick(&[0, 5]) }),
                     _ => ("touch", Cmd::Touch(h.id)),
                 };
                 trace(format!("session {s} {what}s {}: {cmd:?}", h.id));
@@ -633,13 +640,13 @@ impl World {
                 self.send(s, self.home_of[t], Cmd::Use(t));
             }
             85..90 => {
-                let bound = self.rng.pick(&[1, 2, 5]);
+                let bound = *self.rng.pick(&[1, 2, 5]);
                 self.sessions[s].pending = Pending::Cmd("kick", None);
                 trace(format!("session {s} kicks {bound} in {used}"));
                 self.send(s, used_shard, Cmd::Kick(bound));
             }
             90..94 if !self.sessions[s].known.is_empty() => {
-                let (id, shard) = self.rng.pick(&self.sessions[s].known);
+                let (id, shard) = *self.rng.pick(&self.sessions[s].known);
                 let delete = self.rng.percent(50);
                 self.sessions[s].pending = Pending::Cmd(if delete { "delete" } else { "kick-job" }, Some(id));
                 trace(format!("session {s} {} {id}", if delete { "deletes" } else { "kicks job" }));
@@ -647,7 +654,7 @@ impl World {
             }
             94..100 => {
                 let t = self.rng.below(TUBES);
-                let d = self.rng.pick(&[0, 1, 1, 2]);
+                let d = *self.rng.pick(&[0, 1, 1, 2]);
                 self.sessions[s].pending = Pending::Cmd("pause", None);
                 trace(format!("session {s} pauses {t} for {d}"));
                 self.send(s, self.home_of[t], Cmd::Pause(t, d));
@@ -657,7 +664,7 @@ impl World {
     }
 
     fn reserve(&mut self, s: usize) {
-        let timeout = self.rng.pick(&[None, None, Some(0), Some(0), Some(1), Some(2)]);
+        let timeout = *self.rng.pick(&[None, None, Some(0), Some(0), Some(1), Some(2)]);
         self.reserve_with(s, timeout);
     }
 
@@ -1372,16 +1379,7 @@ impl World {
     fn check_counters(&self) {
         let mut sum = crate::engine::ServerStats::default();
         for host in &self.hosts {
-            let st = host.engine.stats();
-            sum.urgent += st.urgent;
-            sum.ready += st.ready;
-            sum.reserved += st.reserved;
-            sum.delayed += st.delayed;
-            sum.buried += st.buried;
-            sum.total_jobs += st.total_jobs;
-            sum.job_timeouts += st.job_timeouts;
-            sum.waiting += st.waiting;
-            sum.ops.merge(&st.ops);
+            crate::engine::ServerStats::merge(&mut sum, &host.engine.stats());
         }
         let m = &self.model;
         let count = |f: &dyn Fn(&MJob) -> bool| m.jobs.values().filter(|j| f(j)).count() as u64;
