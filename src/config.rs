@@ -55,6 +55,11 @@ pub enum IoChoice {
     Epoll,
 }
 
+/// The most cores `--cores` takes: the mailbox has a ring per ordered pair
+/// of cores, 64 cores 4,032 of them (about 170 MiB; docs/ARCHITECTURE.md,
+/// "How far it scales").
+pub const CORES_MAX: u32 = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// `-l`: an address, or `unix:PATH`.
@@ -146,7 +151,7 @@ pub fn usage(progname: &str) -> String {
          -v       print the version and exit\n \
          -V       log more (repeat for more detail)\n \
          -h       print this help and exit\n \
-         --cores N       number of cores and queue shards (default 1)\n \
+         --cores N       number of cores and queue shards (default 1, at most 64)\n \
          --io uring|epoll  I/O back end (default: io_uring when available; also ${IO_ENV})\n \
          --connections-max N  connections served at once; more wait to be accepted (default {CONNECTIONS_MAX_DEFAULT})\n \
          --metrics ADDR  serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or :PORT for every address)\n \
@@ -215,7 +220,10 @@ pub fn parse(progname: &str, args: &[String]) -> Parsed {
                     return Parsed::Export { dir: value, out: out.clone() };
                 }
                 "cores" => match value.parse::<u32>() {
-                    Ok(n) if n >= 1 => config.cores = n,
+                    Ok(n) if (1..=CORES_MAX).contains(&n) => config.cores = n,
+                    Ok(n) if n > CORES_MAX => {
+                        return fail(format!("invalid number of cores: {value} (at most {CORES_MAX})"));
+                    }
                     _ => return fail(format!("invalid number of cores: {value}")),
                 },
                 "connections-max" => match value.parse::<usize>() {
@@ -376,6 +384,8 @@ mod tests {
         assert!(exit(&["-"]).2.starts_with("beanstalkd: unknown argument: -\n"));
         assert!(exit(&["--bogus", "1"]).2.starts_with("beanstalkd: unknown flag: --bogus\n"));
         assert!(exit(&["--cores", "0"]).2.starts_with("beanstalkd: invalid number of cores: 0\n"));
+        assert!(exit(&["--cores", "65"]).2.starts_with("beanstalkd: invalid number of cores: 65 (at most 64)\n"));
+        assert_eq!(run(&["--cores", "64"]).cores, 64);
         for bad in ["0", "-1", "x", ""] {
             let err = exit(&["--connections-max", bad]).2;
             assert!(err.starts_with(&format!("beanstalkd: invalid number of connections: {bad}\n")), "{err}");

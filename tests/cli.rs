@@ -48,10 +48,10 @@ fn usage_errors_exit_5_with_beanstalkd_messages() {
 }
 
 #[test]
-fn refuses_what_it_cannot_do_yet() {
-    let out = run(&["--cores", "2", "-l", "127.0.0.1", "-p", "0"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--cores"));
+fn refuses_more_cores_than_it_takes() {
+    let out = run(&["--cores", "65", "-l", "127.0.0.1", "-p", "0"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(text(&out.stderr).starts_with(&format!("{BIN}: invalid number of cores: 65 (at most 64)\n")));
 }
 
 #[test]

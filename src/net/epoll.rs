@@ -44,6 +44,8 @@ const LISTENER_TOKEN: u64 = u64::MAX;
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 /// The log's I/O threads, one per lane: `FILE_TOKEN - lane`.
 const FILE_TOKEN: u64 = u64::MAX - 2;
+/// The core's wake-up eventfd (a core among several).
+const WAKE_TOKEN: u64 = u64::MAX - 4;
 
 #[derive(Clone, Copy, Default)]
 struct Conn {
@@ -76,6 +78,7 @@ pub struct Epoll {
     conns: Vec<Conn>,
     listener: Option<RawFd>,
     signal_fd: Option<RawFd>,
+    wake_fd: Option<RawFd>,
     later: VecDeque<Later>,
     buf: Box<[u8]>,
     /// The write-ahead log's I/O threads, one per lane, each started with
@@ -99,6 +102,7 @@ impl Epoll {
             conns: Vec::new(),
             listener: None,
             signal_fd: None,
+            wake_fd: None,
             later: VecDeque::new(),
             buf: vec![0u8; READ_BUFFER_BYTES].into_boxed_slice(),
             files: [None, None],
@@ -278,6 +282,18 @@ impl Io for Epoll {
         }
     }
 
+    fn watch_wake(&mut self, wake_fd: RawFd) {
+        if self.ctl(libc::EPOLL_CTL_ADD, wake_fd, libc::EPOLLIN as u32, WAKE_TOKEN).is_ok() {
+            self.wake_fd = Some(wake_fd);
+        }
+    }
+
+    fn stop_wake(&mut self) {
+        if let Some(fd) = self.wake_fd.take() {
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, WAKE_TOKEN);
+        }
+    }
+
     fn recv(&mut self, conn: u32, fd: RawFd) {
         let c = self.conn_mut(conn);
         let first = c.fd != fd;
@@ -377,6 +393,7 @@ impl Io for Epoll {
             && self.later.is_empty()
             && self.listener.is_none()
             && self.signal_fd.is_none()
+            && self.wake_fd.is_none()
             && self.conns.iter().all(|c| !c.reading && c.pending_send.is_none() && c.pending_recv.is_none())
     }
 
@@ -420,6 +437,16 @@ impl Io for Epoll {
                 SIGNAL_TOKEN => {
                     if let Some(fd) = self.signal_fd {
                         self.read_signals(fd, handle);
+                    }
+                }
+                WAKE_TOKEN => {
+                    if let Some(fd) = self.wake_fd {
+                        let mut count = 0u64;
+                        // Safety: reads 8 bytes into a `u64` that lives across
+                        // the call; a non-blocking eventfd.
+                        if unsafe { libc::read(fd, (&raw mut count).cast(), 8) } == 8 {
+                            handle(Event::Woken);
+                        }
                     }
                 }
                 token if token == FILE_TOKEN || token == FILE_TOKEN - 1 => {

@@ -18,6 +18,7 @@
 //! | stop accepting   | cancel the accept                | deregister the listener            |
 //! | cancel a send    | cancel the send or writev        | forget the pending write           |
 //! | signals          | read on a signalfd               | readiness of the signalfd          |
+//! | wake-up (cores)  | read on the core's eventfd       | readiness of the eventfd, read     |
 //! | log file write   | writev at an offset              | pwritev on the log's I/O thread    |
 //! | log file sync    | fsync (data only for segments)   | fdatasync/fsync on that thread     |
 //! | wait             | io_uring_enter with a timeout    | epoll_wait with a timeout          |
@@ -90,6 +91,9 @@ pub enum Event<'a> {
     ReceivedInto(u32, io::Result<usize>),
     /// A signal arrived (SIGUSR1, SIGTERM, SIGINT).
     Signal(i32),
+    /// Another core woke this one (its eventfd was written, and has been
+    /// read): messages, handed-over connections or a stop may be waiting.
+    Woken,
     /// The log's file operation in a lane finished: bytes written (0 for a
     /// sync), or the error.
     FileDone(crate::wal::flush::Lane, io::Result<usize>),
@@ -110,6 +114,16 @@ pub trait Io {
     /// Stops reading the signalfd (the last step of a stop); once
     /// [`Io::idle`], no read of it is in flight.
     fn stop_signals(&mut self);
+
+    /// Starts reporting [`Event::Woken`] each time the eventfd `wake_fd`
+    /// is written (a core among several; see `net::cores`). The read stays
+    /// armed until [`Io::stop_wake`], so a wake written while the loop runs
+    /// ends its next wait at once.
+    fn watch_wake(&mut self, wake_fd: RawFd);
+
+    /// Stops reading the wake-up eventfd; once [`Io::idle`], no read of it
+    /// is in flight.
+    fn stop_wake(&mut self);
 
     /// Makes room for the state of connections up to `conn`, and for what
     /// each can have queued at once, fallibly, before the first

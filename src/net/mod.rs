@@ -22,6 +22,7 @@
 //! Both back ends run this same code; only the mechanics of accept,
 //! receive, send and wait differ (see [`io`]).
 
+pub mod cores;
 pub mod epoll;
 pub mod filethread;
 pub mod io;
@@ -37,7 +38,10 @@ use crate::engine::Nanos;
 use crate::memory;
 use crate::metrics::Publisher;
 use crate::protocol::output::Segment;
+use crate::shard::route::ShardId;
+use crate::shard::spread::Message;
 use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
+use cores::{CoreLink, Envelope};
 use io::{Event, Io, RecvEnd};
 use listen::{BoundListener, LISTEN_BACKLOG};
 use wal::LogDriver;
@@ -82,6 +86,12 @@ const SEND_KEPT_SEGMENTS_MAX: usize = 64;
 /// for each reply is never carried and never waits for this.
 const CARRIED_SEND_BYTES_MIN: usize = 16 * 1024;
 
+/// How long a core whose messages wait for room in a full ring sleeps at
+/// most before it tries again: the receiver does not wake a producer when
+/// it frees room (replies coming back usually do), and a core with only
+/// answers waiting would otherwise sleep on them.
+const MAIL_RETRY: Duration = Duration::from_micros(100);
+
 /// How long an orderly stop waits for clients to take the replies they are
 /// owed before it cancels the sends still in flight. A client that reads
 /// takes megabytes in milliseconds, so this only bounds what a client that
@@ -116,7 +126,9 @@ pub struct Settings {
 
 /// What a core is started with besides its shard and back end.
 pub struct Start {
-    pub listener: BoundListener,
+    /// The listener, on the core that accepts (every core but core 0 of
+    /// several has none; see [`cores`]).
+    pub listener: Option<BoundListener>,
     pub signals: OwnedFd,
     pub settings: Settings,
     /// The clock the shard's instants were read from so far (recovery).
@@ -125,6 +137,8 @@ pub struct Start {
     pub log_dir: Option<OwnedFd>,
     /// Where the loop publishes its snapshots, with `--metrics`.
     pub metrics: Option<Publisher>,
+    /// The mailbox and shared state of a core among several.
+    pub link: Option<CoreLink>,
 }
 
 /// A core's I/O back end, chosen before the shard is built.
@@ -172,6 +186,7 @@ impl Driver {
 /// starts, so that its instants are nanoseconds since the Unix epoch (as
 /// the write-ahead log stores them) without ever going backwards while the
 /// process runs, whatever is done to the wall clock meanwhile.
+#[derive(Clone, Copy)]
 pub struct Clock {
     origin: Instant,
     /// The wall clock at `origin`.
@@ -247,6 +262,9 @@ enum StopWait {
     /// The read on the signalfd, kept until the connections are gone so
     /// that a second signal can cut the grace short.
     SignalRead,
+    /// A core among several: every core must be done with its connections
+    /// and owe the others nothing before any may finish (see [`cores`]).
+    Peers,
     /// Anything else the back end still has in flight.
     Operations,
 }
@@ -329,21 +347,29 @@ struct Server<I: Io> {
     log: Option<LogDriver>,
     /// Snapshots for the metrics thread, with `--metrics`.
     metrics: Option<Publisher>,
+    /// The mailbox and shared state of a core among several.
+    link: Option<CoreLink>,
+    /// A read of the wake-up eventfd is going on.
+    wake_watched: bool,
+    /// Messages taken from the shard's outbox, kept between turns.
+    mail: Vec<Message>,
+    /// Connections handed over by the accepting core, kept between turns.
+    handed: Vec<RawFd>,
 }
 
 impl<I: Io> Server<I> {
     fn new(io: I, shard: Shard, start: Start) -> Server<I> {
-        let Start { listener, signals, settings, clock, log_dir, metrics } = start;
+        let Start { listener, signals, settings, clock, log_dir, metrics, link } = start;
         let log = log_dir.map(|dir| LogDriver::new(&shard, dir, clock.now()));
-        let listener: OwnedFd = match listener {
+        let listener: Option<OwnedFd> = listener.map(|listener| match listener {
             BoundListener::Tcp(l) => l.into(),
             BoundListener::Unix(l) => l.into(),
-        };
+        });
         Server {
             io,
             shard,
             clock,
-            listener: Some(listener),
+            listener,
             accepting: Accepting::Off,
             signals,
             signals_watched: false,
@@ -360,6 +386,10 @@ impl<I: Io> Server<I> {
             deferred: VecDeque::with_capacity(DEFERRED_SPARE),
             log,
             metrics,
+            link,
+            wake_watched: false,
+            mail: Vec::new(),
+            handed: Vec::new(),
         }
     }
 
@@ -376,15 +406,35 @@ impl<I: Io> Server<I> {
         if let Some(listener) = &self.listener {
             set_nonblocking(listener.as_raw_fd())?;
         }
-        self.io.watch_signals(self.signals.as_raw_fd());
-        self.signals_watched = true;
+        // Of several cores, the accepting one reads the signals for all.
+        if self.link.as_ref().is_none_or(CoreLink::is_acceptor) {
+            self.io.watch_signals(self.signals.as_raw_fd());
+            self.signals_watched = true;
+        }
+        if let Some(link) = &self.link {
+            self.io.watch_wake(link.wake_fd());
+            self.wake_watched = true;
+        }
         self.steer_accept();
         loop {
             if self.stop.is_some() && self.stop_waits_for().is_none() {
                 return Ok(());
             }
             self.shard.begin_turn();
-            let timeout = self.timeout();
+            let mut timeout = self.timeout();
+            // Among several cores, announce the sleep to the senders, and
+            // do not sleep if a message came meanwhile.
+            let announced = match self.link.as_mut() {
+                Some(link) if timeout != Some(Duration::ZERO) => {
+                    if link.inbox.prepare_sleep() {
+                        true
+                    } else {
+                        timeout = Some(Duration::ZERO);
+                        false
+                    }
+                }
+                _ => false,
+            };
             let timed = self.metrics.is_some();
             let mut events = Events {
                 shard: &mut self.shard,
@@ -395,6 +445,9 @@ impl<I: Io> Server<I> {
                 timed,
             };
             self.io.wait(timeout, &mut |event| events.handle(event))?;
+            if announced && let Some(link) = self.link.as_mut() {
+                link.inbox.awake();
+            }
             // The turn's work starts with its first event (the back end
             // hands events over as soon as its wait returns), or when the
             // wait timed out.
@@ -409,8 +462,8 @@ impl<I: Io> Server<I> {
                     Deferred::RecvEnded(conn, end) => self.recv_ended(conn, end),
                     Deferred::Sent(conn, outcome) => self.sent(conn, outcome),
                     Deferred::ReceivedInto(conn, outcome) => self.received_into(conn, outcome),
-                    Deferred::Signal(libc::SIGUSR1) => self.shard.set_draining(),
-                    Deferred::Signal(_) => self.begin_stop(),
+                    Deferred::Signal(signal) => self.signal(signal),
+                    Deferred::Woken => self.woken(),
                     Deferred::FileDone(lane, outcome) => {
                         let now = self.clock.now();
                         if let Some(log) = self.log.as_mut() {
@@ -424,13 +477,15 @@ impl<I: Io> Server<I> {
             }
             let now = self.clock.now();
             self.shard.tick(now);
+            self.exchange(now);
             self.service_dirty();
-            if self.shard.has_carried() {
+            if self.shard.has_carried() && !self.shard.mail_blocked() {
                 // The replies of this turn's fresh commands leave before
                 // the carried input runs, so a client that sends one
                 // command at a time waits for at most one round of it.
                 self.io.submit();
                 self.shard.run_carried(now);
+                self.exchange(now);
                 self.service_dirty();
             }
             // The turn's records go out as one batch (group commit).
@@ -512,6 +567,16 @@ impl<I: Io> Server<I> {
             self.io.stop_signals();
             self.signals_watched = false;
         }
+        if let Some(link) = self.link.as_mut() {
+            if self.open == 0 && self.held.is_empty() && self.shard.peers_quiet() {
+                link.say_quiet();
+            }
+            // Once every core is quiet, nothing more is sent to this one.
+            if link.all_quiet() && self.wake_watched {
+                self.io.stop_wake();
+                self.wake_watched = false;
+            }
+        }
     }
 
     /// The first thing the stop still waits for, if any.
@@ -520,9 +585,11 @@ impl<I: Io> Server<I> {
             Some(StopWait::Listener)
         } else if self.open > 0 {
             Some(StopWait::Connections)
+        } else if self.link.as_ref().is_some_and(|link| !link.all_quiet()) {
+            Some(StopWait::Peers)
         } else if self.log.as_ref().is_some_and(|log| !log.is_done(&self.shard)) {
             Some(StopWait::Log)
-        } else if self.signals_watched {
+        } else if self.signals_watched || self.wake_watched {
             Some(StopWait::SignalRead)
         } else if !self.io.idle() {
             Some(StopWait::Operations)
@@ -539,9 +606,10 @@ impl<I: Io> Server<I> {
     /// paused after an error, or at the connection limit. During a stop,
     /// closes the listener once accepting has ended.
     fn steer_accept(&mut self) {
+        let open = self.link.as_ref().map_or(self.open, |link| link.cores.total_open());
         let want = self.stop.is_none()
             && self.accept_again_at.is_none()
-            && self.open + self.held.len() < self.settings.connections_max;
+            && open + self.held.len() < self.settings.connections_max;
         match self.accepting {
             Accepting::Off if want => {
                 if let Some(listener) = &self.listener {
@@ -588,11 +656,111 @@ impl<I: Io> Server<I> {
             return;
         }
         self.accept_recovered();
-        if self.open >= self.settings.connections_max {
+        if let Some(link) = &self.link {
+            if link.cores.total_open() >= self.settings.connections_max {
+                self.held.push_back(fd);
+                return;
+            }
+            let core = link.cores.pick();
+            if core != link.core {
+                return link.hand_over(core, fd);
+            }
+            link.opened();
+        } else if self.open >= self.settings.connections_max {
             self.held.push_back(fd);
             return;
         }
         self.open(fd);
+    }
+
+    /// Connections held at the limit, once other cores have closed some.
+    fn dispatch_held(&mut self) {
+        while let Some(link) = &self.link {
+            if self.stop.is_some() || link.cores.total_open() >= self.settings.connections_max {
+                return;
+            }
+            let Some(fd) = self.held.pop_front() else { return };
+            self.accepted(fd);
+        }
+    }
+
+    /// A signal read by this core: with several, every core is told, this
+    /// one through the same flags as the others.
+    fn signal(&mut self, signal: i32) {
+        match self.link.as_mut() {
+            Some(link) => {
+                link.signal(signal);
+                self.woken();
+            }
+            None if signal == libc::SIGUSR1 => self.shard.set_draining(),
+            None => self.begin_stop(),
+        }
+    }
+
+    /// Another core woke this one: signals to act on, connections handed
+    /// over, and at the accepting core room under the connection limit.
+    /// (Messages are taken every turn anyway; see [`Server::exchange`].)
+    fn woken(&mut self) {
+        let Some(link) = self.link.as_mut() else { return };
+        let seen = link.seen();
+        if seen.drain {
+            self.shard.set_draining();
+        }
+        for _ in 0..seen.stops {
+            self.begin_stop();
+        }
+        let mut handed = std::mem::take(&mut self.handed);
+        if let Some(link) = &self.link {
+            link.take_handed(&mut handed);
+        }
+        for fd in handed.drain(..) {
+            if self.stop.is_some() {
+                if let Some(link) = &self.link {
+                    link.closed();
+                }
+                // Safety: a descriptor handed over, with nothing in flight.
+                unsafe { libc::close(fd) };
+            } else {
+                self.open(fd);
+            }
+        }
+        self.handed = handed;
+        self.dispatch_held();
+    }
+
+    /// The mailbox's part of a turn: messages from other cores delivered,
+    /// the shard's messages to itself delivered until it sends itself no
+    /// more, and its messages to other cores pushed into their rings (as
+    /// many as they have room for; the rest wait, and the shard's sessions
+    /// run no new command meanwhile), then published, with one wake-up per
+    /// sleeping receiver.
+    fn exchange(&mut self, now: Nanos) {
+        let Some(link) = self.link.as_mut() else { return };
+        let shard = &mut self.shard;
+        let me = ShardId(link.core as u32);
+        link.inbox.drain(|from, Envelope { at, msg }| shard.deliver(ShardId(from as u32), msg, at.max(now)));
+        loop {
+            let at = shard.take_outbox(me, &mut self.mail, usize::MAX);
+            if self.mail.is_empty() {
+                break;
+            }
+            for msg in self.mail.drain(..) {
+                shard.deliver(me, msg, at.max(now));
+            }
+        }
+        let mut blocked = false;
+        for to in (0..link.cores_n()).filter(|&c| c != link.core) {
+            let free = link.outbox.free(to);
+            let at = shard.take_outbox(ShardId(to as u32), &mut self.mail, free);
+            for msg in self.mail.drain(..) {
+                if link.outbox.push(to, Envelope { at, msg }).is_err() {
+                    unreachable!("pushed no more than the ring had room for");
+                }
+            }
+            blocked |= shard.has_outbox_for(ShardId(to as u32)) && link.outbox.free(to) == 0;
+        }
+        shard.set_mail_blocked(blocked);
+        link.outbox.publish();
     }
 
     fn accept_ended(&mut self, error: Option<std::io::Error>) {
@@ -631,7 +799,7 @@ impl<I: Io> Server<I> {
     /// over, else until the shard's next deadline, the end of an accept
     /// pause or the end of a stop's grace.
     fn timeout(&self) -> Option<Duration> {
-        if self.shard.has_carried() {
+        if self.shard.has_carried() && !self.shard.mail_blocked() {
             return Some(Duration::ZERO);
         }
         let now = self.clock.now();
@@ -647,7 +815,10 @@ impl<I: Io> Server<I> {
             self.log.as_ref().and_then(LogDriver::next_deadline).map(|at| Duration::from_nanos(at.saturating_sub(now)));
         let metrics =
             self.metrics.as_ref().and_then(Publisher::next_due).map(|at| at.saturating_duration_since(instant));
-        [shard, accept, grace, log, metrics].into_iter().flatten().min()
+        // Messages waiting for room in a ring, or (at the connection
+        // limit of several cores) a close on another core: look again soon.
+        let mail = self.shard.has_outbox().then_some(MAIL_RETRY);
+        [shard, accept, grace, log, metrics, mail].into_iter().flatten().min()
     }
 
     /// At `-V`, why a connection is being closed for an I/O error.
@@ -692,6 +863,9 @@ impl<I: Io> Server<I> {
         let Some(conn) = room.ok().and_then(|()| self.shard.open(fd)) else {
             // Out of memory: the connection is closed at once, as
             // beanstalkd does when it cannot allocate one.
+            if let Some(link) = &self.link {
+                link.closed();
+            }
             if self.settings.verbosity > 0 {
                 println!("close {fd}");
             }
@@ -930,6 +1104,10 @@ impl<I: Io> Server<I> {
         unsafe { libc::close(c.fd) };
         self.shard.remove(conn);
         self.open -= 1;
+        if let Some(link) = &self.link {
+            link.closed();
+            return self.dispatch_held();
+        }
         // A connection held at the limit takes the place.
         if let Some(fd) = self.held.pop_front() {
             self.open(fd);
@@ -945,6 +1123,7 @@ enum Deferred {
     Sent(u32, std::io::Result<usize>),
     ReceivedInto(u32, std::io::Result<usize>),
     Signal(i32),
+    Woken,
     FileDone(crate::wal::flush::Lane, std::io::Result<usize>),
 }
 
@@ -978,6 +1157,7 @@ impl Events<'_> {
             Event::Sent(conn, outcome) => Deferred::Sent(conn, outcome),
             Event::ReceivedInto(conn, outcome) => Deferred::ReceivedInto(conn, outcome),
             Event::Signal(signal) => Deferred::Signal(signal),
+            Event::Woken => Deferred::Woken,
             Event::FileDone(lane, outcome) => Deferred::FileDone(lane, outcome),
         };
         self.deferred.push_back(deferred);

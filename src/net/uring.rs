@@ -78,6 +78,7 @@ const RECV_INTO: u64 = 6;
 const FILE: u64 = 7;
 const HANGUP: u64 = 8;
 const PROBE: u64 = 9;
+const WAKE: u64 = 10;
 
 /// What a hang-up watch waits for: the peer's end of the stream or a reset
 /// (the kernel always adds POLLERR and POLLHUP to a poll's events).
@@ -164,6 +165,9 @@ pub struct Uring {
     accept_stopping: bool,
     signal_fd: Option<RawFd>,
     signal_buf: Box<[u8; SIGINFO_BYTES]>,
+    /// The core's wake-up eventfd, with a read armed on it.
+    wake_fd: Option<RawFd>,
+    wake_buf: Box<u64>,
     completions: Vec<cqueue::Entry>,
     /// Entries that could not be queued because the submission queue was
     /// full and the kernel said "not now" ([`not_now`]). They go in, in
@@ -216,6 +220,8 @@ impl Uring {
             accept_stopping: false,
             signal_fd: None,
             signal_buf: Box::new([0; SIGINFO_BYTES]),
+            wake_fd: None,
+            wake_buf: Box::new(0),
             completions: Vec::with_capacity(cq_entries),
             unqueued: VecDeque::new(),
             in_flight: 0,
@@ -351,6 +357,12 @@ impl Uring {
         let read = opcode::Read::new(types::Fd(fd), self.signal_buf.as_mut_ptr(), SIGINFO_BYTES as u32)
             .build()
             .user_data(tag(SIGNAL, 0));
+        self.push(read);
+    }
+
+    fn read_wake(&mut self, fd: RawFd) {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let read = opcode::Read::new(types::Fd(fd), buf.cast(), 8).build().user_data(tag(WAKE, 0));
         self.push(read);
     }
 
@@ -513,6 +525,17 @@ impl Uring {
                     self.read_signal(fd);
                 }
             }
+            WAKE => {
+                if res == 8 {
+                    handle(Event::Woken);
+                } else if res < 0 && !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN) {
+                    self.wake_fd = None;
+                    return self.fault("read(eventfd)", -res);
+                }
+                if let Some(fd) = self.wake_fd {
+                    self.read_wake(fd);
+                }
+            }
             CANCEL => {
                 // Found and cancelled (0), already finished (ENOENT) or
                 // finishing (EALREADY): the outcome shows on the target.
@@ -549,6 +572,17 @@ impl Io for Uring {
     fn stop_signals(&mut self) {
         if self.signal_fd.take().is_some() {
             self.cancel(tag(SIGNAL, 0), 0);
+        }
+    }
+
+    fn watch_wake(&mut self, wake_fd: RawFd) {
+        self.wake_fd = Some(wake_fd);
+        self.read_wake(wake_fd);
+    }
+
+    fn stop_wake(&mut self) {
+        if self.wake_fd.take().is_some() {
+            self.cancel(tag(WAKE, 0), 0);
         }
     }
 
@@ -956,6 +990,7 @@ mod tests {
             Event::Sent(..) => "Sent",
             Event::ReceivedInto(..) => "ReceivedInto",
             Event::Signal(_) => "Signal",
+            Event::Woken => "Woken",
             Event::FileDone(..) => "FileDone",
         }
     }

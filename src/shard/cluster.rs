@@ -131,7 +131,7 @@ impl Cluster {
         let mut taken = Vec::new();
         for from in 0..n {
             for to in 0..n {
-                let sent_at = self.shards[from].take_outbox(ShardId(to as u32), &mut taken);
+                let sent_at = self.shards[from].take_outbox(ShardId(to as u32), &mut taken, usize::MAX);
                 for msg in taken.drain(..) {
                     let due = self.step + self.rng.below(DELAY_STEPS_MAX + 1);
                     self.rings[from * n + to].push_back((due, sent_at, msg));

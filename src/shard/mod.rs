@@ -148,6 +148,7 @@ impl BodyLoan {
 pub struct ConnId(pub u32);
 
 /// Facts about the server that `stats` reports and the shard cannot know.
+#[derive(Clone)]
 pub struct ServerInfo {
     pub max_job_size: u64,
     pub pid: u32,
@@ -793,6 +794,9 @@ impl Shard {
         self.sessions[conn as usize].stalled = false;
         // No other session's replies change while this one runs commands.
         let budget_left = self.budget_left(&self.sessions[conn as usize]);
+        // The rings to other cores are full (see `Shard::set_mail_blocked`):
+        // new commands wait, as the ones beyond a turn's budget do.
+        let mail_blocked = self.mail_blocked();
         loop {
             let session = &self.sessions[conn as usize];
             if !session.runnable() {
@@ -811,7 +815,7 @@ impl Shard {
                     break;
                 }
                 Mode::Line => match scan_line(rest) {
-                    LineScan::Line(_) if !session.take_command_budget(self.turn) => {
+                    LineScan::Line(_) if mail_blocked || !session.take_command_budget(self.turn) => {
                         if !session.carried {
                             session.carried = true;
                             self.carried.push_back(conn);

@@ -248,6 +248,8 @@ pub(super) struct Spread {
     directory: Directory,
     /// Commands sent behind others to the same shard, for tests and stats.
     pipelined: u64,
+    /// See [`Shard::set_mail_blocked`].
+    mail_blocked: bool,
 }
 
 /// A session's part in a server of several (kept in its [`session::Session`]).
@@ -340,6 +342,7 @@ impl Spread {
             spanning: Vec::new(),
             directory,
             pipelined: 0,
+            mail_blocked: false,
         }
     }
 
@@ -415,7 +418,14 @@ impl Shard {
         directory: Directory,
         info: super::ServerInfo,
     ) -> Shard {
-        let mut engine = crate::engine::Engine::with_id_source(config, ids);
+        Shard::spread_engine(crate::engine::Engine::with_id_source(config, ids), directory, info)
+    }
+
+    /// The same around an engine made elsewhere (one restored from the
+    /// log), which takes its ids from the server's shared source; the
+    /// tubes it holds are entered in `directory`.
+    pub fn spread_engine(mut engine: crate::engine::Engine, directory: Directory, info: super::ServerInfo) -> Shard {
+        let config = engine.config();
         engine.set_directory(directory.clone());
         let mut shard = Shard::with_engine(engine, info);
         if config.shards > 1 {
@@ -430,12 +440,17 @@ impl Shard {
     /// connection's commands run at increasing instants whichever shards
     /// they run on, as they would on one engine (each shard steps its own
     /// clock once per command).
-    pub fn take_outbox(&mut self, to: ShardId, into: &mut Vec<Message>) -> Nanos {
+    ///
+    /// At most `max` are taken (the room left in the ring to `to`); the
+    /// rest stay, in order, for a later call.
+    pub fn take_outbox(&mut self, to: ShardId, into: &mut Vec<Message>, max: usize) -> Nanos {
         let clock = self.clock;
         let Some(spread) = self.spread.as_deref_mut() else { return clock };
         let durable = spread.durable;
         let queue = &mut spread.outbox[to.0 as usize];
-        while queue.front().is_some_and(|(fence, _)| *fence <= durable) {
+        let mut taken = 0;
+        while taken < max && queue.front().is_some_and(|(fence, _)| *fence <= durable) {
+            taken += 1;
             if let Some((_, msg)) = queue.pop_front() {
                 into.push(msg);
             }
@@ -448,6 +463,35 @@ impl Shard {
         self.spread
             .as_deref()
             .is_some_and(|s| s.outbox.iter().any(|q| q.front().is_some_and(|(fence, _)| *fence <= s.durable)))
+    }
+
+    /// Whether messages for shard `to` wait here, held for the log or for
+    /// room in the ring.
+    pub fn has_outbox_for(&self, to: ShardId) -> bool {
+        self.spread.as_deref().is_some_and(|s| !s.outbox[to.0 as usize].is_empty())
+    }
+
+    /// Whether this shard owes its peers nothing: no message waits to
+    /// leave and no closed connection is still being taken down, so none
+    /// of its requests is unanswered. With the connections all closed, a
+    /// stopping core may then tell the others it is done (`net::cores`).
+    pub fn peers_quiet(&self) -> bool {
+        self.spread.as_deref().is_none_or(|s| s.takedowns.is_empty() && s.outbox.iter().all(VecDeque::is_empty))
+    }
+
+    /// The rings to other shards are full: sessions run no new command
+    /// (their input is carried, and they are not read) until
+    /// [`Shard::set_mail_blocked`] says otherwise. Requests already sent
+    /// are answered meanwhile, and their answers are what frees the rings,
+    /// so this only ever waits on the other cores' progress.
+    pub fn set_mail_blocked(&mut self, blocked: bool) {
+        if let Some(spread) = self.spread.as_deref_mut() {
+            spread.mail_blocked = blocked;
+        }
+    }
+
+    pub fn mail_blocked(&self) -> bool {
+        self.spread.as_deref().is_some_and(|s| s.mail_blocked)
     }
 
     pub(super) fn note_durable(&mut self, batch: u64) {
@@ -1041,9 +1085,10 @@ impl Shard {
                             None => sum = Some(part),
                             Some(s) => {
                                 ServerStats::merge(&mut s.0, &part.0);
-                                // The document's log figures are this core's.
-                                if from == from_origin.core {
-                                    s.1 = part.1;
+                                match (&mut s.1, part.1) {
+                                    (Some(mine), Some(theirs)) => mine.merge(&theirs),
+                                    (mine @ None, theirs) => *mine = theirs,
+                                    (Some(_), None) => {}
                                 }
                             }
                         }

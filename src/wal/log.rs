@@ -137,7 +137,7 @@ pub struct FileRef(pub i32);
 
 /// What the log needs of the file system; the real one works on a
 /// directory, tests use one in memory that can be told to fail.
-pub trait SegmentFiles {
+pub trait SegmentFiles: Send {
     /// Makes segment `id` with room for `bytes` (header included),
     /// preallocated and reading as zeros, and returns it open for writing.
     /// The header is written with the segment's first records.
@@ -239,6 +239,23 @@ pub struct LogStats {
     pub segments: u64,
     /// Segments made ahead and not used yet.
     pub spares: u64,
+}
+
+impl LogStats {
+    /// Adds another shard's log to these figures, as `stats` shows the
+    /// logs of several shards: counts and bytes summed, the oldest file
+    /// the oldest of any, the current the newest, the file size the same.
+    pub fn merge(&mut self, other: &LogStats) {
+        self.oldest_seq = self.oldest_seq.min(other.oldest_seq);
+        self.current_seq = self.current_seq.max(other.current_seq);
+        self.records_written += other.records_written;
+        self.records_migrated += other.records_migrated;
+        self.segment_bytes = self.segment_bytes.max(other.segment_bytes);
+        self.disk_bytes += other.disk_bytes;
+        self.live_bytes += other.live_bytes;
+        self.segments += other.segments;
+        self.spares += other.spares;
+    }
 }
 
 pub struct Log {

@@ -61,7 +61,7 @@ pub struct SegmentId {
 }
 
 /// A segment file that was read.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SegmentFile {
     pub id: SegmentId,
     pub path: PathBuf,

@@ -2,10 +2,9 @@
 //! memory (which can be told to fail), written out to a directory and read
 //! back with [`recover`].
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use super::image::{Counters, ImageState};
 use super::log::{Batch, FileRef, Log, LogConfig, SegmentFiles, SyncPolicy};
@@ -39,11 +38,11 @@ pub struct Disk {
 }
 
 #[derive(Clone, Default)]
-pub struct MemFiles(pub Rc<RefCell<Disk>>);
+pub struct MemFiles(pub Arc<Mutex<Disk>>);
 
 impl SegmentFiles for MemFiles {
     fn create(&mut self, id: SegmentId, bytes: u64) -> io::Result<FileRef> {
-        let mut d = self.0.borrow_mut();
+        let mut d = self.0.lock().unwrap();
         if d.full || d.creates_left == Some(0) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
@@ -60,11 +59,11 @@ impl SegmentFiles for MemFiles {
     }
 
     fn close(&mut self, _id: SegmentId, file: FileRef) {
-        assert!(self.0.borrow_mut().fds.remove(&file.0).is_some(), "closing a file twice");
+        assert!(self.0.lock().unwrap().fds.remove(&file.0).is_some(), "closing a file twice");
     }
 
     fn recycle(&mut self, old: SegmentId, file: Option<FileRef>, new: SegmentId) -> io::Result<FileRef> {
-        let mut d = self.0.borrow_mut();
+        let mut d = self.0.lock().unwrap();
         if let Some(file) = file {
             d.fds.remove(&file.0);
         }
@@ -80,7 +79,7 @@ impl SegmentFiles for MemFiles {
     }
 
     fn remove(&mut self, id: SegmentId, file: Option<FileRef>) -> io::Result<()> {
-        let mut d = self.0.borrow_mut();
+        let mut d = self.0.lock().unwrap();
         if let Some(file) = file {
             d.fds.remove(&file.0);
         }
@@ -93,7 +92,7 @@ impl SegmentFiles for MemFiles {
 impl MemFiles {
     /// Carries out a batch's writes on the files in memory.
     pub fn apply(&self, batch: &Batch) {
-        let mut d = self.0.borrow_mut();
+        let mut d = self.0.lock().unwrap();
         for w in &batch.writes {
             let id = d.fds[&w.file.0];
             assert_eq!(id, w.segment);
@@ -117,7 +116,7 @@ impl MemFiles {
     pub fn at_cut(&self, cut: u64) -> HashMap<SegmentId, Vec<u8>> {
         let mut files: HashMap<SegmentId, Vec<u8>> = HashMap::new();
         let mut left = cut;
-        for event in &self.0.borrow().journal {
+        for event in &self.0.lock().unwrap().journal {
             match event {
                 DiskEvent::Create(id, bytes) => {
                     files.insert(*id, vec![0; *bytes as usize]);
@@ -145,7 +144,7 @@ impl MemFiles {
 
     /// Writes the files out to a fresh directory and reads it back.
     pub fn recover(&self) -> Recovered {
-        recover_files(&self.0.borrow().files)
+        recover_files(&self.0.lock().unwrap().files)
     }
 }
 
@@ -221,7 +220,7 @@ impl Jobs {
 
     /// Whether the log holds `file` open.
     fn is_open(&self, file: FileRef) -> bool {
-        self.files.0.borrow().fds.contains_key(&file.0)
+        self.files.0.lock().unwrap().fds.contains_key(&file.0)
     }
 
     /// The next start on the files as they are now (the process stopped
@@ -230,7 +229,7 @@ impl Jobs {
     fn restart(&mut self, now: u64) -> io::Result<()> {
         let recovered = self.files.recover();
         {
-            let mut d = self.files.0.borrow_mut();
+            let mut d = self.files.0.lock().unwrap();
             d.fds.clear();
             let unused: Vec<SegmentId> =
                 d.files.iter().filter(|(id, bytes)| holds_nothing(**id, bytes)).map(|(&id, _)| id).collect();
@@ -253,7 +252,7 @@ impl Jobs {
     /// Bytes of the files that hold a header (the spares made ahead left
     /// out), as they are in memory, whatever the log believes.
     fn segment_file_bytes(&self) -> u64 {
-        let d = self.files.0.borrow();
+        let d = self.files.0.lock().unwrap();
         d.files.iter().filter(|(id, b)| !holds_nothing(**id, b)).map(|(_, b)| b.len() as u64).sum()
     }
 
@@ -439,7 +438,7 @@ fn tiny_segments_keep_records_whole_and_go_from_the_oldest_end() {
 fn a_full_disk_refuses_puts_but_never_deletes() {
     let mut jobs = Jobs::new(300);
     let mut ids = Vec::new();
-    jobs.files.0.borrow_mut().full = true;
+    jobs.files.0.lock().unwrap().full = true;
     // What the current and spare segments hold still takes puts...
     while let Some(id) = jobs.put(&[1; 30]) {
         ids.push(id);
@@ -455,7 +454,7 @@ fn a_full_disk_refuses_puts_but_never_deletes() {
     jobs.check_recovers();
     // Space comes back: puts work again once a file can be made (after the
     // retry pause).
-    jobs.files.0.borrow_mut().full = false;
+    jobs.files.0.lock().unwrap().full = false;
     jobs.turn(2_000_000_000);
     for _ in 0..20 {
         jobs.put(&[2; 30]).expect("a put after space came back");
@@ -531,11 +530,11 @@ fn a_segment_read_back_stays_until_the_new_segments_header_is_safe() {
     // before the log opens).
     let files = MemFiles::default();
     for id in &old {
-        let bytes = jobs.files.0.borrow().files[id].clone();
-        files.0.borrow_mut().files.insert(*id, bytes);
+        let bytes = jobs.files.0.lock().unwrap().files[id].clone();
+        files.0.lock().unwrap().files.insert(*id, bytes);
     }
     let mut log = Log::open(config(4096), Box::new(files.clone()), &recovered, 3).unwrap();
-    let still_there = |files: &MemFiles| old.iter().all(|id| files.0.borrow().files.contains_key(id));
+    let still_there = |files: &MemFiles| old.iter().all(|id| files.0.lock().unwrap().files.contains_key(id));
     log.maintain(3);
     let batch = log.take_batch().expect("the new segment's header");
     log.maintain(4);
@@ -564,7 +563,7 @@ fn segments_left_by_earlier_starts_count_whole_and_are_compacted_away() {
     for round in 0..20u64 {
         let now = 100 * (round + 1);
         jobs.restart(now).unwrap();
-        let all_files: u64 = jobs.files.0.borrow().files.values().map(|b| b.len() as u64).sum();
+        let all_files: u64 = jobs.files.0.lock().unwrap().files.values().map(|b| b.len() as u64).sum();
         assert_eq!(jobs.log.stats().disk_bytes, all_files, "round {round}: the bytes of the files on disk");
         for t in 1..4 {
             jobs.turn(now + t);
@@ -588,7 +587,7 @@ fn a_start_needs_room_for_the_delete_of_every_job_it_reads_back() {
         jobs.put(b"x").unwrap();
     }
     jobs.turn(2);
-    jobs.files.0.borrow_mut().creates_left = Some(1);
+    jobs.files.0.lock().unwrap().creates_left = Some(1);
     let Err(e) = jobs.restart(10) else { panic!("a start without room for its deletes") };
     let message = e.to_string();
     assert!(
@@ -602,9 +601,9 @@ fn a_start_needs_room_for_the_delete_of_every_job_it_reads_back() {
     // With room, the start reserves it all (the segment the refused start
     // made holds nothing and is removed): then the disk fills, and every
     // job read back can still be deleted.
-    jobs.files.0.borrow_mut().creates_left = None;
+    jobs.files.0.lock().unwrap().creates_left = None;
     jobs.restart(20).unwrap();
-    jobs.files.0.borrow_mut().full = true;
+    jobs.files.0.lock().unwrap().full = true;
     let ids: Vec<u64> = jobs.live.keys().copied().collect();
     assert_eq!(ids.len(), 1000);
     for id in ids {
@@ -636,7 +635,7 @@ fn with_f_never_files_close_once_written_but_a_stop_keeps_them_for_its_sync() {
     for _ in 0..20 {
         jobs.put(&[2; 100]).unwrap();
     }
-    let before = jobs.files.0.borrow().fds.clone();
+    let before = jobs.files.0.lock().unwrap().fds.clone();
     jobs.write_only(3);
     for (fd, id) in &before {
         assert!(jobs.is_open(FileRef(*fd)), "segment {id:?} closed before the final sync");
@@ -656,7 +655,7 @@ fn a_few_segments() -> (HashMap<SegmentId, Vec<u8>>, Vec<u64>) {
         jobs.put(&[i as u8; 150]).unwrap();
         jobs.turn(i + 2);
     }
-    let files = jobs.files.0.borrow().files.clone();
+    let files = jobs.files.0.lock().unwrap().files.clone();
     let mut live: Vec<u64> = jobs.live.keys().copied().collect();
     live.sort_unstable();
     (files, live)
@@ -749,7 +748,7 @@ fn emptied_segments_are_reused_and_their_old_records_never_read_back() {
     }
     // Some 40 segments were filled; once the first one emptied, every
     // spare was a reused file and none was made or removed.
-    let d = jobs.files.0.borrow();
+    let d = jobs.files.0.lock().unwrap();
     let first = d.journal.iter().position(|e| matches!(e, DiskEvent::Recycle(..))).expect("a file reused");
     let later = &d.journal[first..];
     let recycled = later.iter().filter(|e| matches!(e, DiskEvent::Recycle(..))).count();
@@ -800,7 +799,7 @@ fn a_reused_file_whose_new_header_never_landed_holds_nothing() {
     // a reused file looks like until its new header is written: read as a
     // segment, its records would come after those deletes and bring the
     // jobs back.
-    let mut files = jobs.files.0.borrow().files.clone();
+    let mut files = jobs.files.0.lock().unwrap().files.clone();
     let last = files.keys().map(|id| id.seq).max().unwrap();
     let copy = files[&SegmentId { shard: 0, seq: 1 }].clone();
     files.insert(SegmentId { shard: 0, seq: last + 1 }, copy);
@@ -855,14 +854,14 @@ fn a_zero_header_before_other_bytes_is_left_alone_and_its_seq_kept() {
     let mem = MemFiles::default();
     for (id, bytes) in &files {
         if used_seqs(&files).contains(&id.seq) || *id == last {
-            mem.0.borrow_mut().files.insert(*id, bytes.clone());
+            mem.0.lock().unwrap().files.insert(*id, bytes.clone());
         }
     }
     let mut log = Log::open(config(4096), Box::new(mem.clone()), &r, 5).unwrap();
     assert!(log.stats().current_seq > last.seq, "{:?}", log.stats());
     let batch = log.take_batch().unwrap();
     mem.apply(&batch);
-    assert_eq!(mem.0.borrow().files[&last][..segment::HEADER_BYTES], [0; segment::HEADER_BYTES]);
+    assert_eq!(mem.0.lock().unwrap().files[&last][..segment::HEADER_BYTES], [0; segment::HEADER_BYTES]);
 }
 
 mod opening {
