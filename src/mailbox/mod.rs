@@ -152,6 +152,11 @@ impl<T, W: Wake> Outbox<T, W> {
         self.core
     }
 
+    /// How many cores there are (this one included).
+    pub fn cores(&self) -> usize {
+        self.to.len()
+    }
+
     fn link(&mut self, core: usize) -> &mut Link<T, W> {
         match self.to.get_mut(core) {
             Some(Some(link)) => link,

@@ -38,10 +38,9 @@ use crate::engine::Nanos;
 use crate::memory;
 use crate::metrics::Publisher;
 use crate::protocol::output::Segment;
-use crate::shard::route::ShardId;
 use crate::shard::spread::Message;
 use crate::shard::{BodyLoan, ConnId, ReadGate, Shard};
-use cores::{CoreLink, Envelope};
+use cores::CoreLink;
 use io::{Event, Io, RecvEnd};
 use listen::{BoundListener, LISTEN_BACKLOG};
 use wal::LogDriver;
@@ -728,39 +727,11 @@ impl<I: Io> Server<I> {
         self.dispatch_held();
     }
 
-    /// The mailbox's part of a turn: messages from other cores delivered,
-    /// the shard's messages to itself delivered until it sends itself no
-    /// more, and its messages to other cores pushed into their rings (as
-    /// many as they have room for; the rest wait, and the shard's sessions
-    /// run no new command meanwhile), then published, with one wake-up per
-    /// sleeping receiver.
+    /// The mailbox's part of a turn (see [`cores::exchange`]).
     fn exchange(&mut self, now: Nanos) {
-        let Some(link) = self.link.as_mut() else { return };
-        let shard = &mut self.shard;
-        let me = ShardId(link.core as u32);
-        link.inbox.drain(|from, Envelope { at, msg }| shard.deliver(ShardId(from as u32), msg, at.max(now)));
-        loop {
-            let at = shard.take_outbox(me, &mut self.mail, usize::MAX);
-            if self.mail.is_empty() {
-                break;
-            }
-            for msg in self.mail.drain(..) {
-                shard.deliver(me, msg, at.max(now));
-            }
+        if let Some(link) = self.link.as_mut() {
+            cores::exchange(&mut link.outbox, &mut link.inbox, &mut self.shard, &mut self.mail, now);
         }
-        let mut blocked = false;
-        for to in (0..link.cores_n()).filter(|&c| c != link.core) {
-            let free = link.outbox.free(to);
-            let at = shard.take_outbox(ShardId(to as u32), &mut self.mail, free);
-            for msg in self.mail.drain(..) {
-                if link.outbox.push(to, Envelope { at, msg }).is_err() {
-                    unreachable!("pushed no more than the ring had room for");
-                }
-            }
-            blocked |= shard.has_outbox_for(ShardId(to as u32)) && link.outbox.free(to) == 0;
-        }
-        shard.set_mail_blocked(blocked);
-        link.outbox.publish();
     }
 
     fn accept_ended(&mut self, error: Option<std::io::Error>) {

@@ -471,6 +471,11 @@ impl Shard {
         self.spread.as_deref().is_some_and(|s| !s.outbox[to.0 as usize].is_empty())
     }
 
+    /// How many messages for shard `to` wait here.
+    pub fn outbox_len(&self, to: ShardId) -> usize {
+        self.spread.as_deref().map_or(0, |s| s.outbox[to.0 as usize].len())
+    }
+
     /// Whether this shard owes its peers nothing: no message waits to
     /// leave and no closed connection is still being taken down, so none
     /// of its requests is unanswered. With the connections all closed, a
