@@ -189,14 +189,14 @@ pub fn finish_reshard(reshard: PendingReshard) -> io::Result<String> {
     }
     sync_dir(&reshard.dir)?;
     let from: Vec<String> = reshard.from.iter().map(u32::to_string).collect();
+    let plural = |n: usize, one: &str, many: &str| if n == 1 { format!("1 {one}") } else { format!("{n} {many}") };
+    let was = if reshard.from == [1] { "1 core".to_string() } else { format!("{} cores", from.join(" and ")) };
     Ok(format!(
-        "the log was written with {} cores, and {} now: its {} jobs were written again for {} cores and its {} \
-         old segment files removed",
-        from.join(" and "),
-        reshard.to,
-        reshard.jobs,
-        reshard.to,
-        reshard.files.len()
+        "the log was written with {was}, and {} now: {} written again for {} and {} removed",
+        plural(reshard.to as usize, "core", "cores"),
+        plural(reshard.jobs, "job", "jobs"),
+        plural(reshard.to as usize, "core", "cores"),
+        plural(reshard.files.len(), "old segment file", "old segment files"),
     ))
 }
 
