@@ -1692,7 +1692,10 @@ fn a_log_written_with_more_cores_is_written_again_for_this_many_and_keeps_every_
         }
         let printed = stop(server);
         assert!(
-            printed.contains(&format!("written with 4 cores, and 1 core now: {} jobs written again for 1 core", live.len())),
+            printed.contains(&format!(
+                "written with 4 cores, and 1 core now: {} jobs written again for 1 core",
+                live.len()
+            )),
             "{backend}: {printed}"
         );
         let names = segment_names(dir.path());

@@ -27,7 +27,7 @@
 //! * No lost wake-up: once [`Inbox::prepare_sleep`] has returned true, any
 //!   later publish to one of the core's rings wakes it (see the ring's
 //!   module for the fences that guarantee it).
-//! * Bounded: a ring holds [`MAILBOX_SLOTS`] messages and never grows.
+//! * Bounded: a ring holds [`slots_for`] messages and never grows.
 //!
 //! # What it must never do
 //! Block, lock, or allocate after [`Mailboxes::new`]; wake a core that has
@@ -51,16 +51,35 @@ use std::sync::Arc;
 pub use ring::{Batch, Consumer, Producer, ring};
 pub use wake::{EventFd, Wake};
 
-/// Messages one ring holds: the most one core can have in flight to
-/// another before it pauses connections. 256 is four connections' worth
-/// of a full turn (`shard::COMMANDS_PER_TURN_MAX` is 64 commands), so a
-/// turn of a few busy pipelining connections fits in one batch and a full
-/// ring is the exception. Memory is the cost that grows with the square of
-/// the cores: a `Reply` is 128 bytes today, so at about 144 bytes a message
-/// with its envelope a pair costs 36 KiB, 16 cores (240 pairs) 9 MiB, and
-/// 64 cores (4,032 pairs) 145 MiB, where boxing the large replies would
-/// pay before shrinking the ring.
+/// Messages one ring holds at least: the most one core can have in flight
+/// to another before it pauses connections, with many cores. 256 is four
+/// connections' worth of a full turn (`shard::COMMANDS_PER_TURN_MAX` is 64
+/// commands).
 pub const MAILBOX_SLOTS: usize = 256;
+
+/// Messages one ring holds at most, with few cores.
+pub const MAILBOX_SLOTS_MAX: usize = 4096;
+
+/// What the rings into one core may take together, in bytes of slots.
+pub const MAILBOX_BYTES_PER_CORE: usize = 4 << 20;
+
+/// The slots of each ring for `cores` cores whose messages take `slot`
+/// bytes: as many as [`MAILBOX_BYTES_PER_CORE`] gives each of a core's
+/// `cores - 1` inbound rings, a power of two within [`MAILBOX_SLOTS`] and
+/// [`MAILBOX_SLOTS_MAX`]. A ring of 256 held a quarter of what 25
+/// connections keeping 32 puts each in flight to another core send in a
+/// turn: the senders paused, replies came back in pieces, and sends (a
+/// loopback send costs the kernel as much as 20 commands) multiplied: with
+/// 4,096 slots `--cores 2` spent 1.5 times the CPU per put and drain of
+/// `--cores 1` rather than 2.3 times (perf/RESULTS.md). Memory is the cost
+/// that grows with the square of the cores: at 176 bytes a slot, two cores
+/// take 1.4 MiB of rings, 16 cores 1,024 slots a ring (42 MiB), 64 cores
+/// 256 (173 MiB), resident only as slots are first used.
+pub fn slots_for(cores: usize, slot: usize) -> usize {
+    let per_ring = MAILBOX_BYTES_PER_CORE / (slot.max(1) * cores.saturating_sub(1).max(1));
+    let pow2 = if per_ring.is_power_of_two() { per_ring } else { per_ring.next_power_of_two() / 2 };
+    pow2.clamp(MAILBOX_SLOTS, MAILBOX_SLOTS_MAX)
+}
 
 /// The rings of `n` cores, before they are handed out.
 pub struct Mailboxes<T, W = EventFd> {
@@ -98,10 +117,10 @@ pub struct Inbox<T> {
 }
 
 impl<T: Send> Mailboxes<T, EventFd> {
-    /// Rings of [`MAILBOX_SLOTS`] for every ordered pair of `cores`
+    /// Rings of [`slots_for`] `cores` for every ordered pair of `cores`
     /// distinct cores, and an eventfd per core.
     pub fn new(cores: usize) -> io::Result<Mailboxes<T, EventFd>> {
-        Mailboxes::with_wakers(cores, MAILBOX_SLOTS, |_| EventFd::new())
+        Mailboxes::with_wakers(cores, slots_for(cores, size_of::<T>()), |_| EventFd::new())
     }
 }
 

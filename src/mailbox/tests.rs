@@ -587,3 +587,16 @@ fn wake_costs() {
     });
     eprintln!("round trip between two sleeping cores: {:.1} µs", ns / 1000.0);
 }
+
+#[test]
+fn rings_shrink_as_the_cores_grow() {
+    assert_eq!(slots_for(2, 176), MAILBOX_SLOTS_MAX);
+    assert_eq!(slots_for(16, 176), 1024);
+    assert_eq!(slots_for(64, 176), MAILBOX_SLOTS);
+    assert_eq!(slots_for(1, 176), MAILBOX_SLOTS_MAX);
+    for cores in 2..=64 {
+        let slots = slots_for(cores, 176);
+        assert!(slots.is_power_of_two());
+        assert!(slots == MAILBOX_SLOTS || slots * 176 * (cores - 1) <= MAILBOX_BYTES_PER_CORE, "{cores}");
+    }
+}

@@ -247,15 +247,18 @@ pub fn exchange<W: Wake>(
     now: Nanos,
 ) {
     let me = outbox.core();
-    inbox.drain(|from, Envelope { at, msg }| shard.deliver(ShardId(from as u32), msg, at.max(now)));
+    shard.begin_deliveries(now);
+    inbox.drain(|from, Envelope { at, msg }| shard.deliver_in_batch(ShardId(from as u32), msg, at.max(now)));
+    shard.end_deliveries();
     loop {
         let at = shard.take_outbox(ShardId(me as u32), mail, usize::MAX);
         if mail.is_empty() {
             break;
         }
         for msg in mail.drain(..) {
-            shard.deliver(ShardId(me as u32), msg, at.max(now));
+            shard.deliver_in_batch(ShardId(me as u32), msg, at.max(now));
         }
+        shard.end_deliveries();
     }
     let mut blocked = false;
     for to in (0..outbox.cores()).filter(|&c| c != me) {

@@ -640,3 +640,47 @@ fn commands_pipeline_to_the_busy_shard_and_answer_in_order() {
     // while another was in flight.
     assert_eq!(c.shards[0].pipelined(), 1);
 }
+
+/// A worker draining one tube of another shard keeps its non-blocking
+/// reserves in flight, and the deletes of what they reserved behind them;
+/// once it holds a job on another shard, a reserve goes on its own.
+#[test]
+fn reserves_with_timeout_0_pipeline_to_the_one_shard_they_need() {
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 9);
+    assert_eq!((route::shard_of_tube("a", 2), route::shard_of_tube("b", 2)), (ShardId(0), ShardId(1)));
+    let p = c.shards[0].open(0).unwrap();
+    let w = c.shards[0].open(0).unwrap();
+    let ask = |c: &mut Cluster, conn: ConnId, bytes: &[u8]| {
+        c.shards[0].input(conn, bytes, now);
+        c.settle(now);
+        String::from_utf8(take_out(&mut c.shards[0], conn)).unwrap()
+    };
+    ask(&mut c, p, b"use b\r\nput 0 0 60 1\r\nx\r\nput 0 0 60 1\r\ny\r\nuse a\r\nput 0 0 60 1\r\nz\r\n");
+    assert_eq!(ask(&mut c, w, b"watch b\r\nignore default\r\n"), "WATCHING 2\r\nWATCHING 1\r\n");
+    let before = c.shards[0].pipelined();
+    assert_eq!(
+        ask(&mut c, w, b"reserve-with-timeout 0\r\nreserve-with-timeout 0\r\nreserve-with-timeout 0\r\n"),
+        "RESERVED 1 1\r\nx\r\nRESERVED 2 1\r\ny\r\nTIMED_OUT\r\n"
+    );
+    assert_eq!(c.shards[0].pipelined() - before, 2, "the second and third went out behind the first");
+    let before = c.shards[0].pipelined();
+    assert_eq!(ask(&mut c, w, b"delete 1\r\nrelease 2 0 0\r\n"), "DELETED\r\nRELEASED\r\n");
+    assert_eq!(c.shards[0].pipelined() - before, 1);
+    // Holding a job of `a` (shard 0) makes the watch of `b` a reserve that
+    // must weigh both shards' deadlines: it is not pipelined.
+    assert_eq!(
+        ask(&mut c, w, b"watch a\r\nreserve-with-timeout 0\r\nignore a\r\n"),
+        "WATCHING 2\r\nRESERVED 2 1\r\ny\r\nWATCHING 1\r\n"
+    );
+    assert_eq!(
+        ask(&mut c, w, b"watch a\r\nreserve-with-timeout 0\r\nignore a\r\n"),
+        "WATCHING 2\r\nRESERVED 3 1\r\nz\r\nWATCHING 1\r\n"
+    );
+    let before = c.shards[0].pipelined();
+    assert_eq!(
+        ask(&mut c, w, b"delete 2\r\nreserve-with-timeout 0\r\nreserve-with-timeout 0\r\n"),
+        "DELETED\r\nTIMED_OUT\r\nTIMED_OUT\r\n"
+    );
+    assert_eq!(c.shards[0].pipelined() - before, 0, "a reservation on shard 0 keeps each reserve alone");
+}

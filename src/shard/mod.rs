@@ -799,11 +799,19 @@ impl Shard {
         let mail_blocked = self.mail_blocked();
         loop {
             let session = &self.sessions[conn as usize];
+            // A line parsed to decide whether it may be pipelined, run as
+            // parsed.
+            let mut parsed = None;
             if !session.runnable() {
                 // A session among several shards may send the next command
                 // to the shard it is waiting on (see `spread`).
-                if !session.awaiting || session.blocked || session.closing || !self.may_pipeline(conn, &input[pos..]) {
+                if !session.awaiting || session.blocked || session.closing {
                     break;
+                }
+                match self.may_pipeline(conn, &input[pos..]) {
+                    spread::Pipeline::No => break,
+                    spread::Pipeline::Body => {}
+                    spread::Pipeline::Line(cmd) => parsed = Some(cmd),
                 }
             }
             let session = &mut self.sessions[conn as usize];
@@ -829,7 +837,10 @@ impl Shard {
                     }
                     LineScan::Line(len) => {
                         pos += len + 2;
-                        self.command(conn, &rest[..len], now);
+                        match parsed.take() {
+                            Some(cmd) => self.command(conn, &rest[..len], Some(Ok(cmd)), now),
+                            None => self.command(conn, &rest[..len], None, now),
+                        }
                     }
                     LineScan::Incomplete => break,
                     LineScan::Overlong => {
@@ -946,18 +957,20 @@ impl Shard {
     }
 
     /// Runs one command line.
-    fn command(&mut self, conn: u32, line: &[u8], now: Nanos) {
+    /// Runs one command line; `parsed` is the line parsed already, if it
+    /// was.
+    fn command(&mut self, conn: u32, line: &[u8], parsed: Option<Result<Command<'_>, ParseError>>, now: Nanos) {
         let before = self.log_mark(conn);
-        self.run_command(conn, line, now);
+        self.run_command(conn, line, parsed, now);
         self.hold_if_recorded(conn, before);
     }
 
-    fn run_command(&mut self, conn: u32, line: &[u8], now: Nanos) {
+    fn run_command(&mut self, conn: u32, line: &[u8], parsed: Option<Result<Command<'_>, ParseError>>, now: Nanos) {
         let now = self.command_time(now);
         let session = &mut self.sessions[conn as usize];
         let client = session.client.expect("running session without a client");
         // `--strict` knows beanstalkd's commands only.
-        let cmd = match command::parse_with(line, !self.info.strict) {
+        let cmd = match parsed.unwrap_or_else(|| command::parse_with(line, !self.info.strict)) {
             Ok(cmd) => cmd,
             Err(ParseError::BadFormat) => return session.out.push(reply::BAD_FORMAT),
             Err(ParseError::UnknownCommand) => return session.out.push(reply::UNKNOWN_COMMAND),

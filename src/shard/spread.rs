@@ -20,7 +20,9 @@
 //! and any sequence of commands sees what one server would show. Only
 //! commands answered by one reply that need nothing of the ones before
 //! join a pipeline: puts, the peeks, kick, the commands on a named tube,
-//! and those on an id whose shard the session knows; their replies come
+//! those on an id whose shard the session knows, and `reserve-with-timeout
+//! 0` when every watched tube and reservation is on the pipeline's shard
+//! (a worker draining one tube keeps its reserves in flight); their replies come
 //! back in order over the pair's FIFO ring. A command may need several
 //! steps, each one message, and then runs alone:
 //! * **id commands** go to the shard of an id the session has seen (a put's
@@ -107,6 +109,10 @@ pub enum Message {
     /// A shard's answer to a session; `client` is the session's proxy there.
     Answer { to: Origin, client: Option<ClientId>, answer: Answer },
 }
+
+// Messages are copied several times on their way between cores; large
+// replies are boxed to keep them this small (see `Reply::JobStats`).
+const _: () = assert!(size_of::<Message>() <= 80);
 
 // What crosses cores must be allowed to.
 const _: fn() = || {
@@ -224,6 +230,16 @@ pub enum Answer {
     Span(SpanAnswer),
 }
 
+/// Whether a session's next input may go out while replies are owed (see
+/// [`Shard::may_pipeline`]).
+pub(super) enum Pipeline<'a> {
+    No,
+    /// The body of a put whose line went out behind the others.
+    Body,
+    /// A command line, parsed.
+    Line(Command<'a>),
+}
+
 /// A shard's part in a server of several.
 pub(super) struct Spread {
     core: ShardId,
@@ -234,7 +250,9 @@ pub(super) struct Spread {
     /// The latest batch of this shard's log known durable.
     durable: u64,
     /// Proxy clients on this engine, by the session's core and serial.
-    proxies: HashMap<(u32, u64), ClientId>,
+    /// (Keyed by [`proxy_key`]: one integer, hashed with one
+    /// multiplication, since every request looks its proxy up.)
+    proxies: HashMap<u64, ClientId, std::hash::BuildHasherDefault<crate::engine::KeyHasher>>,
     /// The session of each proxy, by client index.
     origin_of: Vec<Option<Origin>>,
     /// Serials given to this core's connections so far.
@@ -334,7 +352,7 @@ impl Spread {
             shards,
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
             durable: 0,
-            proxies: HashMap::new(),
+            proxies: HashMap::default(),
             origin_of: Vec::new(),
             serials: 0,
             takedowns: Vec::new(),
@@ -376,6 +394,12 @@ impl Far {
         }
         self.seen.push_back((id, shard));
     }
+}
+
+/// A proxy's key: the session's core and its serial there, in one integer
+/// (serials are counted per core and stay far below 2^56).
+fn proxy_key(core: u32, serial: u64) -> u64 {
+    u64::from(core) << 56 | serial
 }
 
 /// The counter a command earns, counted by the session's core.
@@ -507,14 +531,42 @@ impl Shard {
 
     /// A message from shard `from`.
     pub fn deliver(&mut self, from: ShardId, msg: Message, now: Nanos) {
+        self.begin_deliveries(now);
+        self.deliver_in_batch(from, msg, now);
+        self.end_deliveries();
+    }
+
+    /// Before a batch of messages ([`Shard::deliver_in_batch`], then
+    /// [`Shard::end_deliveries`]): what is due at `now` is done first.
+    pub fn begin_deliveries(&mut self, now: Nanos) {
         let now = self.observe(now);
         self.upkeep.note_activity(now);
         self.engine.advance(now);
         self.settle(now);
+    }
+
+    /// One message of a batch: acted on, and what the engine owes other
+    /// shards' sessions after it sent at once, in order with its answer;
+    /// the sessions it let go on run at the batch's end. (A loop turn takes
+    /// every message its rings hold as one batch: running the sessions and
+    /// settling after each cost `--cores 2` a seventh of its CPU.)
+    pub fn deliver_in_batch(&mut self, from: ShardId, msg: Message, now: Nanos) {
+        let before = self.clock;
+        let now = self.observe(now);
+        if now > before {
+            self.engine.advance(now);
+        }
         match msg {
             Message::Ask { from: origin, ask } => self.owner_ask(origin, ask, now),
             Message::Answer { to, client, answer } => self.origin_answer(to, from, client, answer, now),
         }
+        self.wakes.extend(self.engine.take_wakes());
+        self.forward_owed();
+    }
+
+    /// After a batch of messages: the sessions they answered run on.
+    pub fn end_deliveries(&mut self) {
+        let now = self.clock;
         self.settle(now);
     }
 
@@ -522,7 +574,7 @@ impl Shard {
 
     fn owner_ask(&mut self, origin: Origin, ask: Ask, now: Nanos) {
         let spread = self.spread.as_deref_mut().expect("a message for a shard alone");
-        let key = (origin.core.0, origin.serial);
+        let key = proxy_key(origin.core.0, origin.serial);
         let client = match spread.proxies.get(&key) {
             Some(&c) => c,
             None if matches!(ask, Ask::Open | Ask::Run(_) | Ask::Span(SpanRequest::Probe { .. })) => {
@@ -718,7 +770,7 @@ impl Shard {
         let conn = self.sessions.insert(session::Session::new(client, label));
         let origin = Origin { core, conn, serial };
         let spread = self.spread.as_deref_mut().expect("spread");
-        spread.proxies.insert((core.0, serial), client);
+        spread.proxies.insert(proxy_key(core.0, serial), client);
         spread.set_origin(client, Some(origin));
         let home = route::shard_of_tube(DEFAULT_TUBE, shards);
         if home == core {
@@ -747,7 +799,10 @@ impl Shard {
         let from = self.origin(conn);
         let session = &mut self.sessions[conn as usize];
         let far = session.far.as_deref_mut().expect("far");
-        let joins = matches!(step, Step::Simple | Step::Id { next: None, .. });
+        // A reserve that cannot wait (timeout 0) on one shard is answered at
+        // once, by that shard alone, so it may lead a pipeline too.
+        let joins = matches!(step, Step::Simple | Step::Id { next: None, .. })
+            || matches!(ask, Ask::Run(Order::Reserve(Some(0))));
         let spread = self.spread.as_deref_mut().expect("spread");
         if session.awaiting {
             debug_assert_eq!(far.pipe, Some(to), "a command pipelined to another shard");
@@ -772,23 +827,30 @@ impl Shard {
     /// although replies are owed: only to the shard they are owed by, and
     /// only a command answered by one reply from it that needs nothing of
     /// the ones before (a put, the peeks, kick, the commands on a named
-    /// tube, and those on an id whose shard the session knows). Anything
+    /// tube, those on an id whose shard the session knows, and a reserve
+    /// with timeout 0 whose watched tubes and reservations are all there). Anything
     /// else, and any line this session would answer itself, waits.
-    pub(super) fn may_pipeline(&self, conn: u32, input: &[u8]) -> bool {
-        use Command as C;
+    pub(super) fn may_pipeline<'a>(&self, conn: u32, input: &'a [u8]) -> Pipeline<'a> {
         let session = &self.sessions[conn as usize];
-        let Some(far) = session.far.as_deref() else { return false };
-        let Some(pipe) = far.pipe else { return false };
+        let Some(far) = session.far.as_deref() else { return Pipeline::No };
+        let Some(pipe) = far.pipe else { return Pipeline::No };
         let crate::shard::Mode::Line = session.mode else {
             // A put body whose line was sent behind the others.
-            return matches!(session.mode, crate::shard::Mode::Body(_));
+            return if matches!(session.mode, crate::shard::Mode::Body(_)) { Pipeline::Body } else { Pipeline::No };
         };
-        let session::LineScan::Line(len) = session::scan_line(input) else { return false };
-        let Ok(cmd) = crate::protocol::command::parse_with(&input[..len], !self.info.strict) else { return false };
+        let session::LineScan::Line(len) = session::scan_line(input) else { return Pipeline::No };
+        let Ok(cmd) = crate::protocol::command::parse_with(&input[..len], !self.info.strict) else {
+            return Pipeline::No;
+        };
+        if self.joins_pipeline(session, far, pipe, &cmd) { Pipeline::Line(cmd) } else { Pipeline::No }
+    }
+
+    fn joins_pipeline(&self, session: &session::Session, far: &Far, pipe: ShardId, cmd: &Command<'_>) -> bool {
+        use Command as C;
         let shards = self.engine.config().shards;
         let tube = |name: &str| route::shard_of_tube(name, shards) == pipe;
         let id = |id: u64| far.shard_of(id) == Some(pipe);
-        match cmd {
+        match *cmd {
             C::Put { size, trailing_garbage, .. } => {
                 u64::from(size) <= self.info.max_job_size && !trailing_garbage && tube(&session.used)
             }
@@ -797,6 +859,15 @@ impl Shard {
             C::PauseTube { name: Some(name), .. } => tube(name),
             C::Peek(i) | C::ReserveJob(i) | C::Delete(i) | C::KickJob(i) | C::Touch(i) | C::StatsJob(i) => id(i),
             C::Release { id: i, .. } | C::Bury { id: i, .. } => id(i),
+            // Never waits, and with every watched tube and reservation on
+            // the pipeline's shard it is an ordinary reserve there (see
+            // `far_reserve`): its answer, RESERVED, TIMED_OUT or
+            // DEADLINE_SOON, is that shard's alone. Its job then becomes a
+            // holding on the same shard, so the next one stays there too.
+            C::ReserveWithTimeout(0) => {
+                let watched = session.watched.iter().map(|name| route::shard_of_tube(name, shards));
+                spanning::single_shard(watched, &far.holdings, self.clock) == Some(pipe)
+            }
             _ => false,
         }
     }
