@@ -268,6 +268,10 @@ pub(super) struct Spread {
     pipelined: u64,
     /// See [`Shard::set_mail_blocked`].
     mail_blocked: bool,
+    /// Delivering messages to itself ([`Shard::run_own_messages`]), and
+    /// the list it takes them into.
+    running_own: bool,
+    own_mail: Vec<Message>,
 }
 
 /// A session's part in a server of several (kept in its [`session::Session`]).
@@ -361,6 +365,8 @@ impl Spread {
             directory,
             pipelined: 0,
             mail_blocked: false,
+            running_own: false,
+            own_mail: Vec::new(),
         }
     }
 
@@ -814,6 +820,39 @@ impl Shard {
             far.pipe = joins.then_some(to);
         }
         spread.send(to, 0, Message::Ask { from, ask });
+        if to == spread.core {
+            self.run_own_messages();
+        }
+    }
+
+    /// Delivers at once the messages this shard sent itself that may leave
+    /// (a request of one of its sessions to its own engine, and what that
+    /// engine owes in return), as the loop would at the end of the turn:
+    /// a session whose commands all stay on its own core then runs them one
+    /// after another within its input, as on one shard, instead of one per
+    /// turn. Not while doing so already: the outer call takes what the
+    /// inner would. The caller settles afterwards, as after any input.
+    fn run_own_messages(&mut self) {
+        let Some(spread) = self.spread.as_deref_mut() else { return };
+        if spread.running_own {
+            return;
+        }
+        spread.running_own = true;
+        let me = spread.core;
+        let mut mail = std::mem::take(&mut spread.own_mail);
+        let now = self.clock;
+        loop {
+            self.take_outbox(me, &mut mail, usize::MAX);
+            if mail.is_empty() {
+                break;
+            }
+            for msg in mail.drain(..) {
+                self.deliver_in_batch(me, msg, now);
+            }
+        }
+        let spread = self.spread.as_deref_mut().expect("spread");
+        spread.own_mail = mail;
+        spread.running_own = false;
     }
 
     /// A reply of the session's own while replies are owed: it waits its
