@@ -560,14 +560,27 @@ struct ServerKind {
     label: &'static str,
     binary: PathBuf,
     io_epoll: bool,
+    /// `--cores`, for runnerbean (1: the flag is not given).
+    cores: u32,
     target: Target,
 }
 
-fn runnerbean(io_epoll: bool) -> ServerKind {
+/// runnerbean on a back end, with one core or four (four shards on however
+/// many CPUs: every command that touches a tube of another shard crosses
+/// between cores).
+fn runnerbean(io_epoll: bool, cores: u32) -> ServerKind {
+    let label = match (io_epoll, cores) {
+        (false, 1) => "runnerbean (default io)",
+        (true, 1) => "runnerbean (RUNNERBEAN_IO=epoll)",
+        (false, _) => "runnerbean --cores 4 (default io)",
+        (true, _) => "runnerbean --cores 4 (RUNNERBEAN_IO=epoll)",
+    };
+    assert!(cores == 1 || cores == 4, "labelled for 1 and 4 cores");
     ServerKind {
-        label: if io_epoll { "runnerbean (RUNNERBEAN_IO=epoll)" } else { "runnerbean (default io)" },
+        label,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_runnerbean")),
         io_epoll,
+        cores,
         target: Target::Runnerbean,
     }
 }
@@ -576,7 +589,7 @@ fn beanstalkd() -> Option<ServerKind> {
     let path = std::env::var_os("PATH")?;
     let binary =
         std::env::split_paths(&path).map(|dir| dir.join("beanstalkd")).find(|candidate| candidate.is_file())?;
-    Some(ServerKind { label: "beanstalkd", binary, io_epoll: false, target: Target::C })
+    Some(ServerKind { label: "beanstalkd", binary, io_epoll: false, cores: 1, target: Target::C })
 }
 
 /// A running server. Dropping the guard kills the process and reaps it.
@@ -595,6 +608,7 @@ impl Server {
         command
             .args(["-l", "127.0.0.1", "-p", "0", "-V"])
             .args(flags)
+            .args(if kind.cores > 1 { vec!["--cores".to_string(), kind.cores.to_string()] } else { vec![] })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1012,7 +1026,7 @@ fn replay() {
     let _serial = CORPUS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let scripts = load_corpus();
-    let kinds = [runnerbean(false), runnerbean(true)];
+    let kinds = [runnerbean(false, 1), runnerbean(true, 1), runnerbean(false, 4), runnerbean(true, 4)];
     let jobs: Vec<(&Script, &ServerKind)> = scripts.iter().flat_map(|s| kinds.iter().map(move |k| (s, k))).collect();
     let failures = run_parallel(&jobs, |(script, kind)| {
         let golden = match load_golden(script) {
@@ -1041,16 +1055,17 @@ fn live() {
     let _serial = CORPUS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let scripts = load_corpus();
-    let rb = runnerbean(false);
+    let (rb, rb4) = (runnerbean(false, 1), runnerbean(false, 4));
     let failures = run_parallel(&scripts, |script| {
         let golden = match load_golden(script) {
             Ok(golden) => golden,
             Err(e) => return Some(e),
         };
-        let (c_run, rb_run) = thread::scope(|scope| {
+        let (c_run, rb_run, rb4_run) = thread::scope(|scope| {
             let c = scope.spawn(|| run_script(script, &c_server));
+            let four = scope.spawn(|| run_script(script, &rb4));
             let rb_run = run_script(script, &rb);
-            (c.join().expect("C run thread"), rb_run)
+            (c.join().expect("C run thread"), rb_run, four.join().expect("--cores 4 run thread"))
         });
         let mut problems = Vec::new();
         if let Err(e) = compare(script, "beanstalkd vs golden", &golden, &c_run) {
@@ -1058,6 +1073,9 @@ fn live() {
         }
         let expected = runnerbean_expectation(script, &c_run.observed);
         if let Err(e) = compare(script, "runnerbean vs beanstalkd", &expected, &rb_run) {
+            problems.push(e);
+        }
+        if let Err(e) = compare(script, "runnerbean --cores 4 vs beanstalkd", &expected, &rb4_run) {
             problems.push(e);
         }
         (!problems.is_empty()).then(|| problems.join("\n\n"))
