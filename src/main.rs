@@ -43,6 +43,14 @@ fn main() {
         eprintln!("runnerbean: signalfd: {e}");
         exit(EXIT_SOCKET);
     });
+    // A fault in any core ends the process, as the release build's abort on
+    // panic does: one core stopping alone would leave the others waiting on
+    // it for ever.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     // Before anything else allocates much: the reserve is what lets a
     // failed allocation become OUT_OF_MEMORY instead of an abort.
     if !memory::init() {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CServer, Client, Server, TempDir, on_both, stat};
+use common::{CServer, Client, Server, TempDir, on_both_and_four_cores, stat};
 
 /// How long a stopped server may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +27,7 @@ fn ids_reply(ids: &[u64]) -> String {
 
 #[test]
 fn clear_tube_and_list_jobs_answer_byte_for_byte() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let mut c = server.connect();
         assert_eq!(
@@ -98,7 +98,7 @@ fn clear_tube_and_list_jobs_answer_byte_for_byte() {
 /// asked for, and paging by the last id of each page lists every job once.
 #[test]
 fn pages_are_capped_and_page_through_everything() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let mut c = server.connect();
         let jobs = 2500u64;
@@ -128,7 +128,7 @@ fn pages_are_capped_and_page_through_everything() {
 /// it cleared stay gone after a restart and the others come back.
 #[test]
 fn cleared_jobs_stay_deleted_after_a_restart() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let dir = TempDir::new("clear-restart");
         let args = ["-b", dir.arg()];
         let mut server = Server::start(backend, &args);
@@ -185,7 +185,7 @@ fn strict_answers_runnerbean_s_own_commands_as_c_beanstalkd_does() {
     let expected = "INSERTED 1\r\nUNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\n\
 UNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\nUNKNOWN_COMMAND\r\nFOUND 1 1\r\nx\r\nOK 14\r\n---\n- default\n\r\n\
 current-jobs-ready: 1";
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &["--strict"]);
         assert_eq!(strict_transcript(server.port), expected);
     });

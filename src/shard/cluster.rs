@@ -684,3 +684,18 @@ fn reserves_with_timeout_0_pipeline_to_the_one_shard_they_need() {
     );
     assert_eq!(c.shards[0].pipelined() - before, 0, "a reservation on shard 0 keeps each reserve alone");
 }
+
+/// A connection that sent `quit` is closing when its end of stream comes:
+/// nothing more happens to it, on any shard, and its takedown completes.
+#[test]
+fn end_of_stream_after_quit_is_nothing_more() {
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 11);
+    let conn = c.shards[1].open(0).unwrap();
+    c.settle(now);
+    c.shards[1].input(conn, b"quit\r\n", now);
+    c.shards[1].eof(conn, now);
+    c.settle(now);
+    assert!(c.shards[1].finished(conn), "the connection is done");
+    assert!(c.shards.iter().all(Shard::peers_quiet), "the takedown completed");
+}

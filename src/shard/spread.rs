@@ -1364,11 +1364,13 @@ impl Shard {
     /// is ended at once (TIMED_OUT, as beanstalkd answers a half-closed
     /// waiter), commands already buffered still run, then it closes.
     pub(super) fn far_eof(&mut self, conn: u32, now: Nanos) {
-        let from = self.origin(conn);
-        let session = &mut self.sessions[conn as usize];
-        if session.closing {
+        // A closing session's part among the shards is being taken down
+        // already (its `far` is gone).
+        if self.sessions[conn as usize].closing {
             return;
         }
+        let from = self.origin(conn);
+        let session = &mut self.sessions[conn as usize];
         session.eof = true;
         let far = session.far.as_deref_mut().expect("far");
         match far.step {

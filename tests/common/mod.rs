@@ -63,13 +63,12 @@ impl Server {
 
     fn command(backend: &'static str, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
-        command
-            .args(["-l", "127.0.0.1", "-p", "0", "-V"])
-            .args(args)
-            .env("RUNNERBEAN_IO", backend)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(["-l", "127.0.0.1", "-p", "0", "-V"]).args(args);
+        let cores = CORES.get();
+        if cores > 1 && !args.contains(&"--cores") {
+            command.args(["--cores", &cores.to_string()]);
+        }
+        command.env("RUNNERBEAN_IO", backend).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command
     }
 
@@ -271,6 +270,26 @@ pub fn on_both(test: impl Fn(&'static str)) {
     for backend in BACKENDS {
         test(backend);
     }
+}
+
+thread_local! {
+    /// `--cores` for the servers this thread starts (see [`on_both_and_four_cores`]).
+    static CORES: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+}
+
+/// Runs a test body once per back end with one core, then once per back end
+/// with `--cores 4` added to every server it starts (four shards: every
+/// command on a tube of another shard crosses between cores). Each run says
+/// which it is on stderr, which a failing test shows.
+pub fn on_both_and_four_cores(test: impl Fn(&'static str)) {
+    for cores in [1, 4] {
+        CORES.set(cores);
+        for backend in BACKENDS {
+            eprintln!("-- {backend}, --cores {cores}");
+            test(backend);
+        }
+    }
+    CORES.set(1);
 }
 
 /// The value of `key` in a YAML stats document.
