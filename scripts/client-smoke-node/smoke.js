@@ -392,6 +392,8 @@ async function main() {
     const binary = args[0] || path.resolve(__dirname, '..', '..', 'target', 'release', 'runnerbean');
     await runOne(binary, ['--io', 'uring'], 'runnerbean --io uring', { io: 'io_uring', version: '1.13' });
     await runOne(binary, ['--io', 'epoll'], 'runnerbean --io epoll', { io: 'epoll', version: '1.13' });
+    await runOne(binary, ['--io', 'uring', '--cores', '4'], 'runnerbean --io uring --cores 4', { io: 'io_uring', version: '1.13' });
+    await runOne(binary, ['--io', 'epoll', '--cores', '4'], 'runnerbean --io epoll --cores 4', { io: 'epoll', version: '1.13' });
   }
 }
 
