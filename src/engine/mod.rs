@@ -398,6 +398,11 @@ impl Engine {
     }
 
     /// Answers owed to other clients, in the order they arose.
+    /// Whether [`Engine::take_wakes`] has anything.
+    pub fn has_wakes(&self) -> bool {
+        !self.wakes.is_empty()
+    }
+
     pub fn take_wakes(&mut self) -> std::vec::Drain<'_, (ClientId, Wake)> {
         self.wakes.drain(..)
     }

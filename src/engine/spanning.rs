@@ -386,6 +386,12 @@ impl Engine {
         true
     }
 
+    /// Whether anything waits to be taken by [`Engine::take_span_served`]
+    /// or [`Engine::take_expiry_notices`].
+    pub fn owes_spans(&self) -> bool {
+        !self.span_served.is_empty() || !self.expiry_notices.is_empty()
+    }
+
     /// Spanning waits served here, in the order they were served.
     pub fn take_span_served(&mut self) -> std::vec::Drain<'_, SpanServed> {
         self.span_served.drain(..)

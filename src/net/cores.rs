@@ -263,12 +263,11 @@ pub fn exchange<W: Wake>(
     let mut blocked = false;
     for to in (0..outbox.cores()).filter(|&c| c != me) {
         let free = outbox.free(to);
-        let at = shard.take_outbox(ShardId(to as u32), mail, free);
-        for msg in mail.drain(..) {
+        shard.drain_outbox(ShardId(to as u32), free, |at, msg| {
             if outbox.push(to, Envelope { at, msg }).is_err() {
                 unreachable!("pushed no more than the ring had room for");
             }
-        }
+        });
         blocked |= shard.has_outbox_for(ShardId(to as u32)) && outbox.free(to) == 0;
     }
     shard.set_mail_blocked(blocked);

@@ -734,8 +734,10 @@ impl Shard {
     /// had pipelined, until nothing is left to do.
     fn settle(&mut self, now: Nanos) {
         loop {
-            self.wakes.extend(self.engine.take_wakes());
-            if self.spread.is_some() {
+            if self.engine.has_wakes() {
+                self.wakes.extend(self.engine.take_wakes());
+            }
+            if self.spread.is_some() && (!self.wakes.is_empty() || self.engine.owes_spans()) {
                 self.forward_owed();
             }
             if self.wakes.is_empty() && self.runnable.is_empty() {

@@ -488,6 +488,25 @@ impl Shard {
         clock
     }
 
+    /// [`Shard::take_outbox`] handing each message to `f` with the clock,
+    /// in order, rather than into a list: a loop pushes them straight into
+    /// the ring.
+    pub fn drain_outbox(&mut self, to: ShardId, max: usize, mut f: impl FnMut(Nanos, Message)) {
+        let clock = self.clock;
+        let Some(spread) = self.spread.as_deref_mut() else { return };
+        let durable = spread.durable;
+        let queue = &mut spread.outbox[to.0 as usize];
+        for _ in 0..max {
+            match queue.front() {
+                Some((fence, _)) if *fence <= durable => {}
+                _ => break,
+            }
+            if let Some((_, msg)) = queue.pop_front() {
+                f(clock, msg);
+            }
+        }
+    }
+
     /// Whether some message may leave now.
     pub fn has_outbox(&self) -> bool {
         self.spread
@@ -566,8 +585,11 @@ impl Shard {
             Message::Ask { from: origin, ask } => self.owner_ask(origin, ask, now),
             Message::Answer { to, client, answer } => self.origin_answer(to, from, client, answer, now),
         }
-        self.wakes.extend(self.engine.take_wakes());
-        self.forward_owed();
+        // Most messages leave nothing owed: then there is nothing to walk.
+        if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
+            self.wakes.extend(self.engine.take_wakes());
+            self.forward_owed();
+        }
     }
 
     /// After a batch of messages: the sessions they answered run on.
