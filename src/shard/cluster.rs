@@ -162,9 +162,21 @@ impl Cluster {
                 continue;
             }
             let r = *self.rng.pick(&ready);
-            let (_, sent_at, msg) = self.rings[r].pop_front().expect("a ready ring");
-            self.seen.note(&msg);
-            self.shards[r % n].deliver(ShardId((r / n) as u32), msg, now.max(sent_at));
+            // Sometimes several of the ring's ready messages at once, as a
+            // loop turn takes what its rings hold (see `net::cores::exchange`).
+            let batch = 1 + self.rng.below(3u64);
+            let to = r % n;
+            self.shards[to].begin_deliveries(now);
+            for _ in 0..batch {
+                let Some((due, _, _)) = self.rings[r].front() else { break };
+                if *due > self.step {
+                    break;
+                }
+                let (_, sent_at, msg) = self.rings[r].pop_front().expect("a ready ring");
+                self.seen.note(&msg);
+                self.shards[to].deliver_in_batch(ShardId((r / n) as u32), msg, now.max(sent_at));
+            }
+            self.shards[to].end_deliveries();
         }
     }
 
