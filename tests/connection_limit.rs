@@ -7,13 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Server, on_both, stat};
+use common::{Client, Server, on_both_and_four_cores, stat};
 
 const USING: &str = "USING default\r\n";
 
 #[test]
 fn at_the_limit_new_connections_wait_and_are_served_as_others_leave() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &["--connections-max", "3"]);
         let mut served: Vec<Client> = (0..3).map(|_| server.connect()).collect();
         for c in &mut served {

@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Server, on_both, stat};
+use common::{Server, on_both_and_four_cores, stat};
 
 /// Connections of each kind that reset.
 const RESETS_PER_KIND: usize = 1500;
@@ -93,7 +93,7 @@ fn connections_reset_in_the_middle_of_a_command_are_all_closed() {
     let kinds: [&[u8]; 5] =
         [b"put 0 0 10 100\r\nabc", b"put 0 0 10 3\r\nabc\r\n", &large, &b"stats\r\n".repeat(50), b"put 0 0 1"];
     let cpus = two_cpus();
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         // Once it has answered, the server has everything of its own open.
         let mut asker = server.connect();
@@ -166,7 +166,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(60);
 #[test]
 fn connections_that_flood_and_never_read_cost_a_bounded_amount() {
     let block = b"stats\r\n".repeat(FLOODER_SEND_BUFFER_BYTES / 7);
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let base = server.status_kb("VmRSS:") << 10;
         let mut flooders: Vec<std::net::TcpStream> = (0..FLOODERS)

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Client, REPLY_TIMEOUT, Server, on_both, stat};
+use common::{Client, REPLY_TIMEOUT, Server, on_both_and_four_cores, stat};
 
 /// Rounds of stop and restart per back end.
 const ROUNDS: usize = 20;
@@ -109,7 +109,7 @@ fn busy_connections(server: &Server) -> Vec<Client> {
 
 #[test]
 fn after_sigterm_or_sigint_the_port_is_free_at_once() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let port = fixed_port().to_string();
         for round in 0..ROUNDS {
             let mut server = Server::start(backend, &["-p", &port]);
@@ -132,7 +132,7 @@ fn after_sigterm_or_sigint_the_port_is_free_at_once() {
 
 #[test]
 fn replies_earned_before_the_stop_are_all_delivered() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let mut server = Server::start(backend, &[]);
         let mut probe = server.connect();
         // A pipelined burst, not read before the signal.
@@ -177,7 +177,7 @@ fn replies_earned_before_the_stop_are_all_delivered() {
 
 #[test]
 fn after_sigkill_a_new_server_starts_on_the_same_port_at_once() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let port = fixed_port().to_string();
         for round in 0..ROUNDS {
             let mut server = Server::start(backend, &["-p", &port]);
@@ -206,7 +206,7 @@ fn after_sigkill_a_new_server_starts_on_the_same_port_at_once() {
 /// grace period while the new one serves.
 #[test]
 fn a_new_server_starts_on_the_port_while_the_last_one_is_still_stopping() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let port = fixed_port().to_string();
         let mut old = Server::start(backend, &["-p", &port]);
         for round in 0..ROUNDS {

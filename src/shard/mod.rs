@@ -592,6 +592,9 @@ impl Shard {
         // Safety: the caller wrote `filled` bytes there.
         unsafe { loan.builder.assume_filled(filled) };
         let now = self.observe(now);
+        // Bytes received are activity, whichever way they came (the memory
+        // upkeep's timer follows it): as `input` notes it.
+        self.upkeep.note_activity(now);
         let session = &mut self.sessions[conn.0 as usize];
         if let Mode::Body(put) = &mut session.mode {
             put.body = Some(loan.builder);

@@ -1046,3 +1046,34 @@ fn a_waiter_served_in_the_same_batch_no_longer_counts_as_waiting() {
     assert!(stats.contains("\ncurrent-workers: 1\n"), "{stats}");
     assert_eq!(c.ask(a, b"", 0), "RESERVED 1 1\r\nx\r\n");
 }
+
+/// A put body received straight into the job is activity like any input:
+/// the memory upkeep's timer is the same as when the bytes come as input
+/// (found by the session-framing fuzz target).
+#[test]
+fn a_body_received_directly_counts_as_activity() {
+    let config = EngineConfig { shard: 0, shards: 1 };
+    let (mut by_input, mut direct) = (Shard::new(config, info(70_000)), Shard::new(config, info(70_000)));
+    let (a, b) = (by_input.open(0).unwrap(), direct.open(0).unwrap());
+    let line = b"put 0 0 10 70000\r\n";
+    by_input.input(a, line, NANOS_PER_SEC);
+    direct.input(b, line, NANOS_PER_SEC);
+    // Long after: the upkeep has nothing to do on either.
+    let later = 5_000 * NANOS_PER_SEC;
+    by_input.tick(later);
+    direct.tick(later);
+    assert_eq!(by_input.next_deadline(), direct.next_deadline());
+    let bytes = vec![b'x'; 30_000];
+    by_input.input(a, &bytes, later);
+    assert!(direct.wants_direct_body(b));
+    let mut loan = direct.lend_body(b).unwrap();
+    let (buf, room) = loan.spare();
+    assert!(room >= bytes.len());
+    // Safety: `buf` has `room` bytes, and `bytes.len()` of them are written.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+        direct.return_body(b, loan, bytes.len(), later);
+    }
+    assert!(by_input.next_deadline().is_some(), "input schedules the upkeep");
+    assert_eq!(by_input.next_deadline(), direct.next_deadline());
+}
