@@ -72,9 +72,10 @@ pub const MAILBOX_BYTES_PER_CORE: usize = 4 << 20;
 /// loopback send costs the kernel as much as 20 commands) multiplied: with
 /// 4,096 slots `--cores 2` spent 1.5 times the CPU per put and drain of
 /// `--cores 1` rather than 2.3 times (perf/RESULTS.md). Memory is the cost
-/// that grows with the square of the cores: at 176 bytes a slot, two cores
-/// take 1.4 MiB of rings, 16 cores 1,024 slots a ring (42 MiB), 64 cores
-/// 256 (173 MiB), resident only as slots are first used.
+/// that grows with the square of the cores: at 88 bytes a slot (the
+/// server's `Envelope`), two cores take 0.7 MiB of rings, 16 cores 2,048
+/// slots a ring (43 MiB), 64 cores 512 (182 MiB), resident only as slots
+/// are first used.
 pub fn slots_for(cores: usize, slot: usize) -> usize {
     let per_ring = MAILBOX_BYTES_PER_CORE / (slot.max(1) * cores.saturating_sub(1).max(1));
     let pow2 = if per_ring.is_power_of_two() { per_ring } else { per_ring.next_power_of_two() / 2 };
