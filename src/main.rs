@@ -190,7 +190,11 @@ fn main() {
     let mut shards: Vec<Shard> =
         engines.into_iter().map(|engine| Shard::spread_engine(engine, directory.clone(), info.clone())).collect();
     let mut threads = Vec::new();
+    // Every core has its ring (or epoll) before core 0 accepts: the server
+    // is whole when it first answers.
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(cores));
     for core in (1..cores).rev() {
+        let ready = std::sync::Arc::clone(&ready);
         let shard = shards.pop().expect("a shard per core");
         let link = links.pop().expect("a link per core");
         let log_dir = log_dirs.pop().flatten();
@@ -204,7 +208,14 @@ fn main() {
                 let _ = sys::pin_to_cpu(cpu);
             }
             // The same back end on every core.
-            let (driver, _) = Driver::new(backend == Backend::Uring, backend == Backend::Uring)?;
+            let driver = Driver::new(backend == Backend::Uring, backend == Backend::Uring);
+            ready.wait();
+            let (driver, _) = driver.unwrap_or_else(|e| {
+                // A core short of its loop would leave the others waiting
+                // on it: the server does not start.
+                eprintln!("runnerbean: cannot start the event loop of core {core}: {e}");
+                exit(EXIT_SOCKET)
+            });
             let start = net::Start { listener: None, signals, settings, clock, log_dir, metrics, link: Some(link) };
             driver.serve(shard, start)
         });
@@ -213,6 +224,7 @@ fn main() {
     if let Some(&cpu) = cpus.first() {
         let _ = sys::pin_to_cpu(cpu);
     }
+    ready.wait();
     let start = net::Start {
         listener: Some(bound.listener),
         signals,
