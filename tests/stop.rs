@@ -17,13 +17,19 @@ const ROUNDS: usize = 20;
 /// A port below the kernel's ephemeral range, free now. Client sockets take
 /// their ports from that range, so none of them can take this port while
 /// the servers on it come and go.
+///
+/// The tests of this file run side by side, so each call starts from
+/// another candidate: two tests that found the same port free would
+/// otherwise each see the other's server on it.
 fn fixed_port() -> u16 {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = u64::from(std::process::id()).wrapping_mul(2654435761).wrapping_add(call * 1_000_003);
     let span = u64::from(low.saturating_sub(20_000)).max(1);
     for i in 0..1000 {
-        let port = 20_000 + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % span) as u16;
+        let port = 20_000 + ((seed.wrapping_add(i * 7919)) % span) as u16;
         if bind_reusing(port).is_ok() {
             return port;
         }
@@ -123,7 +129,11 @@ fn after_sigterm_or_sigint_the_port_is_free_at_once() {
             }
             assert_eq!(server.wait(REPLY_TIMEOUT), Some(0), "{backend} round {round}:\n{}", server.log_text());
             if let Err(e) = bind_reusing(port.parse().unwrap()) {
-                panic!("{backend} round {round}: port {port} still bound after exit: {e}");
+                // What holds the port, if `ss` is there to say.
+                let ss = std::process::Command::new("ss").arg("-tanp").output().map(|o| o.stdout).unwrap_or_default();
+                let ss = String::from_utf8_lossy(&ss);
+                let holders: Vec<&str> = ss.lines().filter(|l| l.contains(&format!(":{port} "))).collect();
+                panic!("{backend} round {round}: port {port} still bound after exit: {e}\n{holders:#?}");
             }
             drop(clients);
         }

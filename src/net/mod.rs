@@ -549,7 +549,7 @@ impl<I: Io> Server<I> {
 
     /// At the end of every turn during a stop: cancels the sends still in
     /// flight when the grace has ended, and stops reading signals once
-    /// every connection is gone.
+    /// every connection of every core is gone.
     fn stop_step(&mut self) {
         let stop = self.stop.as_mut().expect("stopping");
         if !stop.sends_cancelled && Instant::now() >= stop.grace_ends_at {
@@ -562,10 +562,6 @@ impl<I: Io> Server<I> {
                 }
             }
         }
-        if self.open == 0 && self.signals_watched {
-            self.io.stop_signals();
-            self.signals_watched = false;
-        }
         if let Some(link) = self.link.as_mut() {
             if self.open == 0 && self.held.is_empty() && self.shard.peers_quiet() {
                 link.say_quiet();
@@ -575,6 +571,14 @@ impl<I: Io> Server<I> {
                 self.io.stop_wake();
                 self.wake_watched = false;
             }
+        }
+        // The core that reads signals reads them until no core has a
+        // connection left: a second signal must reach the core whose
+        // connection still waits out the grace.
+        let others_quiet = self.link.as_ref().is_none_or(|link| link.all_quiet());
+        if self.open == 0 && others_quiet && self.signals_watched {
+            self.io.stop_signals();
+            self.signals_watched = false;
         }
     }
 

@@ -245,7 +245,14 @@ impl Client {
         assert!(now < deadline, "timed out waiting for replies; have {:?}", String::from_utf8_lossy(&self.buf));
         self.stream.set_read_timeout(Some(deadline - now)).unwrap();
         let mut chunk = [0u8; 65536];
-        let n = self.stream.read(&mut chunk).expect("read reply");
+        // A read with a timeout fails with EINTR when the whole process is
+        // stopped and continued (signal(7)), which a paused test machine does.
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => break read.expect("read reply"),
+            }
+        };
         assert!(n > 0, "connection closed; have {:?}", String::from_utf8_lossy(&self.buf));
         self.buf.extend_from_slice(&chunk[..n]);
     }
