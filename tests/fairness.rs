@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Server, on_both, stat};
+use common::{Server, on_both_and_four_cores, stat};
 
 /// Flooding connections.
 const FLOODERS: usize = 8;
@@ -61,7 +61,7 @@ fn flood(port: u16, stop: Arc<AtomicBool>) -> u64 {
 
 #[test]
 fn an_ordinary_client_is_served_while_others_flood() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let stop = Arc::new(AtomicBool::new(false));
         let flooders: Vec<_> = (0..FLOODERS)

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, on_both, stat};
+use common::{Client, Server, on_both_and_four_cores, stat};
 
 /// The body of every job: the hostile tester's "ordinary 1000-byte puts".
 const BODY_BYTES: usize = 1000;
@@ -68,7 +68,7 @@ fn fill(c: &mut Client) -> u64 {
 /// waits for time to pass.
 #[test]
 fn running_out_of_memory_earns_out_of_memory_and_the_server_goes_on() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let probe = Server::start_with_address_space_limit(backend, &[], START_LIMIT_BYTES);
         let started = probe.status_kb("VmSize:") * 1024;
         drop(probe);
@@ -191,7 +191,7 @@ fn wait_for_rss_below(server: &Server, base: u64, bound: u64, what: &str) -> u64
 #[test]
 fn connections_that_never_read_cost_a_bounded_amount_and_give_it_back() {
     use std::io::Write;
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let mut conns = slow_readers(&server, CONNS);
         let base = rss_bytes(&server);
@@ -220,7 +220,7 @@ fn connections_that_never_read_cost_a_bounded_amount_and_give_it_back() {
 
 #[test]
 fn connections_keep_little_once_a_burst_is_over() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let mut conns: Vec<Client> = (0..CONNS).map(|_| server.connect()).collect();
         let base = rss_bytes(&server);

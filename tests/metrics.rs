@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Client, REPLY_TIMEOUT, Server, TempDir, on_both};
+use common::{BIN, Client, REPLY_TIMEOUT, Server, TempDir, cores, on_both_and_four_cores};
 use prometheus_parse::{LineInfo, Scrape, Value};
 
 /// How long a test waits for the metrics to catch up with the server (a
@@ -98,6 +98,12 @@ impl Metrics {
 
     fn counter(&self, key: &str) -> f64 {
         self.value(key, true)
+    }
+
+    /// The samples of a per-core metric, one per core of the server under
+    /// test (which each must have), in core order.
+    fn per_core(&self, name: &str, counter: bool) -> Vec<f64> {
+        (0..cores()).map(|core| self.value(&format!("{name}{{core=\"{core}\"}}"), counter)).collect()
     }
 
     /// The count of a histogram's observations.
@@ -231,7 +237,7 @@ CLEARED 2\r\nRESERVED 2 1\r\nb\r\n"
 
 #[test]
 fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let (server, port) = start(backend, &[]);
         let (mut a, _waiting) = known_work(&server);
         // The figures as stats reports them; nothing runs after these two,
@@ -279,13 +285,18 @@ fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
         assert_eq!(m.counter("runnerbean_cmd_kick_job_total"), 0.0);
         assert_eq!(m.counter("runnerbean_cmd_clear_tube_total"), 1.0);
         assert_eq!(m.counter("runnerbean_cmd_list_jobs_total"), 1.0);
-        assert_eq!(m.gauge("runnerbean_cores"), 1.0);
-        assert_eq!(m.gauge("runnerbean_connections{core=\"0\"}"), 2.0);
+        // With several cores each has its own figures, and no others.
+        assert_eq!(m.gauge("runnerbean_cores"), f64::from(cores()));
+        assert!(!m.samples.contains_key(&format!("runnerbean_connections{{core=\"{}\"}}", cores())));
+        assert_eq!(m.per_core("runnerbean_connections", false).iter().sum::<f64>(), 2.0);
         assert!(m.counter("runnerbean_loop_turns_total{core=\"0\"}") >= 3.0);
-        let busy = m.counter("runnerbean_loop_busy_seconds_total{core=\"0\"}");
-        assert!(busy > 0.0 && busy < uptime + 1.0, "busy {busy}");
-        assert_eq!(m.gauge("runnerbean_pending_reply_bytes{core=\"0\"}"), 0.0, "every reply was read");
-        assert!(m.gauge("runnerbean_metrics_snapshot_age_seconds{core=\"0\"}") >= 0.0);
+        for busy in m.per_core("runnerbean_loop_busy_seconds_total", true) {
+            assert!(busy > 0.0 && busy < uptime + 1.0, "busy {busy}");
+        }
+        for pending in m.per_core("runnerbean_pending_reply_bytes", false) {
+            assert_eq!(pending, 0.0, "every reply was read");
+        }
+        assert!(m.per_core("runnerbean_metrics_snapshot_age_seconds", false).iter().all(|&age| age >= 0.0));
         assert!(!m.text.contains("runnerbean_wal_"), "no log, no log figures");
         // A scrape counts itself, and changes nothing the clients see.
         let scrapes = m.counter("beanstalkd_exporter_scrapes_total");
@@ -296,35 +307,48 @@ fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
 
 #[test]
 fn with_the_log_write_and_sync_latencies_are_exported() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let dir = TempDir::new("metrics-wal");
         let (server, port) = start(backend, &["-b", dir.arg(), "-f", "1"]);
         let mut c = server.connect();
         for i in 0..20 {
             assert!(c.ask(format!("put 0 0 60 3\r\nj{i:02}\r\n").as_bytes(), 1).starts_with("INSERTED "));
         }
-        // -f 1: every write is followed by a sync within a millisecond.
+        // -f 1: every write is followed by a sync within a millisecond, on
+        // the core whose shard owns the tube (every core has the figures).
+        let of = |m: &Metrics, name: &str| -> Vec<f64> {
+            (0..cores()).map(|core| m.histogram_count(&format!("{name}{{core=\"{core}\"}}"))).collect()
+        };
         Metrics::when(port, |m| {
-            m.samples.contains_key("runnerbean_wal_sync_seconds{core=\"0\"}")
-                && m.histogram_count("runnerbean_wal_sync_seconds{core=\"0\"}") >= 1.0
-                && m.histogram_count("runnerbean_wal_write_seconds{core=\"0\"}") >= 1.0
+            m.samples.contains_key(&format!("runnerbean_wal_sync_seconds{{core=\"{}\"}}", cores() - 1))
+                && (0..cores() as usize).any(|core| {
+                    of(m, "runnerbean_wal_sync_seconds")[core] >= 1.0
+                        && of(m, "runnerbean_wal_write_seconds")[core] >= 1.0
+                        && m.per_core("runnerbean_wal_live_bytes", false)[core] > 0.0
+                })
         });
         let stats = doc(&c.ask(b"stats\r\n", 1));
         let written: f64 = stats["binlog-records-written"].parse().unwrap();
         assert!(written >= 20.0, "{written}");
         let m = Metrics::when(port, |m| m.counter("beanstalkd_binlog_records_written_total") == written);
         assert_eq!(m.gauge("beanstalkd_binlog_current_index"), stats["binlog-current-index"].parse::<f64>().unwrap());
-        assert!(m.gauge("runnerbean_wal_disk_bytes{core=\"0\"}") > 0.0);
-        assert!(m.gauge("runnerbean_wal_live_bytes{core=\"0\"}") > 0.0);
-        assert!(m.gauge("runnerbean_wal_segments{core=\"0\"}") >= 1.0);
+        // Every shard has its own files; only the owner's hold jobs.
+        assert!(m.per_core("runnerbean_wal_disk_bytes", false).iter().all(|&b| b > 0.0));
+        assert!(m.per_core("runnerbean_wal_segments", false).iter().all(|&n| n >= 1.0));
+        let live = m.per_core("runnerbean_wal_live_bytes", false);
+        let owners: Vec<usize> = (0..live.len()).filter(|&core| live[core] > 0.0).collect();
+        assert_eq!(owners.len(), 1, "{live:?}");
+        let owner = owners[0];
+        assert!(of(&m, "runnerbean_wal_write_seconds")[owner] >= 1.0);
+        assert!(of(&m, "runnerbean_wal_sync_seconds")[owner] >= 1.0);
         assert!(m.text.contains("# TYPE runnerbean_wal_sync_seconds histogram\n"));
-        assert!(m.text.contains("runnerbean_wal_write_seconds_bucket{core=\"0\",le=\"0.000025\"} "));
+        assert!(m.text.contains(&format!("runnerbean_wal_write_seconds_bucket{{core=\"{owner}\",le=\"0.000025\"}} ")));
     });
 }
 
 #[test]
 fn beyond_the_cap_the_busiest_tubes_are_exported_and_the_rest_counted() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let (server, port) = start(backend, &["--metrics-tubes-max", "2"]);
         let mut c = server.connect();
         for (tube, jobs) in [("one", 1), ("three", 3), ("two", 2), ("four", 4)] {
@@ -386,7 +410,7 @@ fn unknown_paths_get_404_and_other_methods_405() {
 /// goes on serving its clients, and scrapes work again once they leave.
 #[test]
 fn misbehaving_metrics_clients_never_stop_the_server() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let (server, port) = start(backend, &[]);
         let mut c = server.connect();
         let (status, _, _) = http(port, "NOT HTTP AT ALL\r\n\r\n");

@@ -284,6 +284,12 @@ thread_local! {
     static CORES: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
 }
 
+/// The `--cores` of the servers this thread starts now.
+#[allow(dead_code)] // not every test binary asks
+pub fn cores() -> u32 {
+    CORES.get()
+}
+
 /// Runs a test body once per back end with one core, then once per back end
 /// with `--cores 4` added to every server it starts (four shards: every
 /// command on a tube of another shard crosses between cores). Each run says
