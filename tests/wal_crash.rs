@@ -3,7 +3,9 @@
 //! random moments and started again on the same directory, cycle after
 //! cycle, on both back ends. After every restart, every put acknowledged
 //! (INSERTED) and not acknowledged deleted is there with its exact body,
-//! every acknowledged delete stays deleted, and ids go on increasing.
+//! every acknowledged delete stays deleted, and ids go on increasing. The
+//! cycles alternate between one core and four, so restarts also move the
+//! jobs between shards.
 
 mod common;
 
@@ -159,8 +161,11 @@ fn acknowledged_jobs_survive_sigkill_at_any_moment() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
     let cycles = 12;
     for cycle in 0..cycles {
+        // Both back ends, with one core and with four (a restart with
+        // another number of cores first moves every job to its new shard).
         let backend = BACKENDS[cycle % 2];
-        let server = Server::start(backend, &["-b", &dir_arg, "-f0", "-s", "65536"]);
+        let cores = ["1", "4"][(cycle / 2) % 2];
+        let server = Server::start(backend, &["-b", &dir_arg, "-f0", "-s", "65536", "--cores", cores]);
         if cycle > 0 {
             check(&server, &mut acked.lock().unwrap());
         }
