@@ -1,10 +1,11 @@
-//! `--metrics ADDR` at the wire: the real binary on both back ends, scraped
-//! over HTTP and read with a Prometheus text-format parser
-//! (`prometheus-parse`), every figure of `stats` and `stats-tube` compared
-//! with what the metrics say after known work; the log's latencies with
-//! `-b`; the cap on tubes; and bad input: a metrics address that cannot be
-//! bound stops the start, unknown paths get 404, and clients of the metrics
-//! port that misbehave never stop the server.
+//! `--metrics ADDR` at the wire: the real binary on both back ends, with
+//! one core and with four, scraped over HTTP and read with a Prometheus
+//! text-format parser (`prometheus-parse`), every figure of `stats` and
+//! `stats-tube` compared with what the metrics say after known work (the
+//! per-core figures for every core); the log's latencies with `-b`; the
+//! cap on tubes; and bad input: a metrics address that cannot be bound
+//! stops the start, unknown paths get 404, and clients of the metrics port
+//! that misbehave never stop the server.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Client, REPLY_TIMEOUT, Server, TempDir, on_both};
+use common::{BIN, Client, REPLY_TIMEOUT, Server, TempDir, cores, on_both_and_four_cores};
 use prometheus_parse::{LineInfo, Scrape, Value};
 
 /// How long a test waits for the metrics to catch up with the server (a
@@ -231,7 +232,7 @@ CLEARED 2\r\nRESERVED 2 1\r\nb\r\n"
 
 #[test]
 fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let (server, port) = start(backend, &[]);
         let (mut a, _waiting) = known_work(&server);
         // The figures as stats reports them; nothing runs after these two,
@@ -274,18 +275,29 @@ fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
         }
         // What only runnerbean knows: its own commands' counters (one each
         // of reserve-job, kick and clear-tube, list-jobs; kick-job none),
-        // and the core's loop.
+        // and every core's loop.
         assert_eq!(m.counter("runnerbean_cmd_reserve_job_total"), 1.0);
         assert_eq!(m.counter("runnerbean_cmd_kick_job_total"), 0.0);
         assert_eq!(m.counter("runnerbean_cmd_clear_tube_total"), 1.0);
         assert_eq!(m.counter("runnerbean_cmd_list_jobs_total"), 1.0);
-        assert_eq!(m.gauge("runnerbean_cores"), 1.0);
-        assert_eq!(m.gauge("runnerbean_connections{core=\"0\"}"), 2.0);
-        assert!(m.counter("runnerbean_loop_turns_total{core=\"0\"}") >= 3.0);
-        let busy = m.counter("runnerbean_loop_busy_seconds_total{core=\"0\"}");
-        assert!(busy > 0.0 && busy < uptime + 1.0, "busy {busy}");
-        assert_eq!(m.gauge("runnerbean_pending_reply_bytes{core=\"0\"}"), 0.0, "every reply was read");
-        assert!(m.gauge("runnerbean_metrics_snapshot_age_seconds{core=\"0\"}") >= 0.0);
+        let n = cores();
+        assert_eq!(m.gauge("runnerbean_cores"), f64::from(n));
+        for core in 0..n {
+            // The two connections went to the cores with the fewest: the
+            // first to core 0, the second to core 1 (or 0 again).
+            let connections = (0..2).filter(|i| i % n == core).count() as f64;
+            assert_eq!(m.gauge(&format!("runnerbean_connections{{core=\"{core}\"}}")), connections, "core {core}");
+            // A core with a connection turned for its commands; every core
+            // at least for its part of `stats`.
+            let turns = m.counter(&format!("runnerbean_loop_turns_total{{core=\"{core}\"}}"));
+            assert!(turns >= if connections > 0.0 { 3.0 } else { 1.0 }, "core {core}: {turns} turns");
+            let busy = m.counter(&format!("runnerbean_loop_busy_seconds_total{{core=\"{core}\"}}"));
+            assert!(busy > 0.0 && busy < uptime + 1.0, "core {core}: busy {busy}");
+            let pending = m.gauge(&format!("runnerbean_pending_reply_bytes{{core=\"{core}\"}}"));
+            assert_eq!(pending, 0.0, "core {core}: every reply was read");
+            assert!(m.gauge(&format!("runnerbean_metrics_snapshot_age_seconds{{core=\"{core}\"}}")) >= 0.0);
+        }
+        assert!(!m.text.contains(&format!("core=\"{n}\"")), "no core beyond --cores");
         assert!(!m.text.contains("runnerbean_wal_"), "no log, no log figures");
         // A scrape counts itself, and changes nothing the clients see.
         let scrapes = m.counter("beanstalkd_exporter_scrapes_total");
@@ -296,35 +308,45 @@ fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
 
 #[test]
 fn with_the_log_write_and_sync_latencies_are_exported() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let dir = TempDir::new("metrics-wal");
         let (server, port) = start(backend, &["-b", dir.arg(), "-f", "1"]);
         let mut c = server.connect();
         for i in 0..20 {
             assert!(c.ask(format!("put 0 0 60 3\r\nj{i:02}\r\n").as_bytes(), 1).starts_with("INSERTED "));
         }
+        // The jobs are in `default`, on its shard's core, which writes
+        // and syncs them in its own log.
+        let n = cores();
+        let home = runnerbean::engine::shard_of_tube("default", n);
+        let sync = format!("runnerbean_wal_sync_seconds{{core=\"{home}\"}}");
+        let write = format!("runnerbean_wal_write_seconds{{core=\"{home}\"}}");
         // -f 1: every write is followed by a sync within a millisecond.
         Metrics::when(port, |m| {
-            m.samples.contains_key("runnerbean_wal_sync_seconds{core=\"0\"}")
-                && m.histogram_count("runnerbean_wal_sync_seconds{core=\"0\"}") >= 1.0
-                && m.histogram_count("runnerbean_wal_write_seconds{core=\"0\"}") >= 1.0
+            m.samples.contains_key(&sync) && m.histogram_count(&sync) >= 1.0 && m.histogram_count(&write) >= 1.0
         });
         let stats = doc(&c.ask(b"stats\r\n", 1));
         let written: f64 = stats["binlog-records-written"].parse().unwrap();
         assert!(written >= 20.0, "{written}");
         let m = Metrics::when(port, |m| m.counter("beanstalkd_binlog_records_written_total") == written);
         assert_eq!(m.gauge("beanstalkd_binlog_current_index"), stats["binlog-current-index"].parse::<f64>().unwrap());
-        assert!(m.gauge("runnerbean_wal_disk_bytes{core=\"0\"}") > 0.0);
-        assert!(m.gauge("runnerbean_wal_live_bytes{core=\"0\"}") > 0.0);
-        assert!(m.gauge("runnerbean_wal_segments{core=\"0\"}") >= 1.0);
+        // Every core keeps a log of its own; only the home core's holds jobs.
+        for core in 0..n {
+            assert!(m.gauge(&format!("runnerbean_wal_disk_bytes{{core=\"{core}\"}}")) > 0.0, "core {core}");
+            let live = m.gauge(&format!("runnerbean_wal_live_bytes{{core=\"{core}\"}}"));
+            assert_eq!(live > 0.0, core == home, "core {core}: {live} live bytes");
+            assert!(m.gauge(&format!("runnerbean_wal_segments{{core=\"{core}\"}}")) >= 1.0, "core {core}");
+            assert!(
+                m.text.contains(&format!("runnerbean_wal_write_seconds_bucket{{core=\"{core}\",le=\"0.000025\"}} "))
+            );
+        }
         assert!(m.text.contains("# TYPE runnerbean_wal_sync_seconds histogram\n"));
-        assert!(m.text.contains("runnerbean_wal_write_seconds_bucket{core=\"0\",le=\"0.000025\"} "));
     });
 }
 
 #[test]
 fn beyond_the_cap_the_busiest_tubes_are_exported_and_the_rest_counted() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let (server, port) = start(backend, &["--metrics-tubes-max", "2"]);
         let mut c = server.connect();
         for (tube, jobs) in [("one", 1), ("three", 3), ("two", 2), ("four", 4)] {
@@ -386,7 +408,7 @@ fn unknown_paths_get_404_and_other_methods_405() {
 /// goes on serving its clients, and scrapes work again once they leave.
 #[test]
 fn misbehaving_metrics_clients_never_stop_the_server() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let (server, port) = start(backend, &[]);
         let mut c = server.connect();
         let (status, _, _) = http(port, "NOT HTTP AT ALL\r\n\r\n");
@@ -419,24 +441,27 @@ fn a_metrics_address_that_cannot_be_bound_stops_the_start() {
         ("nonsense".to_string(), "--metrics nonsense: ".to_string()),
         ("127.0.0.1:99999".to_string(), "--metrics 127.0.0.1:99999: ".to_string()),
     ] {
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1", "-p", "0", "--metrics", &addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "runnerbean --metrics {addr} did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        assert_eq!(status.code(), Some(111), "{addr}: {err}");
-        assert!(err.contains(&message), "{addr}: {err}");
+        // Before any core starts, with one core or several.
+        for cores in ["1", "4"] {
+            let mut child = Command::new(BIN)
+                .args(["-l", "127.0.0.1", "-p", "0", "--cores", cores, "--metrics", &addr])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "runnerbean --metrics {addr} did not exit");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            assert_eq!(status.code(), Some(111), "{addr}, --cores {cores}: {err}");
+            assert!(err.contains(&message), "{addr}, --cores {cores}: {err}");
+        }
     }
 }

@@ -284,6 +284,12 @@ thread_local! {
     static CORES: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
 }
 
+/// The `--cores` of the servers the calling test starts now: 1, or 4 in
+/// the second pass of [`on_both_and_four_cores`].
+pub fn cores() -> u32 {
+    CORES.get()
+}
+
 /// Runs a test body once per back end with one core, then once per back end
 /// with `--cores 4` added to every server it starts (four shards: every
 /// command on a tube of another shard crosses between cores). Each run says
