@@ -1,8 +1,8 @@
-//! Fairness, on both back ends: while several clients pipeline puts as
-//! fast as they can, an ordinary client that sends one command at a time is
-//! still served, correctly, and so is every flooder. Only correctness is
-//! asserted here; how long the ordinary client waits is measured by
-//! `runnerbean-flood` (scripts/fairness), not tested.
+//! Fairness, on both back ends, with one core and with four: while several
+//! clients pipeline puts as fast as they can, an ordinary client that sends
+//! one command at a time is still served, correctly, and so is every
+//! flooder. Only correctness is asserted here; how long the ordinary client
+//! waits is measured by `runnerbean-flood` (scripts/fairness), not tested.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Server, on_both, stat};
+use common::{Server, on_both_and_four_cores, stat};
 
 /// Flooding connections.
 const FLOODERS: usize = 8;
@@ -61,7 +61,7 @@ fn flood(port: u16, stop: Arc<AtomicBool>) -> u64 {
 
 #[test]
 fn an_ordinary_client_is_served_while_others_flood() {
-    on_both(|backend| {
+    on_both_and_four_cores(|backend| {
         let server = Server::start(backend, &[]);
         let stop = Arc::new(AtomicBool::new(false));
         let flooders: Vec<_> = (0..FLOODERS)
