@@ -290,6 +290,16 @@ pub fn cores() -> u32 {
     CORES.get()
 }
 
+/// Runs `f` with `--cores cores` added to the servers it starts, for a
+/// test that starts servers on threads of its own (the setting is the
+/// thread's).
+pub fn with_cores<R>(cores: u32, f: impl FnOnce() -> R) -> R {
+    let before = CORES.replace(cores);
+    let r = f();
+    CORES.set(before);
+    r
+}
+
 /// Runs a test body once per back end with one core, then once per back end
 /// with `--cores 4` added to every server it starts (four shards: every
 /// command on a tube of another shard crosses between cores). Each run says
