@@ -1,8 +1,8 @@
-//! Fairness, on both back ends: while several clients pipeline puts as
-//! fast as they can, an ordinary client that sends one command at a time is
-//! still served, correctly, and so is every flooder. Only correctness is
-//! asserted here; how long the ordinary client waits is measured by
-//! `runnerbean-flood` (scripts/fairness), not tested.
+//! Fairness, on both back ends, with one core and with four: while several
+//! clients pipeline puts as fast as they can, an ordinary client that sends
+//! one command at a time is still served, correctly, and so is every
+//! flooder. Only correctness is asserted here; how long the ordinary client
+//! waits is measured by `runnerbean-flood` (scripts/fairness), not tested.
 
 mod common;
 

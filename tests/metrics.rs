@@ -1,10 +1,11 @@
-//! `--metrics ADDR` at the wire: the real binary on both back ends, scraped
-//! over HTTP and read with a Prometheus text-format parser
-//! (`prometheus-parse`), every figure of `stats` and `stats-tube` compared
-//! with what the metrics say after known work; the log's latencies with
-//! `-b`; the cap on tubes; and bad input: a metrics address that cannot be
-//! bound stops the start, unknown paths get 404, and clients of the metrics
-//! port that misbehave never stop the server.
+//! `--metrics ADDR` at the wire: the real binary on both back ends, with
+//! one core and with four, scraped over HTTP and read with a Prometheus
+//! text-format parser (`prometheus-parse`), every figure of `stats` and
+//! `stats-tube` compared with what the metrics say after known work (the
+//! per-core figures for every core); the log's latencies with `-b`; the
+//! cap on tubes; and bad input: a metrics address that cannot be bound
+//! stops the start, unknown paths get 404, and clients of the metrics port
+//! that misbehave never stop the server.
 
 mod common;
 
@@ -98,12 +99,6 @@ impl Metrics {
 
     fn counter(&self, key: &str) -> f64 {
         self.value(key, true)
-    }
-
-    /// The samples of a per-core metric, one per core of the server under
-    /// test (which each must have), in core order.
-    fn per_core(&self, name: &str, counter: bool) -> Vec<f64> {
-        (0..cores()).map(|core| self.value(&format!("{name}{{core=\"{core}\"}}"), counter)).collect()
     }
 
     /// The count of a histogram's observations.
@@ -280,23 +275,29 @@ fn every_figure_of_stats_and_stats_tube_is_exported_as_stats_reports_it() {
         }
         // What only runnerbean knows: its own commands' counters (one each
         // of reserve-job, kick and clear-tube, list-jobs; kick-job none),
-        // and the core's loop.
+        // and every core's loop.
         assert_eq!(m.counter("runnerbean_cmd_reserve_job_total"), 1.0);
         assert_eq!(m.counter("runnerbean_cmd_kick_job_total"), 0.0);
         assert_eq!(m.counter("runnerbean_cmd_clear_tube_total"), 1.0);
         assert_eq!(m.counter("runnerbean_cmd_list_jobs_total"), 1.0);
-        // With several cores each has its own figures, and no others.
-        assert_eq!(m.gauge("runnerbean_cores"), f64::from(cores()));
-        assert!(!m.samples.contains_key(&format!("runnerbean_connections{{core=\"{}\"}}", cores())));
-        assert_eq!(m.per_core("runnerbean_connections", false).iter().sum::<f64>(), 2.0);
-        assert!(m.counter("runnerbean_loop_turns_total{core=\"0\"}") >= 3.0);
-        for busy in m.per_core("runnerbean_loop_busy_seconds_total", true) {
-            assert!(busy > 0.0 && busy < uptime + 1.0, "busy {busy}");
+        let n = cores();
+        assert_eq!(m.gauge("runnerbean_cores"), f64::from(n));
+        for core in 0..n {
+            // The two connections went to the cores with the fewest: the
+            // first to core 0, the second to core 1 (or 0 again).
+            let connections = (0..2).filter(|i| i % n == core).count() as f64;
+            assert_eq!(m.gauge(&format!("runnerbean_connections{{core=\"{core}\"}}")), connections, "core {core}");
+            // A core with a connection turned for its commands; every core
+            // at least for its part of `stats`.
+            let turns = m.counter(&format!("runnerbean_loop_turns_total{{core=\"{core}\"}}"));
+            assert!(turns >= if connections > 0.0 { 3.0 } else { 1.0 }, "core {core}: {turns} turns");
+            let busy = m.counter(&format!("runnerbean_loop_busy_seconds_total{{core=\"{core}\"}}"));
+            assert!(busy > 0.0 && busy < uptime + 1.0, "core {core}: busy {busy}");
+            let pending = m.gauge(&format!("runnerbean_pending_reply_bytes{{core=\"{core}\"}}"));
+            assert_eq!(pending, 0.0, "core {core}: every reply was read");
+            assert!(m.gauge(&format!("runnerbean_metrics_snapshot_age_seconds{{core=\"{core}\"}}")) >= 0.0);
         }
-        for pending in m.per_core("runnerbean_pending_reply_bytes", false) {
-            assert_eq!(pending, 0.0, "every reply was read");
-        }
-        assert!(m.per_core("runnerbean_metrics_snapshot_age_seconds", false).iter().all(|&age| age >= 0.0));
+        assert!(!m.text.contains(&format!("core=\"{n}\"")), "no core beyond --cores");
         assert!(!m.text.contains("runnerbean_wal_"), "no log, no log figures");
         // A scrape counts itself, and changes nothing the clients see.
         let scrapes = m.counter("beanstalkd_exporter_scrapes_total");
@@ -314,35 +315,32 @@ fn with_the_log_write_and_sync_latencies_are_exported() {
         for i in 0..20 {
             assert!(c.ask(format!("put 0 0 60 3\r\nj{i:02}\r\n").as_bytes(), 1).starts_with("INSERTED "));
         }
-        // -f 1: every write is followed by a sync within a millisecond, on
-        // the core whose shard owns the tube (every core has the figures).
-        let of = |m: &Metrics, name: &str| -> Vec<f64> {
-            (0..cores()).map(|core| m.histogram_count(&format!("{name}{{core=\"{core}\"}}"))).collect()
-        };
+        // The jobs are in `default`, on its shard's core, which writes
+        // and syncs them in its own log.
+        let n = cores();
+        let home = runnerbean::engine::shard_of_tube("default", n);
+        let sync = format!("runnerbean_wal_sync_seconds{{core=\"{home}\"}}");
+        let write = format!("runnerbean_wal_write_seconds{{core=\"{home}\"}}");
+        // -f 1: every write is followed by a sync within a millisecond.
         Metrics::when(port, |m| {
-            m.samples.contains_key(&format!("runnerbean_wal_sync_seconds{{core=\"{}\"}}", cores() - 1))
-                && (0..cores() as usize).any(|core| {
-                    of(m, "runnerbean_wal_sync_seconds")[core] >= 1.0
-                        && of(m, "runnerbean_wal_write_seconds")[core] >= 1.0
-                        && m.per_core("runnerbean_wal_live_bytes", false)[core] > 0.0
-                })
+            m.samples.contains_key(&sync) && m.histogram_count(&sync) >= 1.0 && m.histogram_count(&write) >= 1.0
         });
         let stats = doc(&c.ask(b"stats\r\n", 1));
         let written: f64 = stats["binlog-records-written"].parse().unwrap();
         assert!(written >= 20.0, "{written}");
         let m = Metrics::when(port, |m| m.counter("beanstalkd_binlog_records_written_total") == written);
         assert_eq!(m.gauge("beanstalkd_binlog_current_index"), stats["binlog-current-index"].parse::<f64>().unwrap());
-        // Every shard has its own files; only the owner's hold jobs.
-        assert!(m.per_core("runnerbean_wal_disk_bytes", false).iter().all(|&b| b > 0.0));
-        assert!(m.per_core("runnerbean_wal_segments", false).iter().all(|&n| n >= 1.0));
-        let live = m.per_core("runnerbean_wal_live_bytes", false);
-        let owners: Vec<usize> = (0..live.len()).filter(|&core| live[core] > 0.0).collect();
-        assert_eq!(owners.len(), 1, "{live:?}");
-        let owner = owners[0];
-        assert!(of(&m, "runnerbean_wal_write_seconds")[owner] >= 1.0);
-        assert!(of(&m, "runnerbean_wal_sync_seconds")[owner] >= 1.0);
+        // Every core keeps a log of its own; only the home core's holds jobs.
+        for core in 0..n {
+            assert!(m.gauge(&format!("runnerbean_wal_disk_bytes{{core=\"{core}\"}}")) > 0.0, "core {core}");
+            let live = m.gauge(&format!("runnerbean_wal_live_bytes{{core=\"{core}\"}}"));
+            assert_eq!(live > 0.0, core == home, "core {core}: {live} live bytes");
+            assert!(m.gauge(&format!("runnerbean_wal_segments{{core=\"{core}\"}}")) >= 1.0, "core {core}");
+            assert!(
+                m.text.contains(&format!("runnerbean_wal_write_seconds_bucket{{core=\"{core}\",le=\"0.000025\"}} "))
+            );
+        }
         assert!(m.text.contains("# TYPE runnerbean_wal_sync_seconds histogram\n"));
-        assert!(m.text.contains(&format!("runnerbean_wal_write_seconds_bucket{{core=\"{owner}\",le=\"0.000025\"}} ")));
     });
 }
 
@@ -443,24 +441,27 @@ fn a_metrics_address_that_cannot_be_bound_stops_the_start() {
         ("nonsense".to_string(), "--metrics nonsense: ".to_string()),
         ("127.0.0.1:99999".to_string(), "--metrics 127.0.0.1:99999: ".to_string()),
     ] {
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1", "-p", "0", "--metrics", &addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "runnerbean --metrics {addr} did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        assert_eq!(status.code(), Some(111), "{addr}: {err}");
-        assert!(err.contains(&message), "{addr}: {err}");
+        // Before any core starts, with one core or several.
+        for cores in ["1", "4"] {
+            let mut child = Command::new(BIN)
+                .args(["-l", "127.0.0.1", "-p", "0", "--cores", cores, "--metrics", &addr])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "runnerbean --metrics {addr} did not exit");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            assert_eq!(status.code(), Some(111), "{addr}, --cores {cores}: {err}");
+            assert!(err.contains(&message), "{addr}, --cores {cores}: {err}");
+        }
     }
 }

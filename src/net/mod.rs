@@ -520,11 +520,12 @@ impl<I: Io> Server<I> {
     /// SIGTERM or SIGINT: an orderly stop. Accepting stops and the
     /// listener closes as soon as the accept has been reaped (see
     /// `steer_accept`); connections accepted but not served yet are closed;
-    /// every session closes, so no further command runs and each
-    /// connection stops receiving, writes the replies of the commands
-    /// already run, and closes. Sends still in flight when the grace ends
-    /// are cancelled (`stop_step`). The loop ends when nothing listed in
-    /// [`StopWait`] is left. A second signal ends the grace at once.
+    /// every session stops (see `Shard::stop`), so no further command runs
+    /// and each connection stops receiving, writes the replies of the
+    /// commands already run (on any core), and closes. Sends still in
+    /// flight when the grace ends are cancelled (`stop_step`). The loop
+    /// ends when nothing listed in [`StopWait`] is left. A second signal
+    /// ends the grace at once.
     fn begin_stop(&mut self) {
         if let Some(stop) = &mut self.stop {
             stop.grace_ends_at = Instant::now();
@@ -539,7 +540,7 @@ impl<I: Io> Server<I> {
         let now = self.clock.now();
         for i in 0..self.conns.len() {
             if self.conns[i].is_some() {
-                self.shard.close(ConnId(i as u32), now);
+                self.shard.stop(ConnId(i as u32), now);
             }
         }
         if let Some(log) = self.log.as_mut() {

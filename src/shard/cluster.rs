@@ -711,3 +711,33 @@ fn end_of_stream_after_quit_is_nothing_more() {
     assert!(c.shards[1].finished(conn), "the connection is done");
     assert!(c.shards.iter().all(Shard::peers_quiet), "the takedown completed");
 }
+
+/// A stop (SIGTERM) finds a command in flight to another shard: it runs
+/// there, and its reply is written before the connection closes, as with
+/// one shard, where every command that ran has its reply out; the input
+/// behind it never runs.
+#[test]
+fn a_stop_writes_the_reply_of_a_command_in_flight_on_another_shard() {
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 13);
+    assert_eq!((route::shard_of_tube("a", 2), route::shard_of_tube("b", 2)), (ShardId(0), ShardId(1)));
+    let conn = c.shards[0].open(0).unwrap();
+    c.settle(now);
+    c.shards[0].input(conn, b"use b\r\nput 0 0 60 1\r\nx\r\n", now);
+    c.settle(now);
+    assert_eq!(String::from_utf8(take_out(&mut c.shards[0], conn)).unwrap(), "USING b\r\nINSERTED 1\r\n");
+    // The delete goes to shard 1; `use a` (shard 0) waits behind it.
+    c.shards[0].input(conn, b"delete 1\r\nuse a\r\n", now);
+    c.shards[0].stop(conn, now);
+    c.settle(now);
+    assert_eq!(String::from_utf8(take_out(&mut c.shards[0], conn)).unwrap(), "DELETED\r\n");
+    assert!(c.shards[0].finished(conn), "the connection is done");
+    assert!(c.shards.iter().all(Shard::peers_quiet), "the takedown completed");
+    let other = c.shards[1].open(0).unwrap();
+    c.settle(now);
+    c.shards[1].input(other, b"peek 1\r\nlist-tubes\r\n", now);
+    c.settle(now);
+    let out = String::from_utf8(take_out(&mut c.shards[1], other)).unwrap();
+    assert!(out.starts_with("NOT_FOUND\r\nOK "), "{out}");
+    assert!(!out.contains("- a\n"), "`use a` ran: {out}");
+}

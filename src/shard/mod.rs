@@ -516,6 +516,17 @@ impl Shard {
         self.engine.set_draining();
     }
 
+    /// The server stops: no further command of the connection runs, and
+    /// it closes ([`Shard::close`]) once the commands it has in flight on
+    /// other shards are answered, at once if it has none.
+    pub fn stop(&mut self, conn: ConnId, now: Nanos) {
+        if self.spread.is_some() && self.far_stop(conn.0) {
+            self.mark_dirty(conn.0);
+            return;
+        }
+        self.close(conn, now);
+    }
+
     /// Ends the connection's part in the queue: it stops waiting and its
     /// reserved jobs go back to ready. Its output may still be written.
     pub fn close(&mut self, conn: ConnId, now: Nanos) {

@@ -1409,6 +1409,34 @@ impl Shard {
         self.far_idle(conn, now);
     }
 
+    /// A stop (SIGTERM) ends a session of several shards with commands in
+    /// flight on other shards: no further command of it runs, and it
+    /// closes once those are answered, as a half-closed one does, so that
+    /// a command that ran on another shard has its reply written (with
+    /// one shard, every command that ran has its reply in the output when
+    /// the stop closes the session). Returns false, and does nothing, for
+    /// a session that must close at once: one with nothing in flight, or
+    /// with a reserve waiting or in flight (a half-closed one would be
+    /// answered TIMED_OUT, which a stop does not write).
+    pub(super) fn far_stop(&mut self, conn: u32) -> bool {
+        let session = &mut self.sessions[conn as usize];
+        let Some(far) = session.far.as_deref() else { return false };
+        let reserving = |step: &Step| matches!(step, Step::Reserve { .. } | Step::Span);
+        if session.closing
+            || !session.awaiting
+            || session.blocked
+            || far.reserve.is_some()
+            || reserving(&far.step)
+            || far.queued.iter().any(reserving)
+        {
+            return false;
+        }
+        session.pending = Default::default();
+        session.mode = crate::shard::Mode::Line;
+        session.eof = true;
+        true
+    }
+
     /// A half-closed session with nothing left in flight or to run closes.
     pub(super) fn far_idle(&mut self, conn: u32, now: Nanos) {
         let Some(s) = self.sessions.get(conn) else { return };

@@ -284,10 +284,20 @@ thread_local! {
     static CORES: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
 }
 
-/// The `--cores` of the servers this thread starts now.
-#[allow(dead_code)] // not every test binary asks
+/// The `--cores` of the servers the calling test starts now: 1, or 4 in
+/// the second pass of [`on_both_and_four_cores`].
 pub fn cores() -> u32 {
     CORES.get()
+}
+
+/// Runs `f` with `--cores cores` added to the servers it starts, for a
+/// test that starts servers on threads of its own (the setting is the
+/// thread's).
+pub fn with_cores<R>(cores: u32, f: impl FnOnce() -> R) -> R {
+    let before = CORES.replace(cores);
+    let r = f();
+    CORES.set(before);
+    r
 }
 
 /// Runs a test body once per back end with one core, then once per back end
