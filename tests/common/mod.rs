@@ -306,13 +306,13 @@ pub fn with_cores<R>(cores: u32, f: impl FnOnce() -> R) -> R {
 /// which it is on stderr, which a failing test shows.
 pub fn on_both_and_four_cores(test: impl Fn(&'static str)) {
     for cores in [1, 4] {
-        CORES.set(cores);
-        for backend in BACKENDS {
-            eprintln!("-- {backend}, --cores {cores}");
-            test(backend);
-        }
+        with_cores(cores, || {
+            for backend in BACKENDS {
+                eprintln!("-- {backend}, --cores {cores}");
+                test(backend);
+            }
+        });
     }
-    CORES.set(1);
 }
 
 /// The value of `key` in a YAML stats document.
