@@ -73,6 +73,8 @@ pub(super) struct Seen {
     pub stats: u64,
     pub remote_waits: u64,
     pub pipelined: u64,
+    /// Messages carrying several requests or several replies.
+    pub batches: u64,
 }
 
 impl Seen {
@@ -86,6 +88,7 @@ impl Seen {
         self.stats += o.stats;
         self.remote_waits += o.remote_waits;
         self.pipelined += o.pipelined;
+        self.batches += o.batches;
     }
 
     fn note(&mut self, msg: &Message) {
@@ -102,6 +105,12 @@ impl Seen {
             Message::Answer { answer: Answer::Reply { reply: Reply::Word(request::Word::NotFound), .. }, .. } => {
                 self.id_not_found += 1
             }
+            Message::Answer { answer: Answer::Replies(replies), .. } => {
+                self.batches += 1;
+                let not_found = replies.iter().filter(|(r, _)| matches!(r, Reply::Word(request::Word::NotFound)));
+                self.id_not_found += not_found.count() as u64;
+            }
+            Message::Ask { ask: Ask::Runs(_), .. } => self.batches += 1,
             _ => {}
         }
     }
@@ -534,7 +543,7 @@ fn four_shards_answer_as_one() {
     }
     // The histories did take every path between shards.
     eprintln!("{seen:#?}");
-    let Seen { messages, probes, takes, served, id_not_found, leaves, stats, remote_waits, pipelined } = seen;
+    let Seen { messages, probes, takes, served, id_not_found, leaves, stats, remote_waits, pipelined, batches } = seen;
     for (what, n) in [
         ("messages", messages),
         ("probes", probes),
@@ -545,6 +554,7 @@ fn four_shards_answer_as_one() {
         ("stats parts", stats),
         ("ordinary waits answered remotely", remote_waits),
         ("commands pipelined to a busy shard", pipelined),
+        ("requests or replies sent together", batches),
     ] {
         assert!(n > 0, "no {what} in the runs");
     }

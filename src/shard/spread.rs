@@ -41,6 +41,21 @@
 //!   DEADLINE_SOON); any other runs [`SpanReserve`], whose timer is the
 //!   shard's ([`Shard::next_deadline`]).
 //!
+//! # Its own shard, and batches
+//! A request of a session to its own shard, with nothing of the session's
+//! in flight and nothing queued for that shard before it, runs at once on
+//! the engine (`Shard::run_own`): what its message would do on arrival and
+//! its answer on return, with no message. Every other request is a
+//! message, and messages of one session that meet at the tail of an
+//! outbox go together: an `Ask::Run` joins the session's orders in the
+//! last message for that shard (`Ask::Runs`), a reply joins the replies
+//! to the same session held for the same log batch (`Answer::Replies`).
+//! The receiver takes a batch apart in order, each item as the message of
+//! its own that it would have been, delivered in a row: a batch changes
+//! how many slots a ring spends, never an order. A client pipelining 32
+//! commands through another core costs a message or two each way a turn,
+//! not 64.
+//!
 //! # Counted once
 //! The session's core counts every command (`cmd-*`) when it parses it;
 //! owners run what they are sent uncounted. `current-connections`,
@@ -62,7 +77,8 @@
 //! An owner whose engine recorded a change for a request holds the reply
 //! message (and every later message to the same shard, which keeps each
 //! pair's order) until the batch holding the record is durable
-//! ([`Shard::durable`]). The owner answers only then, rather than sending
+//! ([`Shard::durable`]); a request run on the session's own shard at once
+//! has its reply held in the session's output instead, as with one shard. The owner answers only then, rather than sending
 //! the batch number for the session's core to wait on, because only the
 //! owner's loop learns when its log is durable: a batch number would need
 //! a second message to say so.
@@ -126,6 +142,9 @@ pub enum Ask {
     Open,
     /// An engine command, run uncounted.
     Run(Order),
+    /// Several, of one session, run one after another as so many `Run`s
+    /// delivered in a row would be (see "Batches").
+    Runs(Vec<Order>),
     /// The used tube moved to another shard.
     Unuse,
     /// A tube of this shard left the watch list.
@@ -218,6 +237,9 @@ pub enum Answer {
         reply: Reply,
         deadline: Option<Nanos>,
     },
+    /// The replies to [`Ask::Run`]s of one session, in order, that left
+    /// together (see "Batches").
+    Replies(Vec<(Reply, Option<Nanos>)>),
     /// An ordinary wait here was answered.
     Wake {
         wake: Wake,
@@ -291,6 +313,12 @@ pub struct Far {
     /// The shard every command in flight went to, while they may be
     /// joined by more (see "Pipelining").
     pipe: Option<ShardId>,
+    /// The session's routes, kept as its used tube and watch list change
+    /// ([`Far::set_routes`]) rather than hashed for every command: the used
+    /// tube's shard, and the one shard of every watched tube (`None` when
+    /// they span shards).
+    used_on: ShardId,
+    watched_on: Option<ShardId>,
 }
 
 /// What the command in flight waits for.
@@ -374,8 +402,43 @@ impl Spread {
         self.outbox[to.0 as usize].push_back((fence, msg));
     }
 
+    /// Sends a session's request; an order joins the session's orders in
+    /// the outbox's last message when that is where they are (see
+    /// "Batches").
+    fn send_ask(&mut self, to: ShardId, from: Origin, ask: Ask) {
+        let queue = &mut self.outbox[to.0 as usize];
+        let Ask::Run(order) = ask else { return queue.push_back((0, Message::Ask { from, ask })) };
+        let order = match queue.back_mut() {
+            Some((0, Message::Ask { from: last, ask: tail })) if *last == from => match join(tail, order) {
+                Ok(()) => return,
+                Err(order) => order,
+            },
+            _ => order,
+        };
+        queue.push_back((0, Message::Ask { from, ask: Ask::Run(order) }));
+    }
+
+    /// Sends a session an answer; a reply joins the replies to the same
+    /// session held by the same batch in the outbox's last message (see
+    /// "Batches").
     fn answer(&mut self, origin: Origin, client: Option<ClientId>, answer: Answer, fence: u64) {
-        self.send(origin.core, fence, Message::Answer { to: origin, client, answer });
+        let queue = &mut self.outbox[origin.core.0 as usize];
+        let Answer::Reply { reply, deadline } = answer else {
+            return queue.push_back((fence, Message::Answer { to: origin, client, answer }));
+        };
+        let item = match queue.back_mut() {
+            Some((held, Message::Answer { to, client: last, answer: tail }))
+                if *held == fence && *to == origin && *last == client =>
+            {
+                match join(tail, (reply, deadline)) {
+                    Ok(()) => return,
+                    Err(item) => item,
+                }
+            }
+            _ => (reply, deadline),
+        };
+        let answer = Answer::Reply { reply: item.0, deadline: item.1 };
+        queue.push_back((fence, Message::Answer { to: origin, client, answer }));
     }
 
     fn set_origin(&mut self, client: ClientId, origin: Option<Origin>) {
@@ -394,6 +457,40 @@ impl Far {
         self.seen.iter().rev().find(|(seen, _)| *seen == id).map(|&(_, shard)| shard)
     }
 
+    fn set_routes(&mut self, used: &str, watched: &[TubeName], shards: u32) {
+        self.used_on = route::shard_of_tube(used, shards);
+        let mut watched = watched.iter().map(|name| route::shard_of_tube(name, shards));
+        let first = watched.next();
+        self.watched_on = first.filter(|&f| watched.all(|s| s == f));
+    }
+
+    /// [`Far::used_on`] and [`Far::watched_on`], checked against the
+    /// session in debug builds.
+    fn routes(&self, used: &str, watched: &[TubeName], shards: u32) -> (ShardId, Option<ShardId>) {
+        if cfg!(debug_assertions) {
+            let mut fresh = Far { used_on: ShardId(u32::MAX), watched_on: None, ..Far::empty(0, 0) };
+            fresh.set_routes(used, watched, shards);
+            assert_eq!((fresh.used_on, fresh.watched_on), (self.used_on, self.watched_on), "the routes kept");
+        }
+        (self.used_on, self.watched_on)
+    }
+
+    fn empty(serial: u64, shards: u32) -> Far {
+        Far {
+            serial,
+            proxies: vec![None; shards as usize],
+            holdings: Holdings::default(),
+            seen: VecDeque::new(),
+            span: SpanSession::default(),
+            reserve: None,
+            step: Step::Idle,
+            queued: VecDeque::new(),
+            pipe: None,
+            used_on: ShardId(0),
+            watched_on: None,
+        }
+    }
+
     fn see(&mut self, id: u64, shard: ShardId) {
         if self.seen.len() >= SEEN_IDS_MAX {
             self.seen.pop_front();
@@ -401,6 +498,87 @@ impl Far {
         self.seen.push_back((id, shard));
     }
 }
+
+/// A message of one item or of several, which the next item may join.
+trait Batch: Sized {
+    type Item;
+    /// The items of a message of several.
+    fn list_mut(&mut self) -> Option<&mut Vec<Self::Item>>;
+    fn is_single(&self) -> bool;
+    /// The item of a message of one, taken out (`self` is left an empty
+    /// batch).
+    fn take_single(&mut self) -> Option<Self::Item>;
+    fn of_items(items: Vec<Self::Item>) -> Self;
+}
+
+impl Batch for Ask {
+    type Item = Order;
+    fn list_mut(&mut self) -> Option<&mut Vec<Order>> {
+        if let Ask::Runs(list) = self { Some(list) } else { None }
+    }
+    fn is_single(&self) -> bool {
+        matches!(self, Ask::Run(_))
+    }
+    fn take_single(&mut self) -> Option<Order> {
+        if !self.is_single() {
+            return None;
+        }
+        let Ask::Run(order) = std::mem::replace(self, Ask::Runs(Vec::new())) else { unreachable!() };
+        Some(order)
+    }
+    fn of_items(items: Vec<Order>) -> Ask {
+        Ask::Runs(items)
+    }
+}
+
+impl Batch for Answer {
+    type Item = (Reply, Option<Nanos>);
+    fn list_mut(&mut self) -> Option<&mut Vec<Self::Item>> {
+        if let Answer::Replies(list) = self { Some(list) } else { None }
+    }
+    fn is_single(&self) -> bool {
+        matches!(self, Answer::Reply { .. })
+    }
+    fn take_single(&mut self) -> Option<Self::Item> {
+        if !self.is_single() {
+            return None;
+        }
+        let Answer::Reply { reply, deadline } = std::mem::replace(self, Answer::Replies(Vec::new())) else {
+            unreachable!()
+        };
+        Some((reply, deadline))
+    }
+    fn of_items(items: Vec<Self::Item>) -> Answer {
+        Answer::Replies(items)
+    }
+}
+
+/// Appends `item` to the message `tail`, which becomes a batch if it was
+/// one item; `Err` with the item when `tail` is of another kind or there
+/// is no memory for a longer list (`tail` is then as it was, and the item
+/// goes in a message of its own).
+fn join<M: Batch>(tail: &mut M, item: M::Item) -> Result<(), M::Item> {
+    if let Some(list) = tail.list_mut() {
+        if crate::memory::try_reserve(list, 1).is_err() {
+            return Err(item);
+        }
+        list.push(item);
+        return Ok(());
+    }
+    let mut items = Vec::new();
+    if !tail.is_single() || crate::memory::try_reserve(&mut items, BATCH_START).is_err() {
+        return Err(item);
+    }
+    let Some(first) = tail.take_single() else { return Err(item) };
+    items.push(first);
+    items.push(item);
+    *tail = M::of_items(items);
+    Ok(())
+}
+
+/// Room a batch starts with: a pipelining client sends a few commands a
+/// read.
+const BATCH_START: usize = 8;
 
 /// A proxy's key: the session's core and its serial there, in one integer
 /// (serials are counted per core and stay far below 2^56).
@@ -601,6 +779,18 @@ impl Shard {
     // ----- the owner's side ---------------------------------------------
 
     fn owner_ask(&mut self, origin: Origin, ask: Ask, now: Nanos) {
+        if let Ask::Runs(orders) = ask {
+            // As many `Run`s delivered one after another, each followed by
+            // what the engine then owes (see `deliver_in_batch`).
+            for order in orders {
+                self.owner_ask(origin, Ask::Run(order), now);
+                if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
+                    self.wakes.extend(self.engine.take_wakes());
+                    self.forward_owed();
+                }
+            }
+            return;
+        }
         let spread = self.spread.as_deref_mut().expect("a message for a shard alone");
         let key = proxy_key(origin.core.0, origin.serial);
         let client = match spread.proxies.get(&key) {
@@ -672,6 +862,7 @@ impl Shard {
                 None
             }
             Ask::Span(request) => spanning::execute(&mut self.engine, client, request, now).map(Answer::Span),
+            Ask::Runs(_) => unreachable!("taken apart above"),
         };
         let fence = match (before, self.engine.log()) {
             (Some(before), Some(log)) if log.records_written() != before => log.filling(),
@@ -783,19 +974,11 @@ impl Shard {
         spread.serials += 1;
         let serial = spread.serials;
         let (core, shards) = (spread.core, spread.shards);
-        let mut far = Box::new(Far {
-            serial,
-            proxies: vec![None; shards as usize],
-            holdings: Holdings::default(),
-            seen: VecDeque::new(),
-            span: SpanSession::default(),
-            reserve: None,
-            step: Step::Idle,
-            queued: VecDeque::new(),
-            pipe: None,
-        });
+        let mut far = Box::new(Far::empty(serial, shards));
         far.proxies[core.0 as usize] = Some(client);
         let conn = self.sessions.insert(session::Session::new(client, label));
+        let session = &self.sessions[conn as usize];
+        far.set_routes(&session.used, &session.watched, shards);
         let origin = Origin { core, conn, serial };
         let spread = self.spread.as_deref_mut().expect("spread");
         spread.proxies.insert(proxy_key(core.0, serial), client);
@@ -832,6 +1015,16 @@ impl Shard {
         let joins = matches!(step, Step::Simple | Step::Id { next: None, .. })
             || matches!(ask, Ask::Run(Order::Reserve(Some(0))));
         let spread = self.spread.as_deref_mut().expect("spread");
+        // A request of a session with nothing in flight to its own shard,
+        // with nothing queued for that shard ahead of it, is run here and
+        // now: what the message would have done on arrival, and what its
+        // answer would have done on its return, without the two trips
+        // through the outbox (see `run_own`).
+        let own = to == spread.core
+            && !session.awaiting
+            && !spread.running_own
+            && spread.outbox[to.0 as usize].is_empty()
+            && matches!(ask, Ask::Run(_));
         if session.awaiting {
             debug_assert_eq!(far.pipe, Some(to), "a command pipelined to another shard");
             far.queued.push_back(step);
@@ -841,8 +1034,38 @@ impl Shard {
             far.step = step;
             far.pipe = joins.then_some(to);
         }
-        spread.send(to, 0, Message::Ask { from, ask });
+        if own && let Ask::Run(order) = ask {
+            return self.run_own(conn, order);
+        }
+        spread.send_ask(to, from, ask);
         if to == spread.core {
+            self.run_own_messages();
+        }
+    }
+
+    /// Runs a session's order on its own engine, as [`Shard::ask`] decided:
+    /// the owner's half of a delivered `Ask::Run` (a fresh instant, the
+    /// order on the session's client there, what the engine then owes
+    /// other sessions sent), then the session's half of its answer. The
+    /// two differ from the trip through messages in one way only, the log:
+    /// a reply acknowledging a recorded change is held in the session's
+    /// output until its batch is durable (`Shard::hold_if_recorded`, as
+    /// with one shard) rather than in the outbox, so the session may run
+    /// its next commands meanwhile, as it may with one shard.
+    fn run_own(&mut self, conn: u32, order: Order) {
+        let me = self.spread.as_deref().expect("spread").core;
+        let far = self.sessions[conn as usize].far.as_deref().expect("far");
+        let client = far.proxies[me.0 as usize].expect("a session's client on its own shard");
+        let before = self.log_mark(conn);
+        let now = self.command_time(self.clock);
+        let (reply, deadline) = self.perform(client, order, now);
+        if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
+            self.wakes.extend(self.engine.take_wakes());
+            self.forward_owed();
+        }
+        self.far_reply(conn, me, reply, deadline, now);
+        self.hold_if_recorded(conn, before);
+        if self.has_outbox_for(me) {
             self.run_own_messages();
         }
     }
@@ -911,11 +1134,12 @@ impl Shard {
         let shards = self.engine.config().shards;
         let tube = |name: &str| route::shard_of_tube(name, shards) == pipe;
         let id = |id: u64| far.shard_of(id) == Some(pipe);
+        let (used_on, watched_on) = far.routes(&session.used, &session.watched, shards);
         match *cmd {
             C::Put { size, trailing_garbage, .. } => {
-                u64::from(size) <= self.info.max_job_size && !trailing_garbage && tube(&session.used)
+                u64::from(size) <= self.info.max_job_size && !trailing_garbage && used_on == pipe
             }
-            C::PeekReady | C::PeekDelayed | C::PeekBuried | C::Kick(_) => tube(&session.used),
+            C::PeekReady | C::PeekDelayed | C::PeekBuried | C::Kick(_) => used_on == pipe,
             C::StatsTube(name) | C::ClearTube { name, .. } | C::ListJobs { name, .. } => tube(name),
             C::PauseTube { name: Some(name), .. } => tube(name),
             C::Peek(i) | C::ReserveJob(i) | C::Delete(i) | C::KickJob(i) | C::Touch(i) | C::StatsJob(i) => id(i),
@@ -926,8 +1150,7 @@ impl Shard {
             // DEADLINE_SOON, is that shard's alone. Its job then becomes a
             // holding on the same shard, so the next one stays there too.
             C::ReserveWithTimeout(0) => {
-                let watched = session.watched.iter().map(|name| route::shard_of_tube(name, shards));
-                spanning::single_shard(watched, &far.holdings, self.clock) == Some(pipe)
+                spanning::single_shard(watched_on.into_iter(), &far.holdings, self.clock) == Some(pipe)
             }
             _ => false,
         }
@@ -942,7 +1165,7 @@ impl Shard {
         }
         let shards = self.engine.config().shards;
         let session = &mut self.sessions[conn as usize];
-        let used = route::shard_of_tube(&session.used, shards);
+        let (used, _) = session.far.as_deref().expect("far").routes(&session.used, &session.watched, shards);
         match cmd {
             C::Peek(id) => self.far_id(conn, IdOrder::Peek(id)),
             C::ReserveJob(id) => self.far_id(conn, IdOrder::ReserveJob(id)),
@@ -1036,7 +1259,8 @@ impl Shard {
     /// A put whose body has come, to its used tube's shard.
     pub(super) fn far_put(&mut self, conn: u32, put: Put) {
         let shards = self.engine.config().shards;
-        let to = route::shard_of_tube(&self.sessions[conn as usize].used, shards);
+        let session = &self.sessions[conn as usize];
+        let (to, _) = session.far.as_deref().expect("far").routes(&session.used, &session.watched, shards);
         self.ask(conn, to, Ask::Run(Order::Put(put)), Step::Simple);
     }
 
@@ -1056,8 +1280,8 @@ impl Shard {
         let shards = self.engine.config().shards;
         let session = &mut self.sessions[conn as usize];
         let far = session.far.as_deref_mut().expect("far");
-        let watched = session.watched.iter().map(|name| route::shard_of_tube(name, shards));
-        if let Some(shard) = spanning::single_shard(watched, &far.holdings, now) {
+        let (_, watched_on) = far.routes(&session.used, &session.watched, shards);
+        if let Some(shard) = spanning::single_shard(watched_on.into_iter(), &far.holdings, now) {
             return self.ask(conn, shard, Ask::Run(Order::Reserve(timeout)), Step::Reserve { shard });
         }
         let mut parts: Vec<(ShardId, ClientId)> = Vec::new();
@@ -1130,11 +1354,13 @@ impl Shard {
             Answer::Ack => match std::mem::replace(&mut far.step, Step::Idle) {
                 Step::Unused { name } => {
                     session.used = name;
+                    far.set_routes(&session.used, &session.watched, self.engine.config().shards);
                     reply::using(&mut session.out, &session.used);
                     self.finish(to.conn);
                 }
                 Step::Ignore { index } => {
                     session.watched.swap_remove(index);
+                    far.set_routes(&session.used, &session.watched, self.engine.config().shards);
                     let n = session.watched.len();
                     self.answer(to.conn, Reply::Watching(n), now);
                     self.finish(to.conn);
@@ -1143,6 +1369,11 @@ impl Shard {
             },
             Answer::Left => {}
             Answer::Reply { reply, deadline } => self.far_reply(to.conn, from, reply, deadline, now),
+            Answer::Replies(replies) => {
+                for (reply, deadline) in replies {
+                    self.far_reply(to.conn, from, reply, deadline, now);
+                }
+            }
         }
     }
 
@@ -1198,6 +1429,7 @@ impl Shard {
                 }
                 if matches!(reply, Reply::Using(_)) {
                     session.used = name;
+                    far.set_routes(&session.used, &session.watched, self.engine.config().shards);
                 }
                 self.answer(conn, reply, now);
                 self.finish(conn);
@@ -1206,6 +1438,7 @@ impl Shard {
                 let reply = match reply {
                     Reply::Watching(_) => {
                         session.watched.push(name);
+                        far.set_routes(&session.used, &session.watched, self.engine.config().shards);
                         Reply::Watching(session.watched.len())
                     }
                     other => other,

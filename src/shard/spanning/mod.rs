@@ -323,21 +323,31 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct Holdings {
     held: Vec<Held>,
+    /// How many of `held` lie on each shard, by index: with every one on
+    /// the shard asked about, [`Holdings::all_on`] needs no walk.
+    on: Vec<u32>,
 }
 
 impl Holdings {
     /// Records a reservation (again, with its new deadline, for a job held
     /// before: an expired job can come back to the same session).
     pub fn hold(&mut self, id: u64, shard: ShardId, deadline: Nanos) {
-        self.held.retain(|h| h.id != id);
+        self.release(id);
         self.held.push(Held { id, shard, deadline });
+        let i = shard.0 as usize;
+        if self.on.len() <= i {
+            self.on.resize(i + 1, 0);
+        }
+        self.on[i] += 1;
     }
 
     /// Forgets a reservation (deleted, released, buried); returns it. The
     /// others keep their order (see [`Holdings::in_order`]).
     pub fn release(&mut self, id: u64) -> Option<Held> {
         let i = self.held.iter().position(|h| h.id == id)?;
-        Some(self.held.remove(i))
+        let held = self.held.remove(i);
+        self.on[held.shard.0 as usize] -= 1;
+        Some(held)
     }
 
     /// A `touch` moved the deadline; the reservation keeps its place, as
@@ -346,8 +356,8 @@ impl Holdings {
     /// forget this one, by its old deadline, while the touch was on its way.
     pub fn touch(&mut self, id: u64, shard: ShardId, deadline: Nanos) {
         match self.held.iter_mut().find(|h| h.id == id) {
-            Some(held) => *held = Held { id, shard, deadline },
-            None => self.hold(id, shard, deadline),
+            Some(held) if held.shard == shard => held.deadline = deadline,
+            _ => self.hold(id, shard, deadline),
         }
     }
 
@@ -364,7 +374,14 @@ impl Holdings {
     /// Forgets the reservations on `shard` that have run out by `now` (an
     /// expiry notice from it).
     pub fn prune(&mut self, shard: ShardId, now: Nanos) {
-        self.held.retain(|h| h.shard != shard || h.deadline >= now);
+        let on = &mut self.on;
+        self.held.retain(|h| {
+            let keep = h.shard != shard || h.deadline >= now;
+            if !keep {
+                on[h.shard.0 as usize] -= 1;
+            }
+            keep
+        });
     }
 
     /// Reservations not run out at `now`, on any shard.
@@ -386,7 +403,8 @@ impl Holdings {
     /// The one shard on which every reservation not run out lies, if they
     /// all lie on `shard` (or there are none).
     pub fn all_on(&self, shard: ShardId, now: Nanos) -> bool {
-        self.live(now).all(|h| h.shard == shard)
+        let on = self.on.get(shard.0 as usize).copied().unwrap_or(0);
+        on as usize == self.held.len() || self.live(now).all(|h| h.shard == shard)
     }
 }
 
