@@ -77,11 +77,12 @@
 //! An owner whose engine recorded a change for a request holds the reply
 //! message (and every later message to the same shard, which keeps each
 //! pair's order) until the batch holding the record is durable
-//! ([`Shard::durable`]); a request run on the session's own shard at once
-//! has its reply held in the session's output instead, as with one shard. The owner answers only then, rather than sending
+//! ([`Shard::durable`]). The owner answers only then, rather than sending
 //! the batch number for the session's core to wait on, because only the
 //! owner's loop learns when its log is durable: a batch number would need
-//! a second message to say so.
+//! a second message to say so. A request run at once on the session's own
+//! shard (see "Its own shard, and batches") has no message to hold: its
+//! reply waits in the session's output instead, as with one shard.
 //!
 //! # What it must never do
 //! Run a connection's command before the replies of the one before are in;
@@ -458,20 +459,13 @@ impl Far {
     }
 
     fn set_routes(&mut self, used: &str, watched: &[TubeName], shards: u32) {
-        self.used_on = route::shard_of_tube(used, shards);
-        let mut watched = watched.iter().map(|name| route::shard_of_tube(name, shards));
-        let first = watched.next();
-        self.watched_on = first.filter(|&f| watched.all(|s| s == f));
+        (self.used_on, self.watched_on) = routes_of(used, watched, shards);
     }
 
     /// [`Far::used_on`] and [`Far::watched_on`], checked against the
     /// session in debug builds.
     fn routes(&self, used: &str, watched: &[TubeName], shards: u32) -> (ShardId, Option<ShardId>) {
-        if cfg!(debug_assertions) {
-            let mut fresh = Far { used_on: ShardId(u32::MAX), watched_on: None, ..Far::empty(0, 0) };
-            fresh.set_routes(used, watched, shards);
-            assert_eq!((fresh.used_on, fresh.watched_on), (self.used_on, self.watched_on), "the routes kept");
-        }
+        debug_assert_eq!(routes_of(used, watched, shards), (self.used_on, self.watched_on), "the routes kept");
         (self.used_on, self.watched_on)
     }
 
@@ -497,6 +491,14 @@ impl Far {
         }
         self.seen.push_back((id, shard));
     }
+}
+
+/// The used tube's shard, and the one shard of every watched tube (`None`
+/// when they span shards).
+fn routes_of(used: &str, watched: &[TubeName], shards: u32) -> (ShardId, Option<ShardId>) {
+    let mut watched = watched.iter().map(|name| route::shard_of_tube(name, shards));
+    let first = watched.next();
+    (route::shard_of_tube(used, shards), first.filter(|&f| watched.all(|s| s == f)))
 }
 
 /// A message of one item or of several, which the next item may join.
@@ -763,11 +765,7 @@ impl Shard {
             Message::Ask { from: origin, ask } => self.owner_ask(origin, ask, now),
             Message::Answer { to, client, answer } => self.origin_answer(to, from, client, answer, now),
         }
-        // Most messages leave nothing owed: then there is nothing to walk.
-        if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
-            self.wakes.extend(self.engine.take_wakes());
-            self.forward_owed();
-        }
+        self.forward_if_owed();
     }
 
     /// After a batch of messages: the sessions they answered run on.
@@ -784,10 +782,7 @@ impl Shard {
             // what the engine then owes (see `deliver_in_batch`).
             for order in orders {
                 self.owner_ask(origin, Ask::Run(order), now);
-                if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
-                    self.wakes.extend(self.engine.take_wakes());
-                    self.forward_owed();
-                }
+                self.forward_if_owed();
             }
             return;
         }
@@ -945,6 +940,15 @@ impl Shard {
         stats.waiting += self.spread.as_deref().map_or(0, |s| s.armed);
     }
 
+    /// [`Shard::forward_owed`] when the engine owes anything: most calls
+    /// leave nothing owed, and then there is nothing to walk.
+    fn forward_if_owed(&mut self) {
+        if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
+            self.wakes.extend(self.engine.take_wakes());
+            self.forward_owed();
+        }
+    }
+
     /// Answers the engine owes sessions elsewhere after a call on it:
     /// ordinary waits answered, spanning waits served, expiry notices.
     pub(super) fn forward_owed(&mut self) {
@@ -1059,10 +1063,7 @@ impl Shard {
         let before = self.log_mark(conn);
         let now = self.command_time(self.clock);
         let (reply, deadline) = self.perform(client, order, now);
-        if self.engine.has_wakes() || self.engine.owes_spans() || !self.wakes.is_empty() {
-            self.wakes.extend(self.engine.take_wakes());
-            self.forward_owed();
-        }
+        self.forward_if_owed();
         self.far_reply(conn, me, reply, deadline, now);
         self.hold_if_recorded(conn, before);
         if self.has_outbox_for(me) {
