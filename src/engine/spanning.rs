@@ -245,7 +245,8 @@ pub enum TakeOutcome {
     /// The job is reserved for the client; its TTR runs out at `deadline`.
     Taken { job: JobRef, deadline: Nanos },
     /// The job is no longer the client's best here (another client took
-    /// it, or its tube was paused); the best the shard has now.
+    /// it, or its tube was paused) and the best the shard has now, given,
+    /// does not beat the bound.
     Missed(Option<Rank>),
     /// The round is dirty: nothing was taken, the session must ask again.
     Dirty,
@@ -334,13 +335,19 @@ impl Engine {
         Ok(reported)
     }
 
-    /// Reserves the job of `rank` for the client's spanning wait in
-    /// `round`, when it is still the client's best here with that rank
-    /// and the round can be claimed: the claim comes first, and a job is
-    /// taken only with it. The rank, not the id alone: a job reported,
-    /// then reserved and released by another client with a new priority,
-    /// is the same id in another place in the order.
-    pub fn span_take(&mut self, c: ClientId, round: u64, rank: Rank, now: Nanos) -> TakeOutcome {
+    /// Reserves the client's best job here for its spanning wait in
+    /// `round`, when that job is still the one of `rank` the session chose,
+    /// or beats `bound` (the least rank the session's other shards reported
+    /// in the round, `None` when none reported a job), and the round can be
+    /// claimed: the claim comes first, and a job is taken only with it.
+    /// The rank, not the id alone: a job reported, then reserved and
+    /// released by another client with a new priority, is the same id in
+    /// another place in the order. The bound lets a take whose job another
+    /// client took meanwhile reserve the next one at once when nothing
+    /// elsewhere can beat it: in a clean round each other shard has nothing
+    /// better than it reported (see the shard's spanning module), so a job
+    /// here that beats every other report is the best of all.
+    pub fn span_take(&mut self, c: ClientId, round: u64, rank: Rank, bound: Option<Rank>, now: Nanos) -> TakeOutcome {
         self.advance(now);
         let key = self.clients[c.index()].span;
         if key == NIL || self.spans[key as usize].round != round {
@@ -352,7 +359,10 @@ impl Engine {
             return TakeOutcome::Dirty;
         }
         let best = self.best_ready_watched(c.0, now);
-        let Some(k) = best.filter(|&k| self.rank(k) == rank) else {
+        let Some(k) = best.filter(|&k| {
+            let best = self.rank(k);
+            best == rank || bound.is_none_or(|bound| best < bound)
+        }) else {
             let reported = self.best_ready_for(c, now);
             self.spans[key as usize].reported = reported;
             return TakeOutcome::Missed(reported);

@@ -69,7 +69,7 @@ fn a_probe_registers_without_serving_and_a_take_claims_first() {
     assert!(e.is_waiting(w));
     assert_eq!((e.stats_tube("a", 0).unwrap().waiting, e.stats().waiting, e.stats().ready), (1, 0, 1));
     e.check_invariants(0);
-    match e.span_take(w, 1, Rank { pri: 0, id }, S) {
+    match e.span_take(w, 1, Rank { pri: 0, id }, None, S) {
         TakeOutcome::Taken { job, deadline } => assert_eq!((job.id, deadline), (id, S + 10 * S)),
         other => panic!("{other:?}"),
     }
@@ -94,12 +94,57 @@ fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
     let r = e.join_remote().unwrap();
     e.watch(r, "a").unwrap();
     assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
-    assert_eq!(e.span_take(w, 1, Rank { pri: 0, id: first }, 0), TakeOutcome::Missed(rank(3, second)));
+    // Another shard reported a job of priority 2, which beats the next
+    // one here: a miss, with the fresh report.
+    let elsewhere = rank(2, 1000);
+    assert_eq!(e.span_take(w, 1, Rank { pri: 0, id: first }, elsewhere, 0), TakeOutcome::Missed(rank(3, second)));
     // The round goes on: the next take succeeds.
     assert_eq!(claim.load(), (1, ClaimState::Probing));
-    assert!(
-        matches!(e.span_take(w, 1, Rank { pri: 3, id: second }, 0), TakeOutcome::Taken { job, .. } if job.id == second)
-    );
+    assert!(matches!(
+        e.span_take(w, 1, Rank { pri: 3, id: second }, elsewhere, 0),
+        TakeOutcome::Taken { job, .. } if job.id == second
+    ));
+    e.check_invariants(0);
+}
+
+/// A take whose job went to another client takes the next best job here
+/// at once when it beats every other shard's report (the bound), or when
+/// no other shard reported one: it is then the best of all.
+#[test]
+fn a_take_that_misses_its_job_takes_the_next_one_that_beats_the_bound() {
+    for bound in [None, rank(3, 1000), rank(4, 1)] {
+        let mut e = engine();
+        let p = client(&mut e, &["a"]);
+        let w = client(&mut e, &["a"]);
+        let first = put(&mut e, p, "a", 0, 0);
+        let second = put(&mut e, p, "a", 3, 0);
+        let claim = Claim::default();
+        claim.begin(1);
+        assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(0, first));
+        let r = client(&mut e, &["a"]);
+        assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
+        match e.span_take(w, 1, Rank { pri: 0, id: first }, bound, 0) {
+            TakeOutcome::Taken { job, .. } => assert_eq!(job.id, second, "bound {bound:?}"),
+            other => panic!("bound {bound:?}: {other:?}"),
+        }
+        assert_eq!(claim.load(), (1, ClaimState::Closed));
+        assert_eq!((e.stats().ready, e.stats().reserved), (0, 2));
+        e.check_invariants(0);
+    }
+    // A bound equal to the next job's rank is not beaten (ranks of two
+    // shards are never equal; the test only pins the comparison).
+    let mut e = engine();
+    let p = client(&mut e, &["a"]);
+    let w = client(&mut e, &["a"]);
+    let first = put(&mut e, p, "a", 0, 0);
+    let second = put(&mut e, p, "a", 3, 0);
+    let claim = Claim::default();
+    claim.begin(1);
+    e.span_probe(w, &claim, 1, 1, 0).unwrap();
+    let r = client(&mut e, &["a"]);
+    assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
+    assert_eq!(e.span_take(w, 1, rank(0, first).unwrap(), rank(3, second), 0), TakeOutcome::Missed(rank(3, second)));
+    assert_eq!(claim.load(), (1, ClaimState::Probing), "nothing claimed");
     e.check_invariants(0);
 }
 
@@ -117,14 +162,16 @@ fn a_better_job_left_ready_makes_the_round_dirty_and_the_take_fails() {
     assert_eq!(claim.load(), (1, ClaimState::Probing));
     let b = put(&mut e, p, "b", 1, 0);
     assert_eq!(claim.load(), (1, ClaimState::Dirty));
-    assert_eq!(e.span_take(w, 1, Rank { pri: 5, id: a }, 0), TakeOutcome::Dirty);
+    assert_eq!(e.span_take(w, 1, Rank { pri: 5, id: a }, None, 0), TakeOutcome::Dirty);
     // Nothing moved: both jobs are ready, the registration is still here.
     assert_eq!((e.stats().ready, e.stats().reserved), (3, 0));
     assert!(e.is_waiting(w));
     // The next round sees the better job and takes it.
     claim.begin(2);
     assert_eq!(e.span_probe(w, &claim, 1, 2, 0).unwrap(), rank(1, b));
-    assert!(matches!(e.span_take(w, 2, Rank { pri: 1, id: b }, 0), TakeOutcome::Taken { job, .. } if job.id == b));
+    assert!(
+        matches!(e.span_take(w, 2, Rank { pri: 1, id: b }, None, 0), TakeOutcome::Taken { job, .. } if job.id == b)
+    );
     e.check_invariants(0);
 }
 
@@ -358,7 +405,7 @@ fn a_job_back_with_a_worse_priority_is_missed_by_its_rank() {
     assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == id));
     assert_eq!(e.release(r, id, 2000, 0, 0), crate::engine::Change::Done);
     assert_eq!(claim.load(), (1, ClaimState::Probing), "worse than the report: nothing spoilt");
-    assert_eq!(e.span_take(w, 1, Rank { pri: 0, id }, 0), TakeOutcome::Missed(rank(2000, id)));
+    assert_eq!(e.span_take(w, 1, Rank { pri: 0, id }, rank(1000, id + 1), 0), TakeOutcome::Missed(rank(2000, id)));
     assert_eq!(e.stats_job(id, 0).unwrap().state, "ready");
     e.check_invariants(0);
 }

@@ -59,12 +59,17 @@
 //! 2. **Decide**, once every report of the round is in, as beanstalkd
 //!    decides at the instant it runs the reserve:
 //!    * if some shard reported a job, [`SpanRequest::Take`] to the shard
-//!      of the least one: that shard checks the job is still the
-//!      session's best there with the rank reported (a job reserved and
-//!      released meanwhile keeps its id but may have a new priority), and
-//!      takes it only if it wins the word from `r`, probing. A job gone
-//!      meanwhile earns a fresh report ([`SpanAnswer::Missed`]) and the
-//!      session takes the next least;
+//!      of the least one, with the least of the other reports as its
+//!      *bound*: that shard checks the job is still the session's best
+//!      there with the rank reported (a job reserved and released
+//!      meanwhile keeps its id but may have a new priority), or else that
+//!      its best now beats the bound, and takes that job only if it wins
+//!      the word from `r`, probing. With neither (the job gone, and what
+//!      is left there no better than another shard's report) it answers a
+//!      fresh report ([`SpanAnswer::Missed`]) and the session takes the
+//!      next least. Without the bound, workers that all chose the same job
+//!      chased it one miss after another (in 10 producers and 100 workers
+//!      over 10 tubes, four misses for every job);
 //!    * otherwise DEADLINE_SOON if one of the session's reservations is
 //!      within its safety margin, and TIMED_OUT with a timeout of 0 or one
 //!      already past. (beanstalkd first answers DEADLINE_SOON when no
@@ -113,8 +118,9 @@
 //!   beat the report either went to an armed waiter at once or spoilt the
 //!   round, and removals only make a shard's best worse: so at `T` each
 //!   report is a lower bound of what its shard has, and the job taken, the
-//!   least of them and still the session's best on its own shard with the
-//!   rank it was reported at, is the best of all at `T`. A wait armed at instant `A` had nothing ready in
+//!   session's best on its own shard and either the least of the reports
+//!   with the rank it was reported at or better than every other shard's
+//!   report, is the best of all at `T`. A wait armed at instant `A` had nothing ready in
 //!   any watched tube at `A` by the same argument; afterwards each shard
 //!   serves it the moment a job is ready there, so the job it gets is the
 //!   best ready for it when it gets it (among several made ready in one
@@ -214,8 +220,10 @@ pub enum SpanRequest {
     /// report.
     Probe { claim: Claim, wait: u64, round: u64 },
     /// Take the job of `rank` for `round`, if it is still the best here,
-    /// with that rank, and the round can be won.
-    Take { round: u64, rank: Rank },
+    /// with that rank, or else the best here if it beats `bound` (the
+    /// least rank the other shards of the round reported); only if the
+    /// round can be won.
+    Take { round: u64, rank: Rank, bound: Option<Rank> },
     /// Drop the registration of wait `wait`; no answer.
     Unwait { wait: u64 },
 }
@@ -281,7 +289,7 @@ pub fn execute(engine: &mut Engine, client: ClientId, request: SpanRequest, now:
             Ok(best) => SpanAnswer::Report { round, best },
             Err(_) => SpanAnswer::OutOfMemory { round },
         }),
-        SpanRequest::Take { round, rank } => Some(match engine.span_take(client, round, rank, now) {
+        SpanRequest::Take { round, rank, bound } => Some(match engine.span_take(client, round, rank, bound, now) {
             TakeOutcome::Taken { job, deadline } => SpanAnswer::Taken { round, job, deadline },
             TakeOutcome::Missed(best) => SpanAnswer::Missed { round, best },
             TakeOutcome::Dirty => SpanAnswer::Dirty { round },
@@ -627,7 +635,9 @@ impl SpanReserve {
         let best = self.parts.iter().enumerate().filter_map(|(i, p)| p.best.map(|b| (b, i))).min();
         if let Some((rank, i)) = best {
             self.phase = Phase::Taking(i);
-            out.push((self.parts[i].shard, self.parts[i].client, SpanRequest::Take { round: self.round, rank }));
+            let bound = self.parts.iter().enumerate().filter(|&(j, _)| j != i).filter_map(|(_, p)| p.best).min();
+            let take = SpanRequest::Take { round: self.round, rank, bound };
+            out.push((self.parts[i].shard, self.parts[i].client, take));
             return None;
         }
         // Nothing ready in an unpaused tube: beanstalkd would wait, and

@@ -174,6 +174,47 @@ fn a_job_taken_by_another_client_meanwhile_is_missed_and_the_next_best_taken() {
     assert_eq!(r.round(), 1, "a missed take needs no new round");
 }
 
+/// The take carries the best other report as its bound: when its job is
+/// gone but the next job of its shard still beats the bound, that job is
+/// taken by the same take; when it does not, the take misses and the
+/// session takes the other shard's.
+#[test]
+fn a_take_whose_job_is_gone_takes_the_next_one_of_its_shard_only_if_it_beats_the_other_reports() {
+    for (next_pri, expect_next) in [(1, true), (3, false)] {
+        let mut t = Two::new();
+        let a = t.put(0, 0, 0);
+        let a2 = t.put(0, next_pri, 0);
+        let b = t.put(1, 2, 0);
+        let (mut r, out) = t.start(None, 0);
+        let mut next = Vec::new();
+        for request in out {
+            for (shard, answer) in t.run(request, 0) {
+                assert!(r.answer(&mut t.session, &t.holdings, shard, answer, 0, &mut next).is_none());
+            }
+        }
+        let bound = Some(Rank { pri: 2, id: b });
+        assert!(
+            matches!(&next[..], [(ShardId(0), _, SpanRequest::Take { round: 1, bound: sent, .. })] if *sent == bound)
+        );
+        let other = t.e[0].join_remote().unwrap();
+        t.e[0].watch(other, &t.names[0].clone()).unwrap();
+        assert!(matches!(t.e[0].reserve(other, None, 0), ReserveOutcome::Reserved(j) if j.id == a));
+        let take = next.pop().unwrap();
+        let answers = t.run(take, 0);
+        let (shard, answer) = answers.into_iter().next().unwrap();
+        if expect_next {
+            assert!(matches!(&answer, SpanAnswer::Taken { job, .. } if job.id == a2));
+        } else {
+            assert_eq!(answer, SpanAnswer::Missed { round: 1, best: Some(Rank { pri: 3, id: a2 }) });
+        }
+        let mut more = Vec::new();
+        let outcome = r.answer(&mut t.session, &t.holdings, shard, answer, 0, &mut more);
+        let outcome = if expect_next { outcome } else { t.settle(&mut r, more, 0) };
+        assert_eq!(reserved(outcome), if expect_next { (ShardId(0), a2) } else { (ShardId(1), b) });
+        assert_eq!(r.round(), 1);
+    }
+}
+
 #[test]
 fn with_nothing_ready_the_wait_is_armed_and_served_by_the_first_shard_with_a_job() {
     let mut t = Two::new();
