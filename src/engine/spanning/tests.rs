@@ -80,8 +80,18 @@ fn a_probe_registers_without_serving_and_a_take_claims_first() {
     e.check_invariants(S);
 }
 
-#[test]
-fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
+/// A spanning wait in round 1 that was reported the best of two jobs
+/// (priorities 0 and 3) in tube `a`, which another client then took: the
+/// engine, the waiting client, the claim word and the two ids.
+struct Gone {
+    e: Engine,
+    w: ClientId,
+    claim: Claim,
+    first: u64,
+    second: u64,
+}
+
+fn best_job_gone() -> Gone {
     let mut e = engine();
     let p = client(&mut e, &["a"]);
     let w = client(&mut e, &["a"]);
@@ -90,10 +100,14 @@ fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
     let claim = Claim::default();
     claim.begin(1);
     assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(0, first));
-    // Another client takes the best job in between.
-    let r = e.join_remote().unwrap();
-    e.watch(r, "a").unwrap();
+    let r = client(&mut e, &["a"]);
     assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
+    Gone { e, w, claim, first, second }
+}
+
+#[test]
+fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
+    let Gone { mut e, w, claim, first, second } = best_job_gone();
     // Another shard reported a job of priority 2, which beats the next
     // one here: a miss, with the fresh report.
     let elsewhere = rank(2, 1000);
@@ -113,16 +127,7 @@ fn a_take_of_a_job_gone_meanwhile_misses_and_reports_again() {
 #[test]
 fn a_take_that_misses_its_job_takes_the_next_one_that_beats_the_bound() {
     for bound in [None, rank(3, 1000), rank(4, 1)] {
-        let mut e = engine();
-        let p = client(&mut e, &["a"]);
-        let w = client(&mut e, &["a"]);
-        let first = put(&mut e, p, "a", 0, 0);
-        let second = put(&mut e, p, "a", 3, 0);
-        let claim = Claim::default();
-        claim.begin(1);
-        assert_eq!(e.span_probe(w, &claim, 1, 1, 0).unwrap(), rank(0, first));
-        let r = client(&mut e, &["a"]);
-        assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
+        let Gone { mut e, w, claim, first, second } = best_job_gone();
         match e.span_take(w, 1, Rank { pri: 0, id: first }, bound, 0) {
             TakeOutcome::Taken { job, .. } => assert_eq!(job.id, second, "bound {bound:?}"),
             other => panic!("bound {bound:?}: {other:?}"),
@@ -133,16 +138,7 @@ fn a_take_that_misses_its_job_takes_the_next_one_that_beats_the_bound() {
     }
     // A bound equal to the next job's rank is not beaten (ranks of two
     // shards are never equal; the test only pins the comparison).
-    let mut e = engine();
-    let p = client(&mut e, &["a"]);
-    let w = client(&mut e, &["a"]);
-    let first = put(&mut e, p, "a", 0, 0);
-    let second = put(&mut e, p, "a", 3, 0);
-    let claim = Claim::default();
-    claim.begin(1);
-    e.span_probe(w, &claim, 1, 1, 0).unwrap();
-    let r = client(&mut e, &["a"]);
-    assert!(matches!(e.reserve(r, None, 0), ReserveOutcome::Reserved(j) if j.id == first));
+    let Gone { mut e, w, claim, first, second } = best_job_gone();
     assert_eq!(e.span_take(w, 1, rank(0, first).unwrap(), rank(3, second), 0), TakeOutcome::Missed(rank(3, second)));
     assert_eq!(claim.load(), (1, ClaimState::Probing), "nothing claimed");
     e.check_invariants(0);

@@ -88,6 +88,18 @@ impl Two {
         None
     }
 
+    /// Delivers the round's probes and their reports, none of which may
+    /// answer the reserve; returns what the session sends next.
+    fn reports(&mut self, r: &mut SpanReserve, probes: Vec<Outgoing>, now: Nanos) -> Vec<Outgoing> {
+        let mut next = Vec::new();
+        for request in probes {
+            for (shard, answer) in self.run(request, now) {
+                assert!(r.answer(&mut self.session, &self.holdings, shard, answer, now, &mut next).is_none());
+            }
+        }
+        next
+    }
+
     fn start(&mut self, timeout: Option<u32>, now: Nanos) -> (SpanReserve, Vec<Outgoing>) {
         let mut out = Vec::new();
         let parts = self.parts();
@@ -160,12 +172,7 @@ fn a_job_taken_by_another_client_meanwhile_is_missed_and_the_next_best_taken() {
     let a = t.put(0, 1, 0);
     let b = t.put(1, 2, 0);
     let (mut r, out) = t.start(None, 0);
-    let mut next = Vec::new();
-    for request in out {
-        for (shard, answer) in t.run(request, 0) {
-            assert!(r.answer(&mut t.session, &t.holdings, shard, answer, 0, &mut next).is_none());
-        }
-    }
+    let next = t.reports(&mut r, out, 0);
     // Before the take arrives, another client of shard 0 takes `a`.
     let other = t.e[0].join_remote().unwrap();
     t.e[0].watch(other, &t.names[0].clone()).unwrap();
@@ -186,12 +193,7 @@ fn a_take_whose_job_is_gone_takes_the_next_one_of_its_shard_only_if_it_beats_the
         let a2 = t.put(0, next_pri, 0);
         let b = t.put(1, 2, 0);
         let (mut r, out) = t.start(None, 0);
-        let mut next = Vec::new();
-        for request in out {
-            for (shard, answer) in t.run(request, 0) {
-                assert!(r.answer(&mut t.session, &t.holdings, shard, answer, 0, &mut next).is_none());
-            }
-        }
+        let mut next = t.reports(&mut r, out, 0);
         let bound = Some(Rank { pri: 2, id: b });
         assert!(
             matches!(&next[..], [(ShardId(0), _, SpanRequest::Take { round: 1, bound: sent, .. })] if *sent == bound)
@@ -332,12 +334,7 @@ fn a_half_close_that_crosses_a_winning_take_answers_with_the_job() {
     let mut t = Two::new();
     let b = t.put(1, 0, 0);
     let (mut r, out) = t.start(None, 0);
-    let mut next = Vec::new();
-    for request in out {
-        for (shard, answer) in t.run(request, 0) {
-            r.answer(&mut t.session, &t.holdings, shard, answer, 0, &mut next);
-        }
-    }
+    let mut next = t.reports(&mut r, out, 0);
     let take = next.pop().unwrap();
     let answers = t.run(take, 0);
     // The client half-closes while the job is on its way.
