@@ -358,12 +358,11 @@ impl Engine {
         if self.spans[key as usize].claim.load() == (round, ClaimState::Dirty) {
             return TakeOutcome::Dirty;
         }
-        let best = self.best_ready_watched(c.0, now);
-        let Some(k) = best.filter(|&k| {
-            let best = self.rank(k);
-            best == rank || bound.is_none_or(|bound| best < bound)
-        }) else {
-            let reported = self.best_ready_for(c, now);
+        // One look at the tubes serves the check and, on a miss, the fresh
+        // report.
+        let best = self.best_ready_watched(c.0, now).map(|k| (k, self.rank(k)));
+        let Some((k, _)) = best.filter(|&(_, best)| best == rank || bound.is_none_or(|bound| best < bound)) else {
+            let reported = best.map(|(_, best)| best);
             self.spans[key as usize].reported = reported;
             return TakeOutcome::Missed(reported);
         };
