@@ -778,6 +778,11 @@ impl<I: Io> Server<I> {
         if self.shard.has_carried() && !self.shard.mail_blocked() {
             return Some(Duration::ZERO);
         }
+        // A held log batch waits for records about to come: look for them
+        // without sleeping (see `wal::flush::HOLD_NS`).
+        if self.log.as_ref().is_some_and(LogDriver::is_holding) {
+            return Some(Duration::ZERO);
+        }
         let now = self.clock.now();
         let instant = Instant::now();
         let shard = self.shard.next_deadline().map(|at| Duration::from_nanos(at.saturating_sub(now)));

@@ -59,7 +59,8 @@ impl LogDriver {
     }
 
     fn start(&mut self, shard: &mut Shard, io: &mut dyn FileIo, now: Nanos) {
-        if self.flush.can_start(now)
+        let records = shard.engine().log().map_or(0, |l| l.filling_records());
+        if self.flush.can_start(now, records)
             && let Some(batch) = shard.engine_mut().log_mut().and_then(|l| l.take_batch())
         {
             self.flush.start(batch);
@@ -108,6 +109,12 @@ impl LogDriver {
     /// a retry).
     pub fn next_deadline(&self) -> Option<Nanos> {
         self.flush.next_deadline()
+    }
+
+    /// Whether a batch is held for records about to come (see
+    /// `wal::flush::HOLD_NS`): the loop looks for them without sleeping.
+    pub fn is_holding(&self) -> bool {
+        self.flush.is_holding()
     }
 
     /// The server is stopping: sync everything written from now on, the

@@ -24,6 +24,26 @@
 //! written while it runs waits for the next one. At a stop the lanes take
 //! turns, as the final syncs must cover everything.
 //!
+//! # Holding a `-f0` batch for the clients just answered
+//! When a `-f0` batch is durable its replies go out, and clients that send
+//! one command at a time answer within tens of microseconds. Started with
+//! the first record that arrives, the next batch would be synced nearly
+//! alone, and the records arriving during that sync would wait for the
+//! one after: the clients split into two groups that take turns, each
+//! waiting for the other's sync. So the next batch waits until it has as
+//! many records as the last one plus those that came during its write
+//! (as many as there are clients just answered and clients already
+//! waiting), or until [`HOLD_NS`] after the last batch became durable,
+//! or until no record has come for [`HOLD_QUIET_NS`], whichever comes
+//! first. A client alone never waits (one record answered, none come
+//! meanwhile, so its next record is all the batch waits for), no reply
+//! waits more than [`HOLD_NS`] longer than it otherwise would, and the
+//! loop serves every connection meanwhile. While it holds, the loop looks
+//! for events without sleeping: waking a sleeping thread for a deadline
+//! tens of microseconds away costs about as much as the hold (on the
+//! virtual machines of the benchmarks, more). The other policies never
+//! hold a batch: their replies wait only for the write.
+//!
 //! # Faults
 //! A write or sync that fails is logged and tried again after
 //! [`RETRY_NS`]; the replies that wait for it wait too, and nothing is
@@ -37,6 +57,14 @@
 //! been reported.
 
 use super::log::{Batch, FileRef, Part, SyncPolicy, Write};
+
+/// With `-f0`, how long after a batch became durable a smaller next batch
+/// may wait for more records; see "Holding a `-f0` batch" above.
+pub const HOLD_NS: u64 = 50_000;
+
+/// A held batch starts once no record has come for this long: the clients
+/// that were going to answer soon have.
+pub const HOLD_QUIET_NS: u64 = 15_000;
 
 /// A failed write or sync is tried again after this long.
 pub const RETRY_NS: u64 = 1_000_000_000;
@@ -145,6 +173,19 @@ pub struct Flush {
     /// Text buffers of batches done, for the log to fill again
     /// ([`Flush::take_spent`]).
     spent: Vec<Vec<u8>>,
+    /// Records in the last batch started.
+    last_records: u64,
+    /// A batch became durable since `can_start` was last asked.
+    just_durable: bool,
+    /// The records a held batch waits for: the last batch's (its clients
+    /// were just answered) and those that came during its write.
+    hold_for: u64,
+    /// The filling batch is held until then (`-f0`; see [`HOLD_NS`]).
+    held_until: Option<u64>,
+    /// The records of the filling batch when `can_start` was last asked,
+    /// and when the last of them came (as far as the loop could tell).
+    seen_records: u64,
+    record_came_at: u64,
 }
 
 /// Spent text chunks kept until the log takes them; more are freed.
@@ -165,6 +206,12 @@ impl Flush {
             retry_at: None,
             final_sync: false,
             spent: Vec::new(),
+            last_records: 0,
+            just_durable: false,
+            hold_for: 0,
+            held_until: None,
+            seen_records: 0,
+            record_came_at: 0,
         }
     }
 
@@ -187,12 +234,45 @@ impl Flush {
         }
     }
 
-    /// Whether a new batch can start: no batch is in flight. At a stop,
-    /// a due final sync goes first, or a steady stream of batches would
-    /// keep it from ever running.
-    pub fn can_start(&self, now: u64) -> bool {
-        self.batch.is_none()
-            && !(self.final_sync && (self.timed.is_some() || (!self.unsynced.is_empty() && self.sync_due(now))))
+    /// Whether a new batch of `records` records can start: no batch is in
+    /// flight. At a stop, a due final sync goes first, or a steady stream
+    /// of batches would keep it from ever running. With `-f0`, a batch
+    /// may be held for a moment after the last one became durable (see
+    /// [`HOLD_NS`]); [`Flush::next_deadline`] then says until when. The
+    /// loop asks as soon as a batch is durable, so `records` then are
+    /// those that came during its write.
+    pub fn can_start(&mut self, now: u64, records: u64) -> bool {
+        self.held_until = None;
+        if self.batch.is_some()
+            || (self.final_sync && (self.timed.is_some() || (!self.unsynced.is_empty() && self.sync_due(now))))
+        {
+            return false;
+        }
+        if std::mem::take(&mut self.just_durable) {
+            self.hold_for = self.last_records + records;
+            self.record_came_at = now;
+        } else if records > self.seen_records {
+            self.record_came_at = now;
+        }
+        self.seen_records = records;
+        let until = self.last_sync_at.saturating_add(HOLD_NS);
+        // With nothing to start there is nothing to hold (and the loop
+        // need not poll): the first record to come asks again.
+        let hold = self.policy == SyncPolicy::Always
+            && !self.final_sync
+            && records > 0
+            && records < self.hold_for
+            && now < until
+            && now < self.record_came_at.saturating_add(HOLD_QUIET_NS);
+        if hold {
+            self.held_until = Some(until.min(self.record_came_at + HOLD_QUIET_NS));
+        }
+        !hold
+    }
+
+    /// Whether a batch is held (see [`HOLD_NS`]).
+    pub fn is_holding(&self) -> bool {
+        self.held_until.is_some()
     }
 
     /// Whether nothing is in flight and nothing waits to be synced.
@@ -225,6 +305,7 @@ impl Flush {
 
     pub fn start(&mut self, batch: Batch) {
         assert!(self.batch.is_none(), "a batch is already in flight");
+        self.last_records = batch.records;
         let iovecs = batch
             .writes
             .iter()
@@ -338,6 +419,9 @@ impl Flush {
         if let Some(at) = self.retry_at {
             return (!self.is_busy()).then_some(at);
         }
+        if self.held_until.is_some() {
+            return self.held_until;
+        }
         if self.busy[Lane::Timed.index()] || self.timed.is_some() {
             return None;
         }
@@ -406,6 +490,7 @@ impl Flush {
                     let mut b = self.batch.take().expect("checked above");
                     self.retire(&mut b.writes);
                     self.last_sync_at = now;
+                    self.just_durable = true;
                     return Ok(Progress { written: Some(b.number), synced: Some(b.number) });
                 }
                 let mut b = self.batch.take().expect("checked above");
@@ -444,6 +529,7 @@ impl Flush {
                     self.unsynced.retain(|f| !b.targets.contains(&f.0));
                 }
                 self.last_sync_at = now;
+                self.just_durable = true;
                 // A timed sync still in flight holds files of earlier
                 // batches (it took them from `unsynced`): until it is done,
                 // they are not synced, and the log must keep them open.
@@ -531,7 +617,12 @@ mod tests {
                 len: 7,
             })
             .collect();
-        Batch { number, writes, new_file }
+        Batch { number, writes, new_file, records: 1 }
+    }
+
+    /// A batch of `records` records in file 5.
+    fn batch_of(number: u64, records: u64) -> Batch {
+        Batch { records, ..batch(number, &[5], false) }
     }
 
     /// Runs requests to completion, each finishing whole, and returns them
@@ -578,6 +669,79 @@ mod tests {
     }
 
     #[test]
+    fn f0_holds_a_batch_while_records_come_up_to_hold_ns_after_the_sync() {
+        const US: u64 = 1_000;
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        // Nothing was synced yet: a batch of one starts at once.
+        assert!(f.can_start(0, 1));
+        f.start(batch_of(1, 10));
+        let (_, p) = run(&mut f, 100 * US);
+        assert_eq!(p.synced, Some(1));
+        // Batch 1 (ten records) became durable at 100 us, with two more
+        // come meanwhile: the next batch waits for twelve, and the loop is
+        // told until when (the quiet time, as no record came since).
+        assert!(!f.can_start(100 * US, 2));
+        assert!(f.is_holding());
+        assert_eq!(f.next_deadline(), Some(100 * US + HOLD_QUIET_NS));
+        // Records keep coming: it waits, up to HOLD_NS after the sync.
+        for k in 0..4 {
+            assert!(!f.can_start((110 + 10 * k) * US, 3 + k), "held at {} us", 110 + 10 * k);
+        }
+        assert!(!f.can_start(100 * US + HOLD_NS - 1, 7));
+        assert!(f.can_start(100 * US + HOLD_NS, 8), "held no longer than HOLD_NS");
+        assert!(!f.is_holding());
+        assert_eq!(f.next_deadline(), None, "nothing held, nothing to wake for");
+    }
+
+    #[test]
+    fn f0_starts_a_held_batch_once_it_has_the_records_it_waits_for() {
+        const US: u64 = 1_000;
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        f.start(batch_of(1, 3));
+        run(&mut f, 100 * US);
+        assert!(!f.can_start(100 * US, 2), "waits for five");
+        assert!(f.can_start(105 * US, 5));
+        f.start(batch_of(2, 1));
+        let (_, p) = run(&mut f, 200 * US);
+        assert_eq!(p.synced, Some(2));
+        // A client alone: one record answered, none come meanwhile, and
+        // its next record starts a batch the moment it is there.
+        assert!(f.can_start(200 * US, 0) && !f.is_holding(), "nothing to hold, nothing to poll for");
+        assert!(f.can_start(201 * US, 1));
+    }
+
+    #[test]
+    fn f0_starts_a_held_batch_once_records_stop_coming() {
+        const US: u64 = 1_000;
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        f.start(batch_of(1, 3));
+        run(&mut f, 100 * US);
+        assert!(!f.can_start(100 * US, 2), "waits for five");
+        assert!(!f.can_start(110 * US, 3), "one came at 110 us");
+        assert_eq!(f.next_deadline(), Some(110 * US + HOLD_QUIET_NS));
+        assert!(!f.can_start(110 * US + HOLD_QUIET_NS - 1, 3));
+        assert!(f.can_start(110 * US + HOLD_QUIET_NS, 3), "none came for HOLD_QUIET_NS");
+    }
+
+    #[test]
+    fn f0_holds_nothing_at_a_stop_and_other_policies_never_hold() {
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        f.start(batch_of(1, 3));
+        run(&mut f, 0);
+        assert!(!f.can_start(1, 1));
+        f.sync_all([]);
+        assert!(f.can_start(1, 1), "a stop writes what is pending at once");
+
+        for policy in [SyncPolicy::EveryMs(50), SyncPolicy::Never] {
+            let mut f = Flush::new(policy, DIR, 0);
+            f.start(batch_of(1, 3));
+            run(&mut f, 0);
+            assert!(f.can_start(1, 1), "{policy:?} holds no batch");
+            assert_eq!(f.next_deadline().filter(|&at| at < MS), None);
+        }
+    }
+
+    #[test]
     fn every_ms_syncs_what_was_written_once_the_time_has_come_even_when_idle() {
         let mut f = Flush::new(SyncPolicy::EveryMs(50), DIR, 0);
         f.start(batch(1, &[5, 6], false));
@@ -589,7 +753,7 @@ mod tests {
         let (ops, p) = run(&mut f, 50 * MS);
         assert_eq!(ops, ["sync 5 data=true", "sync 6 data=true"]);
         assert_eq!(p, Progress { written: None, synced: Some(1) });
-        assert!(f.is_idle() && f.can_start(50 * MS));
+        assert!(f.is_idle() && f.can_start(50 * MS, 1));
     }
 
     #[test]
@@ -602,7 +766,7 @@ mod tests {
         assert_eq!(describe(sync).0, "sync 5 data=true");
         assert!(f.request(50 * MS).is_none(), "one operation per lane");
         // Meanwhile batch 2 starts, is written, and is not covered.
-        assert!(f.can_start(51 * MS));
+        assert!(f.can_start(51 * MS, 1));
         f.start(batch(2, &[5], false));
         let Some((Lane::Batch, write)) = f.request(51 * MS) else { panic!("the batch lane is free") };
         assert_eq!(describe(write).0, "write 5@64x2 dsync=false");

@@ -195,6 +195,8 @@ pub struct Batch {
     /// A segment file was made for this batch: for `-f0`, its directory
     /// entry must be synced too before the batch is durable.
     pub new_file: bool,
+    /// Records in the batch.
+    pub records: u64,
 }
 
 /// A segment of the log: on disk, holding records.
@@ -286,6 +288,8 @@ pub struct Log {
     records_migrated: u64,
     /// Bytes of records appended this turn, for the compaction pace.
     turn_bytes: u64,
+    /// Records appended since the last batch was taken.
+    filling_records: u64,
     /// Where compaction goes on in the oldest segment's id list.
     compact_cursor: usize,
     /// No segment is made before this time (after a failure).
@@ -328,6 +332,7 @@ impl Log {
             records_written: 0,
             records_migrated: 0,
             turn_bytes: 0,
+            filling_records: 0,
             compact_cursor: 0,
             make_after: 0,
             make_error: None,
@@ -409,6 +414,11 @@ impl Log {
 
     pub fn records_written(&self) -> u64 {
         self.records_written
+    }
+
+    /// Records appended since the last batch was taken.
+    pub fn filling_records(&self) -> u64 {
+        self.filling_records
     }
 
     /// Whether records wait to be taken as a batch.
@@ -668,6 +678,7 @@ impl Log {
         self.appended += bytes;
         self.turn_bytes += bytes;
         self.records_written += 1;
+        self.filling_records += 1;
         let extend = self.writes.last().is_some_and(|w| w.segment == id && w.offset + w.len == offset);
         if !extend {
             self.end_last_write();
@@ -794,7 +805,12 @@ impl Log {
         for w in &mut writes {
             w.parts.retain(|p| !p.bytes().is_empty());
         }
-        let batch = Batch { number: self.filling, writes, new_file: std::mem::take(&mut self.new_file) };
+        let batch = Batch {
+            number: self.filling,
+            writes,
+            new_file: std::mem::take(&mut self.new_file),
+            records: std::mem::take(&mut self.filling_records),
+        };
         self.filling += 1;
         self.turn_bytes = 0;
         Some(batch)
