@@ -5,7 +5,10 @@
 //! it are released.
 //!
 //! At most one file operation is in flight per lane (see `wal::flush`);
-//! while a batch is written and synced, the next one fills.
+//! while a batch is written and synced, the next one fills. With `-f0`,
+//! the batch after a sync may be held a moment, over several turns, for
+//! the clients just answered (`wal::flush::HOLD_NS`); the loop polls
+//! meanwhile (`Server::timeout`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;

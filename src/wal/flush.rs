@@ -625,6 +625,16 @@ mod tests {
         Batch { records, ..batch(number, &[5], false) }
     }
 
+    /// A `-f0` flush whose batch 1, of `records` records, became durable
+    /// at `at`.
+    fn f0_synced(records: u64, at: u64) -> Flush {
+        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
+        f.start(batch_of(1, records));
+        let (_, p) = run(&mut f, at);
+        assert_eq!(p.synced, Some(1));
+        f
+    }
+
     /// Runs requests to completion, each finishing whole, and returns them
     /// with the progress reported.
     fn run(f: &mut Flush, now: u64) -> (Vec<String>, Progress) {
@@ -671,12 +681,9 @@ mod tests {
     #[test]
     fn f0_holds_a_batch_while_records_come_up_to_hold_ns_after_the_sync() {
         const US: u64 = 1_000;
-        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
         // Nothing was synced yet: a batch of one starts at once.
-        assert!(f.can_start(0, 1));
-        f.start(batch_of(1, 10));
-        let (_, p) = run(&mut f, 100 * US);
-        assert_eq!(p.synced, Some(1));
+        assert!(Flush::new(SyncPolicy::Always, DIR, 0).can_start(0, 1));
+        let mut f = f0_synced(10, 100 * US);
         // Batch 1 (ten records) became durable at 100 us, with two more
         // come meanwhile: the next batch waits for twelve, and the loop is
         // told until when (the quiet time, as no record came since).
@@ -696,9 +703,7 @@ mod tests {
     #[test]
     fn f0_starts_a_held_batch_once_it_has_the_records_it_waits_for() {
         const US: u64 = 1_000;
-        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
-        f.start(batch_of(1, 3));
-        run(&mut f, 100 * US);
+        let mut f = f0_synced(3, 100 * US);
         assert!(!f.can_start(100 * US, 2), "waits for five");
         assert!(f.can_start(105 * US, 5));
         f.start(batch_of(2, 1));
@@ -713,9 +718,7 @@ mod tests {
     #[test]
     fn f0_starts_a_held_batch_once_records_stop_coming() {
         const US: u64 = 1_000;
-        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
-        f.start(batch_of(1, 3));
-        run(&mut f, 100 * US);
+        let mut f = f0_synced(3, 100 * US);
         assert!(!f.can_start(100 * US, 2), "waits for five");
         assert!(!f.can_start(110 * US, 3), "one came at 110 us");
         assert_eq!(f.next_deadline(), Some(110 * US + HOLD_QUIET_NS));
@@ -725,18 +728,18 @@ mod tests {
 
     #[test]
     fn f0_holds_nothing_at_a_stop_and_other_policies_never_hold() {
-        let mut f = Flush::new(SyncPolicy::Always, DIR, 0);
-        f.start(batch_of(1, 3));
-        run(&mut f, 0);
+        let mut f = f0_synced(3, 0);
         assert!(!f.can_start(1, 1));
         f.sync_all([]);
         assert!(f.can_start(1, 1), "a stop writes what is pending at once");
+        assert!(!f.is_holding());
 
         for policy in [SyncPolicy::EveryMs(50), SyncPolicy::Never] {
             let mut f = Flush::new(policy, DIR, 0);
             f.start(batch_of(1, 3));
             run(&mut f, 0);
             assert!(f.can_start(1, 1), "{policy:?} holds no batch");
+            assert!(!f.is_holding());
             assert_eq!(f.next_deadline().filter(|&at| at < MS), None);
         }
     }
