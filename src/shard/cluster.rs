@@ -663,6 +663,27 @@ fn commands_pipeline_to_the_busy_shard_and_answer_in_order() {
     assert_eq!(c.shards[0].pipelined(), 1);
 }
 
+/// A batch of answers from another shard finishes a command per reply;
+/// the session is then run once for the batch, not once per reply.
+#[test]
+fn a_batch_of_answers_runs_its_session_once() {
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 15);
+    assert_eq!(route::shard_of_tube("b", 2), ShardId(1));
+    let conn = c.shards[0].open(0).unwrap();
+    c.shards[0].input(conn, b"use b\r\n", now);
+    c.settle(now);
+    assert_eq!(take_out(&mut c.shards[0], conn), b"USING b\r\n");
+    let puts = "put 0 0 60 1\r\nx\r\n".repeat(16);
+    let runs = c.shards[0].queued_runs();
+    c.shards[0].input(conn, puts.as_bytes(), now);
+    c.settle(now);
+    let expected: String = (1..=16).map(|id| format!("INSERTED {id}\r\n")).collect();
+    assert_eq!(String::from_utf8(take_out(&mut c.shards[0], conn)).unwrap(), expected);
+    assert_eq!(c.shards[0].pipelined(), 15, "the puts went out behind the first");
+    assert_eq!(c.shards[0].queued_runs() - runs, 1, "one run for the one batch of answers");
+}
+
 /// A worker draining one tube of another shard keeps its non-blocking
 /// reserves in flight, and the deletes of what they reserved behind them;
 /// once it holds a job on another shard, a reserve goes on its own.

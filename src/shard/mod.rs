@@ -186,8 +186,12 @@ pub struct Shard {
     sessions: Slots<Session>,
     /// Engine client index → session key.
     conn_of_client: Vec<u32>,
-    /// Sessions unblocked by a wake, to run their pipelined commands.
+    /// Sessions unblocked by a wake or answered by another shard, to run
+    /// their pipelined commands; each at most once (`Session::queued`), so
+    /// it never holds more than the sessions it has room for.
     runnable: VecDeque<u32>,
+    /// Sessions run from `runnable` (for tests).
+    queued_runs: u64,
     dirty: Vec<ConnId>,
     wakes: Vec<(ClientId, Wake)>,
     scratch: Vec<u8>,
@@ -238,6 +242,7 @@ impl Shard {
             sessions: Slots::default(),
             conn_of_client: Vec::new(),
             runnable: VecDeque::new(),
+            queued_runs: 0,
             dirty: Vec::new(),
             wakes: Vec::new(),
             scratch: Vec::new(),
@@ -778,14 +783,27 @@ impl Shard {
                 }
                 self.recount(conn);
                 self.mark_dirty(conn);
-                self.runnable.push_back(conn);
+                self.queue_run(conn);
             }
             while let Some(conn) = self.runnable.pop_front() {
+                self.sessions[conn as usize].queued = false;
+                self.queued_runs += 1;
                 self.run(conn, now);
                 if self.spread.is_some() {
                     self.far_idle(conn, now);
                 }
             }
+        }
+    }
+
+    /// Queues a session to run its buffered input when the shard settles,
+    /// once however many of its replies arrive before then (a batch of
+    /// answers from another shard finishes a command per reply).
+    fn queue_run(&mut self, conn: u32) {
+        let session = &mut self.sessions[conn as usize];
+        if !session.queued {
+            session.queued = true;
+            self.runnable.push_back(conn);
         }
     }
 

@@ -212,6 +212,8 @@ pub struct Session {
     /// Listed in the shard's carried list: complete commands are left in
     /// `pending` because this turn's budget is spent.
     pub carried: bool,
+    /// Listed in the shard's runnable queue, to run its buffered input.
+    pub queued: bool,
     /// The turn `turn_commands` counts for, and the commands run in it.
     pub turn: u64,
     pub turn_commands: u32,
@@ -248,6 +250,7 @@ impl Session {
             dirty: false,
             log_fenced: false,
             carried: false,
+            queued: false,
             turn: 0,
             turn_commands: 0,
             label,

@@ -1523,7 +1523,7 @@ impl Shard {
         }
         self.recount(conn);
         self.mark_dirty(conn);
-        self.runnable.push_back(conn);
+        self.queue_run(conn);
     }
 
     fn span_answer(&mut self, conn: u32, from: ShardId, answer: SpanAnswer, now: Nanos) {
@@ -1741,6 +1741,11 @@ impl Shard {
     /// Commands this core's sessions sent behind others to the same shard.
     pub(super) fn pipelined(&self) -> u64 {
         self.spread.as_deref().map_or(0, |s| s.pipelined)
+    }
+
+    /// Sessions run from the runnable queue.
+    pub(super) fn queued_runs(&self) -> u64 {
+        self.queued_runs
     }
 
     /// A session's reservations as its core knows them, for failing tests.
