@@ -684,6 +684,37 @@ fn a_batch_of_answers_runs_its_session_once() {
     assert_eq!(c.shards[0].queued_runs() - runs, 1, "one run for the one batch of answers");
 }
 
+/// A batch of requests from a session the owner has no proxy for, when
+/// the proxy cannot be made, is refused order by order: each gets its
+/// OUT_OF_MEMORY, in order, so the session is not left waiting.
+#[test]
+fn a_batch_refused_for_want_of_memory_answers_every_order() {
+    use super::spread::{Answer, Ask, Order, Origin};
+    let now = 1000 * S;
+    let mut c = Cluster::new(2, 17);
+    let from = Origin { core: ShardId(0), conn: 0, serial: 1 << 40 };
+    let ask = Ask::Runs(vec![Order::PeekReady, Order::Kick(1), Order::PeekBuried]);
+    crate::memory::fail_for_test(0, 2);
+    c.shards[1].deliver(ShardId(0), Message::Ask { from, ask }, now);
+    crate::memory::fail_for_test(0, 0);
+    let mut out = Vec::new();
+    c.shards[1].take_outbox(ShardId(0), &mut out, usize::MAX);
+    let replies: Vec<String> = out
+        .iter()
+        .flat_map(|msg| match msg {
+            Message::Answer { to, client: None, answer: Answer::Reply { reply, .. } } if *to == from => {
+                vec![format!("{reply:?}")]
+            }
+            Message::Answer { to, client: None, answer: Answer::Replies(list) } if *to == from => {
+                list.iter().map(|(reply, _)| format!("{reply:?}")).collect()
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let oom = format!("{:?}", Reply::from(Word::OutOfMemory));
+    assert_eq!(replies, vec![oom.clone(), oom.clone(), oom]);
+}
+
 /// A worker draining one tube of another shard keeps its non-blocking
 /// reserves in flight, and the deletes of what they reserved behind them;
 /// once it holds a job on another shard, a reserve goes on its own.

@@ -777,20 +777,11 @@ impl Shard {
     // ----- the owner's side ---------------------------------------------
 
     fn owner_ask(&mut self, origin: Origin, ask: Ask, now: Nanos) {
-        if let Ask::Runs(orders) = ask {
-            // As many `Run`s delivered one after another, each followed by
-            // what the engine then owes (see `deliver_in_batch`).
-            for order in orders {
-                self.owner_ask(origin, Ask::Run(order), now);
-                self.forward_if_owed();
-            }
-            return;
-        }
-        let spread = self.spread.as_deref_mut().expect("a message for a shard alone");
         let key = proxy_key(origin.core.0, origin.serial);
+        let spread = self.spread.as_deref_mut().expect("a message for a shard alone");
         let client = match spread.proxies.get(&key) {
             Some(&c) => c,
-            None if matches!(ask, Ask::Open | Ask::Run(_) | Ask::Span(SpanRequest::Probe { .. })) => {
+            None if matches!(ask, Ask::Open | Ask::Run(_) | Ask::Runs(_) | Ask::Span(SpanRequest::Probe { .. })) => {
                 match crate::memory::try_or_spend(|| self.engine.join_remote()) {
                     Ok(c) => {
                         let spread = self.spread.as_deref_mut().expect("spread");
@@ -822,6 +813,21 @@ impl Shard {
                 let now = self.command_time(now);
                 let (reply, deadline) = self.perform(client, order, now);
                 Some(Answer::Reply { reply, deadline })
+            }
+            Ask::Runs(orders) => {
+                // As many `Run`s delivered one after another, each answered
+                // and followed by what the engine then owes (see
+                // `deliver_in_batch`), on the proxy found once.
+                for order in orders {
+                    let before = self.engine.log().map(|log| log.records_written());
+                    let now = self.command_time(now);
+                    let (reply, deadline) = self.perform(client, order, now);
+                    let fence = self.fence_since(before);
+                    let answer = Answer::Reply { reply, deadline };
+                    self.spread.as_deref_mut().expect("spread").answer(origin, Some(client), answer, fence);
+                    self.forward_if_owed();
+                }
+                None
             }
             Ask::Unuse => {
                 self.engine.unuse(client);
@@ -857,14 +863,20 @@ impl Shard {
                 None
             }
             Ask::Span(request) => spanning::execute(&mut self.engine, client, request, now).map(Answer::Span),
-            Ask::Runs(_) => unreachable!("taken apart above"),
         };
-        let fence = match (before, self.engine.log()) {
-            (Some(before), Some(log)) if log.records_written() != before => log.filling(),
-            _ => 0,
-        };
+        let fence = self.fence_since(before);
         if let Some(answer) = answer {
             self.spread.as_deref_mut().expect("spread").answer(origin, Some(client), answer, fence);
+        }
+    }
+
+    /// The batch an answer must wait for: the filling one when the engine
+    /// recorded anything since `before` (its records written then), else
+    /// none.
+    fn fence_since(&self, before: Option<u64>) -> u64 {
+        match (before, self.engine.log()) {
+            (Some(before), Some(log)) if log.records_written() != before => log.filling(),
+            _ => 0,
         }
     }
 
@@ -872,6 +884,12 @@ impl Shard {
     /// is answered as a refusal, so that its session is not left waiting.
     fn refuse(&mut self, origin: Origin, ask: Ask) {
         let answer = match ask {
+            Ask::Runs(orders) => {
+                for order in orders {
+                    self.refuse(origin, Ask::Run(order));
+                }
+                return;
+            }
             Ask::Open => Answer::Opened,
             Ask::Run(_) => Answer::Reply { reply: Word::OutOfMemory.into(), deadline: None },
             Ask::Span(SpanRequest::Probe { round, .. }) => Answer::Span(SpanAnswer::OutOfMemory { round }),
