@@ -190,7 +190,8 @@ pub struct Shard {
     /// their pipelined commands; each at most once (`Session::queued`), so
     /// it never holds more than the sessions it has room for.
     runnable: VecDeque<u32>,
-    /// Sessions run from `runnable` (for tests).
+    /// Sessions run from `runnable`.
+    #[cfg(test)]
     queued_runs: u64,
     dirty: Vec<ConnId>,
     wakes: Vec<(ClientId, Wake)>,
@@ -242,6 +243,7 @@ impl Shard {
             sessions: Slots::default(),
             conn_of_client: Vec::new(),
             runnable: VecDeque::new(),
+            #[cfg(test)]
             queued_runs: 0,
             dirty: Vec::new(),
             wakes: Vec::new(),
@@ -787,7 +789,10 @@ impl Shard {
             }
             while let Some(conn) = self.runnable.pop_front() {
                 self.sessions[conn as usize].queued = false;
-                self.queued_runs += 1;
+                #[cfg(test)]
+                {
+                    self.queued_runs += 1;
+                }
                 self.run(conn, now);
                 if self.spread.is_some() {
                     self.far_idle(conn, now);

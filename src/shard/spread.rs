@@ -800,6 +800,20 @@ impl Shard {
                 return;
             }
         };
+        let ask = match ask {
+            Ask::Run(order) => return self.owner_run(origin, client, order, now),
+            Ask::Runs(orders) => {
+                // As many `Run`s delivered one after another, each followed
+                // by what the engine then owes (see `deliver_in_batch`), on
+                // the proxy found once.
+                for order in orders {
+                    self.owner_run(origin, client, order, now);
+                    self.forward_if_owed();
+                }
+                return;
+            }
+            ask => ask,
+        };
         let before = self.engine.log().map(|log| log.records_written());
         let answer = match ask {
             Ask::Open => {
@@ -809,26 +823,7 @@ impl Shard {
                 let _ = self.engine.watch(client, DEFAULT_TUBE);
                 Some(Answer::Opened)
             }
-            Ask::Run(order) => {
-                let now = self.command_time(now);
-                let (reply, deadline) = self.perform(client, order, now);
-                Some(Answer::Reply { reply, deadline })
-            }
-            Ask::Runs(orders) => {
-                // As many `Run`s delivered one after another, each answered
-                // and followed by what the engine then owes (see
-                // `deliver_in_batch`), on the proxy found once.
-                for order in orders {
-                    let before = self.engine.log().map(|log| log.records_written());
-                    let now = self.command_time(now);
-                    let (reply, deadline) = self.perform(client, order, now);
-                    let fence = self.fence_since(before);
-                    let answer = Answer::Reply { reply, deadline };
-                    self.spread.as_deref_mut().expect("spread").answer(origin, Some(client), answer, fence);
-                    self.forward_if_owed();
-                }
-                None
-            }
+            Ask::Run(_) | Ask::Runs(_) => unreachable!("run above"),
             Ask::Unuse => {
                 self.engine.unuse(client);
                 Some(Answer::Ack)
@@ -868,6 +863,17 @@ impl Shard {
         if let Some(answer) = answer {
             self.spread.as_deref_mut().expect("spread").answer(origin, Some(client), answer, fence);
         }
+    }
+
+    /// Runs one order on the session's proxy at a fresh instant and sends
+    /// its reply, held behind the log batch it recorded into, if any.
+    fn owner_run(&mut self, origin: Origin, client: ClientId, order: Order, now: Nanos) {
+        let before = self.engine.log().map(|log| log.records_written());
+        let now = self.command_time(now);
+        let (reply, deadline) = self.perform(client, order, now);
+        let fence = self.fence_since(before);
+        let answer = Answer::Reply { reply, deadline };
+        self.spread.as_deref_mut().expect("spread").answer(origin, Some(client), answer, fence);
     }
 
     /// The batch an answer must wait for: the filling one when the engine
